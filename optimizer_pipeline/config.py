@@ -1,0 +1,90 @@
+"""The pipeline's config: what to try, what counts as faithful, how to measure. JSON in, pydantic out."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
+
+from .passes.base import PassConfig, parse_pass_spec
+from .report import Fidelity
+
+PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
+
+# The built-in candidate set when the config names no plan.
+DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
+    [{"pass": "freeze"}],
+    [{"pass": "quantize_dynamic", "per_channel": True}],
+    [{"pass": "quantize_static"}],
+]
+
+
+class Tolerance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
+    threshold: float
+
+    def met_by(self, fidelity: Fidelity) -> tuple[bool, str]:
+        """(met, explanation). A metric the outputs cannot provide is a miss, said plainly."""
+        value = getattr(fidelity, self.metric)
+        if value is None:
+            needs = "labels" if self.metric == "accuracy_drop" else "a class-score [N, C] output"
+            return False, f"{self.metric} is not available (it needs {needs})"
+        if self.metric == "accuracy_drop":
+            return value <= self.threshold, f"accuracy drop {value:.4f} (allowed ≤ {self.threshold})"
+        return value >= self.threshold, f"{self.metric} {value:.4f} (required ≥ {self.threshold})"
+
+
+class LatencyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    warmup: int = Field(3, ge=0, le=100)
+    rounds: int = Field(20, ge=3, le=10_000, description="timed calls per model; original and candidate alternate")
+
+
+class CandidateSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    plan: list[PassSpec] = Field(min_length=1)
+
+    def display_name(self) -> str:
+        return self.name or " → ".join(step.label() for step in self.plan)
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: list[PassSpec] | None = Field(None, description="one explicit plan; replaces the default candidates")
+    candidates: list[CandidateSpec] | None = Field(None, description="several plans to measure against each other")
+    tolerance: Tolerance | None = Field(
+        None, description="default: agreement ≥ 0.99 for class-score outputs, else cosine ≥ 0.99"
+    )
+    batch_size: int | None = Field(None, ge=1, description="target batch size; default min(32, calibration size)")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads while measuring; default: all")
+    force: bool = Field(False, description="serve the explicit plan even if it misses the tolerance")
+    min_speedup: float = Field(1.05, gt=0, description="a candidate must be at least this much faster")
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="calibration share held out for fidelity")
+    seed: int = 0
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+    @model_validator(mode="after")
+    def _one_source_of_plans(self) -> PipelineConfig:
+        if self.plan is not None and self.candidates is not None:
+            raise ValueError("give either `plan` or `candidates`, not both")
+        if self.force and self.plan is None:
+            raise ValueError("`force` applies to an explicit `plan`; add one or drop `force`")
+        return self
+
+    def candidate_specs(self) -> list[CandidateSpec]:
+        if self.plan is not None:
+            return [CandidateSpec(plan=self.plan)]
+        if self.candidates is not None:
+            return self.candidates
+        return [CandidateSpec(plan=plan) for plan in DEFAULT_CANDIDATES]
+
+    def resolved_tolerance(self, has_class_scores: bool) -> Tolerance:
+        if self.tolerance is not None:
+            return self.tolerance
+        return Tolerance(metric="agreement" if has_class_scores else "cosine", threshold=0.99)

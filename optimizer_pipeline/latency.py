@@ -1,0 +1,47 @@
+"""Latency of a candidate against the original, measured in one process, taking turns.
+
+These machines drift by up to 2.7x between runs (shared NOTES), so absolute numbers from separate
+runs are meaningless. Alternating original and candidate call by call (ABBA order, so neither
+always goes first) makes the drift hit both equally; the ratio of medians is what we trust.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from .report import LatencyComparison, LatencyStats
+
+Forward = Callable[[], object]
+
+
+def compare_latency(original: Forward, candidate: Forward, batch_size: int, warmup: int, rounds: int) -> LatencyComparison:
+    """Time `rounds` calls of each, interleaved; zero-argument callables run one forward each."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            original()
+            candidate()
+        original_times: list[float] = []
+        candidate_times: list[float] = []
+        for round_index in range(rounds):
+            order = ((original, original_times), (candidate, candidate_times))
+            for forward, times in order if round_index % 2 == 0 else reversed(order):
+                start = time.perf_counter()
+                forward()
+                times.append((time.perf_counter() - start) * 1000)
+    original_stats, candidate_stats = _stats(original_times), _stats(candidate_times)
+    return LatencyComparison(
+        batch_size=batch_size,
+        original=original_stats,
+        candidate=candidate_stats,
+        speedup=original_stats.median_ms / max(candidate_stats.median_ms, 1e-9),
+    )
+
+
+def _stats(times_ms: list[float]) -> LatencyStats:
+    ordered = sorted(times_ms)
+    p90_index = min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))
+    return LatencyStats(median_ms=statistics.median(ordered), p90_ms=ordered[p90_index], runs=len(ordered))

@@ -1,0 +1,93 @@
+"""What every pass shares: a pydantic config class, a function, and a registry by name.
+
+A pass is `run(model, calibration, config) -> PassOutput`. It may modify `model` in place (the
+pipeline always hands it a private copy) and returns the resulting ScriptModule plus details for
+the report (e.g. per-layer sparsity). Adding a pass = one module that defines a config class and
+decorates its function with `@register(ConfigClass)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..calibration import Batch
+from ..jit import ScriptModule
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config. `pass` names the pass; subclasses fix it with a Literal."""
+
+    # Subclasses redeclare `name` as a Literal; the generator keeps its JSON key "pass" there too.
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        frozen=True,
+        alias_generator=lambda field: "pass" if field == "name" else field,
+    )
+
+    name: str
+    # Set on passes that cannot give speed by themselves, so the report can say so up front.
+    speed_note: ClassVar[str | None] = None
+
+    def spec(self) -> dict[str, Any]:
+        """JSON form as a user writes it: {"pass": ..., options...}."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def label(self) -> str:
+        """Short human name, e.g. `prune_unstructured(amount=0.3)`."""
+        options = self.model_dump(mode="json", exclude={"name"}, exclude_defaults=True)
+        inner = ", ".join(f"{key}={value}" for key, value in options.items())
+        return f"{self.name}({inner})" if inner else self.name
+
+
+@dataclass
+class PassOutput:
+    model: ScriptModule
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+PassFunction = Callable[[ScriptModule, Batch, Any], PassOutput]
+
+
+@dataclass(frozen=True)
+class RegisteredPass:
+    config_class: type[PassConfig]
+    run: PassFunction
+
+
+REGISTRY: dict[str, RegisteredPass] = {}
+
+
+def register(config_class: type[PassConfig]) -> Callable[[PassFunction], PassFunction]:
+    """Decorator: make `fn` the implementation of the pass named by config_class's `name` default."""
+    pass_name = config_class.model_fields["name"].default
+
+    def decorate(fn: PassFunction) -> PassFunction:
+        if pass_name in REGISTRY:
+            raise RuntimeError(f"pass {pass_name!r} registered twice")
+        REGISTRY[pass_name] = RegisteredPass(config_class, fn)
+        return fn
+
+    return decorate
+
+
+def parse_pass_spec(value: Any) -> PassConfig:
+    """Turn {"pass": name, ...} into that pass's config instance (pydantic BeforeValidator)."""
+    if isinstance(value, PassConfig):
+        return value
+    if isinstance(value, str):
+        value = {"pass": value}
+    if not isinstance(value, dict) or "pass" not in value:
+        raise ValueError(f'a pass spec is an object like {{"pass": "freeze"}}, got {value!r}')
+    name = value["pass"]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name].config_class.model_validate(value)
+
+
+def run_pass(model: ScriptModule, calibration: Batch, config: PassConfig) -> PassOutput:
+    return REGISTRY[config.name].run(model, calibration, config)

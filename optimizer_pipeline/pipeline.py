@@ -1,0 +1,165 @@
+"""optimize(): load and validate, measure every candidate against the original, choose, report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from . import jit
+from .calibration import Batch, load_calibration, load_labels
+from .candidates import BuiltCandidate, Reference, build_and_measure
+from .choice import choose
+from .config import PipelineConfig
+from .errors import InvalidConfigError
+from .fidelity import accuracy, first_class_scores
+from .model_loading import check_model_accepts, load_model, run_model
+from .report import CalibrationSummary, ModelSummary, Report
+from .variants import OptimizationResult, Variant
+
+Source = bytes | str | Path
+ProgressCallback = Callable[[str, float], None]
+
+
+def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> PipelineConfig:
+    """Accept a config object, a dict or JSON text; raise InvalidConfigError saying which field is wrong."""
+    if isinstance(config, PipelineConfig):
+        return config
+    try:
+        if config is None or config == "":
+            return PipelineConfig()
+        if isinstance(config, str):
+            return PipelineConfig.model_validate_json(config)
+        return PipelineConfig.model_validate(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'config'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidConfigError(f"invalid pipeline config: {problems}") from None
+
+
+def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
+    """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
+    parse_config(config)
+    module, batch = _load_inputs(model, calibration, labels)
+    return _summarize(module, batch, _size(model))
+
+
+def optimize(
+    model: Source,
+    calibration: Source,
+    config: PipelineConfig | dict[str, Any] | str | None = None,
+    labels: Source | None = None,
+    progress: ProgressCallback | None = None,
+) -> OptimizationResult:
+    started = time.perf_counter()
+    notify = progress or (lambda stage, fraction: None)
+    settings = parse_config(config)
+    notify("loading", 0.0)
+    original, batch = _load_inputs(model, calibration, labels)
+    original_bytes = _read(model)
+    threads = settings.threads or torch.get_num_threads()
+    with _torch_threads(threads):
+        notify("measuring the original", 0.02)
+        reference, baseline_accuracy = _reference(original, batch, settings)
+        specs = settings.candidate_specs()
+        built: list[BuiltCandidate] = []
+        for position, spec in enumerate(specs):
+            notify(f"candidate {position + 1}/{len(specs)}: {spec.display_name()}", 0.05 + 0.9 * position / len(specs))
+            built.append(build_and_measure(spec, reference, settings))
+    notify("choosing", 0.97)
+    candidates = [b.report for b in built]
+    chosen = choose(candidates, settings)
+    report = Report(
+        torch_version=torch.__version__,
+        threads=threads,
+        batch_size=reference.timing_batches[-1].inputs[0].shape[0],
+        tolerance=reference.tolerance.model_dump(),
+        min_speedup=settings.min_speedup,
+        model=_summarize(original, batch, len(original_bytes)),
+        calibration=CalibrationSummary(
+            samples=len(batch),
+            train_samples=len(reference.train),
+            held_out_samples=len(reference.held_out),
+            labels=batch.labels is not None,
+        ),
+        baseline_accuracy=baseline_accuracy,
+        candidates=candidates,
+        chosen=chosen,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    chosen_archive = next((b.archive for b in built if b.report.name == chosen.candidate), None)
+    optimized = Variant("optimized", "torchscript", chosen_archive if chosen_archive is not None else original_bytes)
+    notify("done", 1.0)
+    return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report)
+
+
+def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch]:
+    module = load_model(model)
+    batch = load_calibration(calibration, jit.forward_argument_names(module))
+    if labels is not None:
+        batch = replace(batch, labels=load_labels(labels, len(batch)))
+    check_model_accepts(module, batch)
+    return module, batch
+
+
+def _reference(original: jit.ScriptModule, batch: Batch, settings: PipelineConfig) -> tuple[Reference, float | None]:
+    train, held_out = batch.split(settings.holdout_fraction, settings.seed)
+    train = replace(train, teacher_outputs=run_model(original, train))
+    held_out_outputs = run_model(original, held_out)
+    target = settings.batch_size or min(32, len(batch))
+    sizes = [1, target] if target > 1 else [1]
+    scores = first_class_scores(held_out_outputs)
+    baseline_accuracy = None
+    if scores is not None and held_out.labels is not None:
+        baseline_accuracy = accuracy(dict(held_out_outputs)[scores], held_out.labels)
+    reference = Reference(
+        original=original,
+        train=train,
+        held_out=held_out,
+        held_out_outputs=held_out_outputs,
+        timing_batches=tuple(batch.head(size) for size in sizes),
+        tolerance=settings.resolved_tolerance(scores is not None),
+    )
+    return reference, baseline_accuracy
+
+
+def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> ModelSummary:
+    outputs = check_model_accepts(module, batch)
+    return ModelSummary(
+        inputs=jit.forward_argument_names(module),
+        input_shapes=[list(t.shape[1:]) for t in batch.inputs],
+        input_dtypes=[str(t.dtype).removeprefix("torch.") for t in batch.inputs],
+        outputs=[name for name, _ in outputs],
+        output_shapes=[list(t.shape[1:]) for _, t in outputs],
+        parameters=sum(p.numel() for p in module.parameters()),
+        size_bytes=size_bytes,
+        exported_methods=jit.exported_method_names(module),
+    )
+
+
+@contextmanager
+def _torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _read(source: Source) -> bytes:
+    return bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+
+
+def _size(source: Source) -> int:
+    return len(source) if isinstance(source, (bytes, bytearray)) else Path(source).stat().st_size
+
+
+__all__ = ["optimize", "inspect_upload", "parse_config"]

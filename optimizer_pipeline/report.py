@@ -1,0 +1,117 @@
+"""The optimization report: pydantic models, dumped to report.json and served over HTTP."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class OutputFidelity(BaseModel):
+    """How closely one output tensor of a candidate matches the original, over held-out samples."""
+
+    # An exact candidate has SQNR = inf; keep it as the JSON string "Infinity", which reads back as inf.
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    name: str
+    shape: list[int]
+    agreement: float | None = Field(None, description="top-1 agreement; only for [N, C] class scores")
+    cosine_mean: float
+    cosine_min: float
+    sqnr_db: float = Field(description="signal-to-quantization-noise ratio; higher is better, inf if exact")
+    max_abs_error: float
+
+
+class Fidelity(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    samples: int
+    outputs: list[OutputFidelity]
+    agreement: float | None = Field(None, description="worst top-1 agreement over class-score outputs")
+    cosine: float = Field(description="worst mean cosine over outputs")
+    cosine_min: float
+    sqnr_db: float
+    max_abs_error: float
+    accuracy: float | None = Field(None, description="candidate accuracy on held-out labels")
+    accuracy_original: float | None = None
+    accuracy_drop: float | None = Field(None, description="original accuracy minus candidate accuracy")
+
+
+class LatencyStats(BaseModel):
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+class LatencyComparison(BaseModel):
+    """Original and candidate timed in one process, taking turns, at one batch size."""
+
+    batch_size: int
+    original: LatencyStats
+    candidate: LatencyStats
+    speedup: float = Field(description="original median / candidate median")
+
+
+class CandidateReport(BaseModel):
+    name: str
+    plan: list[dict[str, Any]]
+    runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
+    status: Literal["ok", "failed"]
+    error: str | None = None
+    failed_pass: str | None = None
+    fidelity: Fidelity | None = None
+    latency: list[LatencyComparison] = Field(default_factory=list)
+    speedup: float | None = Field(None, description="speed-up at the target batch size")
+    size_bytes: int | None = None
+    meets_tolerance: bool = False
+    details: dict[str, Any] = Field(default_factory=dict, description="what each pass reported")
+    notes: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class ModelSummary(BaseModel):
+    inputs: list[str]
+    input_shapes: list[list[int]]
+    input_dtypes: list[str]
+    outputs: list[str]
+    output_shapes: list[list[int]]
+    parameters: int
+    size_bytes: int
+    exported_methods: list[str]
+
+
+class CalibrationSummary(BaseModel):
+    samples: int
+    train_samples: int
+    held_out_samples: int
+    labels: bool
+
+
+class Chosen(BaseModel):
+    candidate: str = Field(description="candidate name, or 'original' when nothing qualified")
+    reason: str
+    speedup: float | None = None
+    fidelity: Fidelity | None = None
+    runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
+
+
+class Report(BaseModel):
+    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    torch_version: str
+    threads: int
+    batch_size: int
+    tolerance: dict[str, Any]
+    min_speedup: float
+    model: ModelSummary
+    calibration: CalibrationSummary
+    baseline_accuracy: float | None = None
+    candidates: list[CandidateReport]
+    chosen: Chosen
+    seconds: float
+
+    def candidate(self, name: str) -> CandidateReport:
+        for candidate in self.candidates:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)

@@ -1,0 +1,44 @@
+"""What the pipeline hands back: the original and the optimized variant, with the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .files import atomic_write_bytes, atomic_write_text
+from .report import Report
+
+Runtime = Literal["torchscript", "onnxruntime"]
+FILE_SUFFIX: dict[str, str] = {"torchscript": ".pt", "onnxruntime": ".onnx"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    runtime: Runtime
+    data: bytes
+
+    @property
+    def filename(self) -> str:
+        return self.name + FILE_SUFFIX[self.runtime]
+
+
+@dataclass(frozen=True)
+class OptimizationResult:
+    original: Variant
+    optimized: Variant
+    report: Report
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write original.pt, optimized.pt (or .onnx) and report.json, each atomically."""
+        directory = Path(directory)
+        written = []
+        for variant in (self.original, self.optimized):
+            path = directory / variant.filename
+            atomic_write_bytes(path, variant.data)
+            written.append(path)
+        report_path = directory / "report.json"
+        atomic_write_text(report_path, self.report.model_dump_json(indent=2))
+        written.append(report_path)
+        return written
