@@ -1,0 +1,158 @@
+"""Bad uploads raise the public typed errors, with messages that say what to fix."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models
+from optimizer_pipeline import (
+    InvalidCalibrationError,
+    InvalidConfigError,
+    InvalidLabelsError,
+    InvalidModelError,
+    NonFiniteOutputError,
+    inspect_upload,
+    load_model,
+)
+from optimizer_pipeline.calibration import load_calibration, load_labels
+
+
+def _saved(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return tiny_models.cnn_bn()
+
+
+def test_random_bytes_are_not_a_model():
+    with pytest.raises(InvalidModelError, match="not a TorchScript archive.*torch.jit.trace"):
+        load_model(b"\x00\x01 definitely not a model" * 10)
+
+
+def test_empty_file():
+    with pytest.raises(InvalidModelError, match="empty"):
+        load_model(b"")
+
+
+def test_truncated_archive(cnn):
+    with pytest.raises(InvalidModelError, match="torch.jit"):
+        load_model(cnn[0][: len(cnn[0]) // 2])
+
+
+def test_state_dict_is_recognised():
+    with pytest.raises(InvalidModelError, match="state_dict"):
+        load_model(_saved(tiny_models.ConvBN().state_dict()))
+
+
+def test_pickled_module_is_recognised_and_never_unpickled():
+    with pytest.raises(InvalidModelError, match="pickled Python object.*nn.Module"):
+        load_model(_saved(tiny_models.ConvBN()))
+
+
+def test_exported_program_is_recognised(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(tiny_models.MLP().eval(), (torch.randn(2, 16),))
+        torch.export.save(program, tmp_path / "model.pt2")
+    with pytest.raises(InvalidModelError, match="ExportedProgram"):
+        load_model((tmp_path / "model.pt2").read_bytes())
+
+
+def test_calibration_of_the_wrong_shape_reports_model_error_and_shapes(cnn):
+    with pytest.raises(InvalidCalibrationError, match=r"shapes given: \(2, 5, 16, 16\)"):
+        inspect_upload(cnn[0], _saved(torch.randn(8, 5, 16, 16)))
+
+
+def test_wrong_number_of_inputs():
+    archive, inputs = tiny_models.two_inputs()
+    with pytest.raises(InvalidCalibrationError, match=r"takes 2 input\(s\) \['image', 'meta'\]"):
+        inspect_upload(archive, _saved(inputs[0]))
+
+
+def test_dict_calibration_is_matched_by_argument_name():
+    archive, (image, meta) = tiny_models.two_inputs()
+    summary = inspect_upload(archive, _saved({"meta": meta, "image": image}))
+    assert summary.inputs == ["image", "meta"]
+    assert summary.input_shapes == [[1, 8, 8], [4]]
+    with pytest.raises(InvalidCalibrationError, match="missing \\['meta'\\]"):
+        inspect_upload(archive, _saved({"image": image}))
+
+
+def test_batch_of_one_is_refused(cnn):
+    with pytest.raises(InvalidCalibrationError, match="at least 2 samples"):
+        inspect_upload(cnn[0], _saved(torch.randn(1, 3, 16, 16)))
+
+
+def test_nan_in_calibration_is_refused(cnn):
+    data = torch.randn(4, 3, 16, 16)
+    data[1, 0, 0, 0] = float("nan")
+    with pytest.raises(InvalidCalibrationError, match="NaN"):
+        inspect_upload(cnn[0], _saved(data))
+
+
+def test_model_that_outputs_nan_is_refused():
+    class Log(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.log(x)
+
+    archive = io.BytesIO()
+    torch.jit.save(torch.jit.script(Log()), archive)
+    with pytest.raises(NonFiniteOutputError, match="NaN or Inf"):
+        inspect_upload(archive.getvalue(), _saved(-torch.ones(4, 3)))
+
+
+class Opaque:
+    """Any class: unpickling it would run code from the upload."""
+
+
+def test_pickled_object_as_calibration_is_refused(cnn):
+    with pytest.raises(InvalidCalibrationError, match="arbitrary pickled objects are refused"):
+        inspect_upload(cnn[0], _saved({"x": Opaque()}))
+
+
+def test_labels_must_match_the_batch(cnn):
+    with pytest.raises(InvalidLabelsError, match="got 3 labels for a calibration batch of 8"):
+        load_labels(_saved(torch.zeros(3, dtype=torch.long)), 8)
+    with pytest.raises(InvalidLabelsError, match="integer class ids"):
+        load_labels(_saved(torch.zeros(8)), 8)
+    assert load_labels(_saved(torch.arange(8, dtype=torch.int32)), 8).dtype == torch.int64
+
+
+def test_npy_and_npz_calibration():
+    array = np.random.default_rng(0).standard_normal((6, 16))
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    batch = load_calibration(buffer.getvalue(), ["x"])
+    assert batch.inputs[0].dtype == torch.float32 and len(batch) == 6
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.zeros((5, 4), np.float32), image=np.zeros((5, 1, 8, 8), np.float32))
+    batch = load_calibration(buffer.getvalue(), ["image", "meta"])
+    assert [tuple(t.shape) for t in batch.inputs] == [(5, 1, 8, 8), (5, 4)]
+
+
+def test_bad_config_names_the_field(cnn):
+    calibration = tiny_models.calibration_bytes(cnn[1])
+    with pytest.raises(InvalidConfigError, match="unknown pass 'sharpen'"):
+        inspect_upload(cnn[0], calibration, config={"plan": [{"pass": "sharpen"}]})
+    with pytest.raises(InvalidConfigError, match="tolerance.metric"):
+        inspect_upload(cnn[0], calibration, config='{"tolerance": {"metric": "vibes", "threshold": 1}}')
+    with pytest.raises(InvalidConfigError, match="amount"):
+        inspect_upload(cnn[0], calibration, config={"plan": [{"pass": "prune_unstructured", "amount": 1.5}]})
+
+
+def test_split_is_deterministic_and_disjoint():
+    batch = load_calibration(_saved(torch.arange(20.0).unsqueeze(1)), ["x"])
+    train, held = batch.split(0.25, seed=0)
+    again_train, again_held = batch.split(0.25, seed=0)
+    assert torch.equal(held.inputs[0], again_held.inputs[0])
+    assert len(held) == 5 and len(train) == 15
+    assert not set(train.inputs[0].flatten().tolist()) & set(held.inputs[0].flatten().tolist())

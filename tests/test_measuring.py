@@ -1,0 +1,55 @@
+"""The pipeline's eyes: fidelity metrics and interleaved latency."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from optimizer_pipeline.fidelity import compare_outputs
+from optimizer_pipeline.latency import compare_latency
+
+
+def test_identical_outputs_are_perfect():
+    scores = torch.randn(16, 5)
+    fidelity = compare_outputs([("logits", scores)], [("logits", scores.clone())])
+    assert fidelity.agreement == 1.0 and fidelity.cosine == pytest.approx(1.0)
+    assert math.isinf(fidelity.sqnr_db) and fidelity.max_abs_error == 0.0
+
+
+def test_metrics_on_a_known_perturbation():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 3.0]])
+    candidate = reference.clone()
+    candidate[0] = torch.tensor([0.0, 1.0])  # flips the top-1 of sample 0, orthogonal to the reference
+    fidelity = compare_outputs([("scores", reference)], [("scores", candidate)], labels=torch.tensor([0, 1, 0, 1]))
+    assert fidelity.agreement == 0.75
+    assert fidelity.cosine_min == pytest.approx(0.0, abs=1e-9)
+    assert fidelity.cosine == pytest.approx(0.75)
+    assert fidelity.max_abs_error == 1.0
+    assert fidelity.sqnr_db == pytest.approx(10 * math.log10(17 / 2))
+    assert fidelity.accuracy_original == 1.0 and fidelity.accuracy == 0.75 and fidelity.accuracy_drop == 0.25
+
+
+def test_worst_output_decides_and_embeddings_get_no_agreement():
+    embedding = torch.randn(8, 3, 4)
+    noisy = embedding + 0.5 * torch.randn(8, 3, 4)
+    fidelity = compare_outputs([("a", embedding), ("b", embedding)], [("a", embedding), ("b", noisy)])
+    assert fidelity.agreement is None
+    assert fidelity.cosine == pytest.approx(min(o.cosine_mean for o in fidelity.outputs))
+    assert fidelity.outputs[0].cosine_mean == pytest.approx(1.0) and fidelity.outputs[1].cosine_mean < 0.99
+
+
+def test_interleaved_latency_sees_the_faster_candidate():
+    def slow() -> None:
+        time.sleep(0.004)
+
+    def fast() -> None:
+        time.sleep(0.001)
+
+    comparison = compare_latency(slow, fast, batch_size=4, warmup=1, rounds=6)
+    assert comparison.original.runs == comparison.candidate.runs == 6
+    assert comparison.original.median_ms >= 4.0 and comparison.candidate.median_ms >= 1.0
+    assert comparison.speedup > 1.5
+    assert comparison.original.p90_ms >= comparison.original.median_ms
