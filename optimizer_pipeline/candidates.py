@@ -17,6 +17,7 @@ from .model_loading import run_model
 from .outputs import NamedOutputs
 from .passes import REGISTRY, run_pass
 from .report import CandidateReport
+from .runtimes import LoadedVariant, load_variant, runtime_of
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Reference:
     held_out_outputs: NamedOutputs
     timing_batches: tuple[Batch, ...]
     tolerance: Tolerance
+    threads: int
 
 
 @dataclass
@@ -48,9 +50,11 @@ def build_and_measure(spec: CandidateSpec, reference: Reference, config: Pipelin
     built = BuiltCandidate(report)
     try:
         model = _apply_plan(spec, reference, report)
-        built.archive = jit.archive_bytes(model)
-        # Measure the reloaded archive, not the in-memory module: that is what will be served.
-        candidate = jit.load_archive(built.archive)
+        runtime = runtime_of(model)
+        report.runtime = runtime.name
+        built.archive = runtime.serialize(model)
+        # Measure the reloaded file, not the in-memory model: the file is what will be served.
+        candidate = load_variant(runtime.name, built.archive, reference.threads)
         report.size_bytes = len(built.archive)
         _measure(candidate, reference, config, report)
     except Exception as exc:  # a failing candidate is a result, never the end of the pipeline
@@ -73,7 +77,7 @@ def _apply_plan(spec: CandidateSpec, reference: Reference, report: CandidateRepo
     return model
 
 
-def _measure(candidate: jit.ScriptModule, reference: Reference, config: PipelineConfig, report: CandidateReport) -> None:
+def _measure(candidate: LoadedVariant, reference: Reference, config: PipelineConfig, report: CandidateReport) -> None:
     outputs = run_model(candidate, reference.held_out)
     report.fidelity = compare_outputs(reference.held_out_outputs, outputs, reference.held_out.labels)
     if any(t.is_floating_point() and not torch.isfinite(t).all() for _, t in outputs):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,8 +76,10 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
-def run_model(model: jit.ScriptModule, batch: Batch, chunk_size: int = 256) -> NamedOutputs:
-    """Forward the whole batch (in chunks, to bound memory) and return named outputs."""
+def run_model(model: Callable[..., Any], batch: Batch, chunk_size: int = 256) -> NamedOutputs:
+    """Forward the whole batch (in chunks, to bound memory) and return named outputs.
+
+    `model` is a ScriptModule or any loaded variant (see runtimes.py)."""
     from .outputs import concat_outputs
 
     parts = []

@@ -67,7 +67,7 @@ def optimize(
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
-        reference, baseline_accuracy = _reference(original, batch, settings)
+        reference, baseline_accuracy = _reference(original, batch, settings, threads)
         specs = settings.candidate_specs()
         built: list[BuiltCandidate] = []
         for position, spec in enumerate(specs):
@@ -94,8 +94,12 @@ def optimize(
         chosen=chosen,
         seconds=round(time.perf_counter() - started, 3),
     )
-    chosen_archive = next((b.archive for b in built if b.report.name == chosen.candidate), None)
-    optimized = Variant("optimized", "torchscript", chosen_archive if chosen_archive is not None else original_bytes)
+    winner = next((b for b in built if b.report.name == chosen.candidate and b.archive is not None), None)
+    optimized = (
+        Variant("optimized", winner.report.runtime, winner.archive)
+        if winner
+        else Variant("optimized", "torchscript", original_bytes)
+    )
     notify("done", 1.0)
     return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report)
 
@@ -109,7 +113,9 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
     return module, batch
 
 
-def _reference(original: jit.ScriptModule, batch: Batch, settings: PipelineConfig) -> tuple[Reference, float | None]:
+def _reference(
+    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int
+) -> tuple[Reference, float | None]:
     train, held_out = batch.split(settings.holdout_fraction, settings.seed)
     train = replace(train, teacher_outputs=run_model(original, train))
     held_out_outputs = run_model(original, held_out)
@@ -126,6 +132,7 @@ def _reference(original: jit.ScriptModule, batch: Batch, settings: PipelineConfi
         held_out_outputs=held_out_outputs,
         timing_batches=tuple(batch.head(size) for size in sizes),
         tolerance=settings.resolved_tolerance(scores is not None),
+        threads=threads,
     )
     return reference, baseline_accuracy
 
