@@ -101,7 +101,8 @@ def optimize(
         else Variant("optimized", "torchscript", original_bytes)
     )
     notify("done", 1.0)
-    return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report)
+    built_variants = {b.report.name: Variant(b.report.name, b.report.runtime, b.archive) for b in built if b.archive}
+    return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report, built_variants)
 
 
 def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch]:

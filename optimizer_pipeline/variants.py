@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,8 @@ class OptimizationResult:
     original: Variant
     optimized: Variant
     report: Report
+    # Every candidate that built, by report name: for benchmarks and for inspecting runners-up.
+    candidates: dict[str, Variant] = field(default_factory=dict)
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write original.pt, optimized.pt (or .onnx) and report.json, each atomically."""

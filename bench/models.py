@@ -1,0 +1,110 @@
+"""Small real architectures for benchmarks, trained here in seconds (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class CnnBN(nn.Module):
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(channels, width), conv_bn(width, width * 2, 2), conv_bn(width * 2, width * 2, 2))
+        self.head = nn.Linear(width * 2, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, cout, stride), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)) if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.stem = conv_bn(channels, width)
+        self.layers = nn.Sequential(BasicBlock(width, width, 1), BasicBlock(width, width * 2, 2), BasicBlock(width * 2, width * 4, 2))
+        self.head = nn.Linear(width * 4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
+
+
+class DenseBlockNet(nn.Module):
+    """DenseNet-style: each layer's output is concatenated onto its input along channels."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, growth: int = 16) -> None:
+        super().__init__()
+        self.stem = conv_bn(channels, 32, 2)
+        self.dense = nn.ModuleList([conv_bn(32 + i * growth, growth) for i in range(3)])
+        self.transition = conv_bn(32 + 3 * growth, 64, 2)
+        self.head = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.dense:
+            x = torch.cat([x, layer(x)], 1)
+        return self.head(self.transition(x).mean((2, 3)))
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, channels: int = 1, classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            conv_bn(channels, 32, 2),
+            conv_bn(32, 32, groups=32), nn.Conv2d(32, 64, 1), nn.ReLU(),
+            conv_bn(64, 64, 2, groups=64), nn.Conv2d(64, 128, 1), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x).mean((2, 3)))
+
+
+class MLP(nn.Module):
+    def __init__(self, features: int = 64, classes: int = 10, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class RowLSTM(nn.Module):
+    """Reads an image row by row."""
+
+    def __init__(self, row: int = 8, classes: int = 10, hidden: int = 64) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(row, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x.squeeze(1))
+        return self.head(out[:, -1])
+
+
+def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float = 2e-3, batch: int = 128) -> nn.Module:
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), batch):
+            index = order[start : start + batch]
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(images[index]), labels[index]).backward()
+            optimizer.step()
+    return model.eval()

@@ -1,0 +1,15 @@
+"""Coupled channel groups of a TorchScript model, and removing channels from them.
+
+- `analyse(model, sample_inputs, protect)`: which channels must go together, and which must stay.
+- `magnitude_scores` / `activation_scores`: importance of each removable component.
+- `remove_components(model, analysis, removed)`: slice the parameters and rewrite baked shapes.
+"""
+
+from . import handlers as _handlers  # noqa: F401  (registers the op handlers)
+from .analysis import ChannelAnalysis, ChannelGroup, analyse
+from .apply import remove_components
+from .importance import activation_scores, magnitude_scores
+
+__all__ = [
+    "ChannelAnalysis", "ChannelGroup", "analyse", "remove_components", "activation_scores", "magnitude_scores",
+]
