@@ -1,28 +1,35 @@
-"""Building one candidate from a plan and measuring it against the original."""
+"""Building a candidate from a plan and measuring it against the original.
+
+Plans that share a prefix (e.g. the same pruning + fine-tuning under several quantizations) build
+that prefix once: PlanBuilder keeps each prefix's result and hands out private copies.
+"""
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from . import jit
 from .calibration import Batch
-from .config import CandidateSpec, PipelineConfig, Tolerance
+from .config import PipelineConfig, Tolerance
 from .fidelity import compare_outputs
 from .latency import compare_latency
 from .model_loading import run_model
 from .outputs import NamedOutputs
-from .passes import REGISTRY, run_pass
+from .passes import REGISTRY, PassConfig, run_pass
 from .report import CandidateReport
 from .runtimes import LoadedVariant, load_variant, runtime_of
 
 
 @dataclass(frozen=True)
 class Reference:
-    """Everything a candidate is measured against, computed once per optimization."""
+    """What a candidate is built from and measured against (one per fold)."""
 
     original: jit.ScriptModule
     train: Batch
@@ -33,51 +40,101 @@ class Reference:
     threads: int
 
 
+class PassFailed(Exception):
+    def __init__(self, pass_name: str, cause: Exception) -> None:
+        super().__init__(describe_error(cause))
+        self.pass_name = pass_name
+
+
+@dataclass
+class PlanBuilder:
+    """Applies plans to the original, reusing the result of every prefix already built."""
+
+    reference: Reference
+    _prefixes: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
+
+    def build(self, plan: list[PassConfig]) -> tuple[Any, dict[str, Any]]:
+        """(model, details by step). Raises PassFailed naming the step that failed."""
+        start, model, details = self._longest_cached_prefix(plan)
+        for position in range(start, len(plan)):
+            step = plan[position]
+            try:
+                output = run_pass(model, self.reference.train, step)
+            except Exception as exc:
+                raise PassFailed(step.name, exc) from exc
+            model = output.model
+            if output.details:
+                details[f"{position}:{step.name}"] = output.details
+            if position < len(plan) - 1:
+                self._prefixes[_key(plan[: position + 1])] = (copy.deepcopy(model), dict(details))
+        return model, details
+
+    def _longest_cached_prefix(self, plan: list[PassConfig]) -> tuple[int, Any, dict[str, Any]]:
+        for length in range(len(plan) - 1, 0, -1):
+            cached = self._prefixes.get(_key(plan[:length]))
+            if cached is not None:
+                return length, copy.deepcopy(cached[0]), dict(cached[1])
+        return 0, jit.reload(self.reference.original), {}
+
+
+def _key(plan: list[PassConfig]) -> str:
+    return json.dumps([step.spec() for step in plan], sort_keys=True)
+
+
 @dataclass
 class BuiltCandidate:
     report: CandidateReport
     archive: bytes | None = None
+    loaded: LoadedVariant | None = None
 
 
-def build_and_measure(spec: CandidateSpec, reference: Reference, config: PipelineConfig) -> BuiltCandidate:
-    started = time.perf_counter()
-    report = CandidateReport(
-        name=spec.display_name(),
-        plan=[step.spec() for step in spec.plan],
+def new_report(name: str, plan: list[PassConfig]) -> CandidateReport:
+    return CandidateReport(
+        name=name,
+        plan=[step.spec() for step in plan],
         status="ok",
-        notes=[note for step in spec.plan if (note := REGISTRY[step.name].config_class.speed_note)],
+        notes=[note for step in plan if (note := REGISTRY[step.name].config_class.speed_note)],
     )
+
+
+def build_candidate(builder: PlanBuilder, name: str, plan: list[PassConfig]) -> BuiltCandidate:
+    """Build, serialize and reload one plan, and measure its fidelity on the held-out data."""
+    started = time.perf_counter()
+    report = new_report(name, plan)
     built = BuiltCandidate(report)
     try:
-        model = _apply_plan(spec, reference, report)
+        model, report.details = builder.build(plan)
         runtime = runtime_of(model)
         report.runtime = runtime.name
         built.archive = runtime.serialize(model)
-        # Measure the reloaded file, not the in-memory model: the file is what will be served.
-        candidate = load_variant(runtime.name, built.archive, reference.threads)
         report.size_bytes = len(built.archive)
-        _measure(candidate, reference, config, report)
+        # Measure the reloaded file, not the in-memory model: the file is what will be served.
+        built.loaded = load_variant(runtime.name, built.archive, builder.reference.threads)
+        measure_fidelity(built.loaded, builder.reference, report)
     except Exception as exc:  # a failing candidate is a result, never the end of the pipeline
-        report.status = "failed"
-        report.error = _describe(exc)
-        built.archive = None
+        fail(built, exc)
     report.seconds = round(time.perf_counter() - started, 3)
     return built
 
 
-def _apply_plan(spec: CandidateSpec, reference: Reference, report: CandidateReport) -> jit.ScriptModule:
-    model = jit.reload(reference.original)
-    for position, step in enumerate(spec.plan):
-        report.failed_pass = step.name
-        output = run_pass(model, reference.train, step)
-        model = output.model
-        if output.details:
-            report.details[f"{position}:{step.name}"] = output.details
-    report.failed_pass = None
-    return model
+def evaluate_candidate(builder: PlanBuilder, name: str, plan: list[PassConfig], config: PipelineConfig) -> BuiltCandidate:
+    """Build, measure fidelity, then latency against the original."""
+    started = time.perf_counter()
+    built = build_candidate(builder, name, plan)
+    if built.report.status == "ok":
+        measure_latency(built, builder.reference, config)
+    built.report.seconds = round(time.perf_counter() - started, 3)
+    return built
 
 
-def _measure(candidate: LoadedVariant, reference: Reference, config: PipelineConfig, report: CandidateReport) -> None:
+def fail(built: BuiltCandidate, exc: Exception) -> None:
+    built.report.status = "failed"
+    built.report.failed_pass = exc.pass_name if isinstance(exc, PassFailed) else None
+    built.report.error = str(exc) if isinstance(exc, PassFailed) else describe_error(exc)
+    built.archive = built.loaded = None
+
+
+def measure_fidelity(candidate: LoadedVariant, reference: Reference, report: CandidateReport) -> None:
     outputs = run_model(candidate, reference.held_out)
     report.fidelity = compare_outputs(reference.held_out_outputs, outputs, reference.held_out.labels)
     if any(t.is_floating_point() and not torch.isfinite(t).all() for _, t in outputs):
@@ -87,20 +144,27 @@ def _measure(candidate: LoadedVariant, reference: Reference, config: PipelineCon
         met, why = reference.tolerance.met_by(report.fidelity)
     report.meets_tolerance = met
     report.notes.append(f"tolerance {'met' if met else 'missed'}: {why}")
-    for batch in reference.timing_batches:
-        report.latency.append(
-            compare_latency(
-                lambda: reference.original(*batch.inputs),
-                lambda: candidate(*batch.inputs),
-                batch_size=len(batch),
-                warmup=config.latency.warmup,
-                rounds=config.latency.rounds,
+
+
+def measure_latency(built: BuiltCandidate, reference: Reference, config: PipelineConfig) -> None:
+    """Time the candidate against the original at batch 1 and the target batch, taking turns."""
+    try:
+        for batch in reference.timing_batches:
+            built.report.latency.append(
+                compare_latency(
+                    lambda: reference.original(*batch.inputs),
+                    lambda: built.loaded(*batch.inputs),
+                    batch_size=len(batch),
+                    warmup=config.latency.warmup,
+                    rounds=config.latency.rounds,
+                )
             )
-        )
-    report.speedup = report.latency[-1].speedup
+        built.report.speedup = built.report.latency[-1].speedup
+    except Exception as exc:
+        fail(built, exc)
 
 
-def _describe(exc: Exception) -> str:
+def describe_error(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     # TorchScript errors carry long C++ traces; the first lines say what happened.
     lines = [line for line in text.splitlines() if line.strip()][:6]

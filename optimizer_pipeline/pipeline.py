@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from . import jit
 from .calibration import Batch, load_calibration, load_labels
-from .candidates import BuiltCandidate, Reference, build_and_measure
+from .candidates import BuiltCandidate, PlanBuilder, Reference, evaluate_candidate
 from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
@@ -69,10 +69,11 @@ def optimize(
         notify("measuring the original", 0.02)
         reference, baseline_accuracy = _reference(original, batch, settings, threads)
         specs = settings.candidate_specs()
+        builder = PlanBuilder(reference)
         built: list[BuiltCandidate] = []
         for position, spec in enumerate(specs):
             notify(f"candidate {position + 1}/{len(specs)}: {spec.display_name()}", 0.05 + 0.9 * position / len(specs))
-            built.append(build_and_measure(spec, reference, settings))
+            built.append(evaluate_candidate(builder, spec.display_name(), spec.plan, settings))
     notify("choosing", 0.97)
     candidates = [b.report for b in built]
     chosen = choose(candidates, settings)
