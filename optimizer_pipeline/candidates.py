@@ -162,6 +162,8 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
         built.report.speedup = built.report.latency[-1].speedup
     except Exception as exc:
         fail(built, exc)
+    # The archive is kept for the result; a loaded copy per trial would only hold memory.
+    built.loaded = None
 
 
 def describe_error(exc: Exception) -> str:

@@ -7,7 +7,7 @@ from .config import PipelineConfig
 from .report import CandidateReport, Chosen
 
 
-def choose(candidates: list[CandidateReport], config: PipelineConfig) -> Chosen:
+def choose(candidates: list[CandidateReport], config: PipelineConfig, objective: str = "latency") -> Chosen:
     if config.force:
         forced = candidates[0]
         if forced.status == "ok":
@@ -16,16 +16,17 @@ def choose(candidates: list[CandidateReport], config: PipelineConfig) -> Chosen:
     qualified = [c for c in candidates if _qualifies(c, config)]
     if not qualified:
         return Chosen(candidate="original", reason=_why_none(candidates, config))
+    others = len(qualified) - 1
+    ahead = f", ahead of {others} other qualifying candidate(s)" if others else ""
+    if objective == "size":
+        best = min(qualified, key=lambda c: (c.size_bytes or 0, -(c.speedup or 0.0)))
+        return _chosen(best, f"smallest candidate within the tolerance and faster: {best.size_bytes} bytes, "
+                       f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
     # Fastest wins; a tie (within 1%) goes to the more faithful one.
     best_speed = max(c.speedup or 0.0 for c in qualified)
     contenders = [c for c in qualified if (c.speedup or 0.0) >= best_speed / 1.01]
     best = max(contenders, key=lambda c: (c.fidelity.sqnr_db if c.fidelity else 0.0, c.speedup or 0.0))
-    others = len(qualified) - 1
-    return _chosen(
-        best,
-        f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}"
-        + (f", ahead of {others} other qualifying candidate(s)" if others else ""),
-    )
+    return _chosen(best, f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
 
 
 def config_batch(candidate: CandidateReport) -> int:
@@ -47,8 +48,12 @@ def _chosen(candidate: CandidateReport, reason: str) -> Chosen:
 
 
 def _why_none(candidates: list[CandidateReport], config: PipelineConfig) -> str:
+    tried = [c for c in candidates if c.status != "skipped"]
+    prefix = "no candidate was both within the tolerance and faster; serving the original. "
+    if len(tried) > 6:
+        return prefix + _count_reasons(tried, config)
     reasons = []
-    for candidate in candidates:
+    for candidate in tried:
         if candidate.status == "failed":
             reasons.append(f"{candidate.name}: failed ({(candidate.error or '').splitlines()[0][:120]})")
         elif not candidate.meets_tolerance:
@@ -56,4 +61,19 @@ def _why_none(candidates: list[CandidateReport], config: PipelineConfig) -> str:
             reasons.append(f"{candidate.name}: {missed}")
         else:
             reasons.append(f"{candidate.name}: only {candidate.speedup:.2f}x (needs ≥ {config.min_speedup:.2f}x)")
-    return "no candidate was both within the tolerance and faster; serving the original. " + "; ".join(reasons)
+    return prefix + "; ".join(reasons)
+
+
+def _count_reasons(tried: list[CandidateReport], config: PipelineConfig) -> str:
+    failed = sum(c.status == "failed" for c in tried)
+    missed = [c for c in tried if c.status == "ok" and not c.meets_tolerance]
+    slow = [c for c in tried if c.status == "ok" and c.meets_tolerance]
+    parts = [f"{len(tried)} trials: {failed} failed, {len(missed)} missed the tolerance, {len(slow)} were within it but too slow"]
+    if slow:
+        best = max(slow, key=lambda c: c.speedup or 0.0)
+        parts.append(f"fastest within the tolerance: {best.name} at {best.speedup:.2f}x (needs ≥ {config.min_speedup:.2f}x)")
+    if missed:
+        fastest = max(missed, key=lambda c: c.speedup or 0.0)
+        why = next((n for n in fastest.notes if n.startswith("tolerance missed")), "tolerance missed")
+        parts.append(f"fastest overall: {fastest.name} at {(fastest.speedup or 0):.2f}x, but {why}")
+    return "; ".join(parts)

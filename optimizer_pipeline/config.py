@@ -8,6 +8,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsA
 
 from .passes.base import PassConfig, parse_pass_spec
 from .report import Fidelity
+from .search.settings import SearchConfig
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
 
@@ -25,15 +26,27 @@ class Tolerance(BaseModel):
     metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
     threshold: float
 
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric == "accuracy_drop"
+
+    def value(self, fidelity: Fidelity) -> float | None:
+        return getattr(fidelity, self.metric)
+
+    def accepts(self, value: float) -> bool:
+        return value <= self.threshold if self.lower_is_better else value >= self.threshold
+
     def met_by(self, fidelity: Fidelity) -> tuple[bool, str]:
         """(met, explanation). A metric the outputs cannot provide is a miss, said plainly."""
-        value = getattr(fidelity, self.metric)
+        value = self.value(fidelity)
         if value is None:
             needs = "labels" if self.metric == "accuracy_drop" else "a class-score [N, C] output"
             return False, f"{self.metric} is not available (it needs {needs})"
-        if self.metric == "accuracy_drop":
-            return value <= self.threshold, f"accuracy drop {value:.4f} (allowed ≤ {self.threshold})"
-        return value >= self.threshold, f"{self.metric} {value:.4f} (required ≥ {self.threshold})"
+        return self.accepts(value), self.explain(value)
+
+    def explain(self, value: float) -> str:
+        bound = "allowed ≤" if self.lower_is_better else "required ≥"
+        return f"{self.metric} {value:.4f} ({bound} {self.threshold})"
 
 
 class LatencyConfig(BaseModel):
@@ -58,6 +71,7 @@ class PipelineConfig(BaseModel):
 
     plan: list[PassSpec] | None = Field(None, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, description="several plans to measure against each other")
+    search: SearchConfig | Literal["auto"] | None = Field(None, description="search a space of plans instead")
     tolerance: Tolerance | None = Field(
         None, description="default: agreement ≥ 0.99 for class-score outputs, else cosine ≥ 0.99"
     )
@@ -71,8 +85,8 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source_of_plans(self) -> PipelineConfig:
-        if self.plan is not None and self.candidates is not None:
-            raise ValueError("give either `plan` or `candidates`, not both")
+        if sum(x is not None for x in (self.plan, self.candidates, self.search)) > 1:
+            raise ValueError("give at most one of `plan`, `candidates` and `search`")
         if self.force and self.plan is None:
             raise ValueError("`force` applies to an explicit `plan`; add one or drop `force`")
         return self
@@ -83,6 +97,14 @@ class PipelineConfig(BaseModel):
         if self.candidates is not None:
             return self.candidates
         return [CandidateSpec(plan=plan) for plan in DEFAULT_CANDIDATES]
+
+    def search_config(self) -> SearchConfig | None:
+        """The search to run: the configured one, `auto` (also the default when no plan is given), or None."""
+        if self.plan is not None or self.candidates is not None:
+            return None
+        if isinstance(self.search, SearchConfig):
+            return self.search
+        return SearchConfig(strategy="random", first=DEFAULT_CANDIDATES)
 
     def resolved_tolerance(self, has_class_scores: bool) -> Tolerance:
         if self.tolerance is not None:

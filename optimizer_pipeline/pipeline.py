@@ -20,6 +20,8 @@ from .config import PipelineConfig
 from .errors import InvalidConfigError
 from .fidelity import accuracy, first_class_scores
 from .model_loading import check_model_accepts, load_model, run_model
+from .references import make_references
+from .search.runner import run_search
 from .report import CalibrationSummary, ModelSummary, Report
 from .variants import OptimizationResult, Variant
 
@@ -67,16 +69,17 @@ def optimize(
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
-        reference, baseline_accuracy = _reference(original, batch, settings, threads)
-        specs = settings.candidate_specs()
-        builder = PlanBuilder(reference)
-        built: list[BuiltCandidate] = []
-        for position, spec in enumerate(specs):
-            notify(f"candidate {position + 1}/{len(specs)}: {spec.display_name()}", 0.05 + 0.9 * position / len(specs))
-            built.append(evaluate_candidate(builder, spec.display_name(), spec.plan, settings))
+        search = settings.search_config()
+        references = make_references(original, batch, settings, threads, search.folds if search else 1)
+        if search is None:
+            built, summary = _measure_candidates(references[0], settings, notify), None
+        else:
+            outcome = run_search(references, settings, search, notify)
+            built, summary = outcome.built, outcome.summary
+    reference = references[0]
     notify("choosing", 0.97)
     candidates = [b.report for b in built]
-    chosen = choose(candidates, settings)
+    chosen = choose(candidates, settings, search.objective if search else "latency")
     report = Report(
         torch_version=torch.__version__,
         threads=threads,
@@ -90,8 +93,9 @@ def optimize(
             held_out_samples=len(reference.held_out),
             labels=batch.labels is not None,
         ),
-        baseline_accuracy=baseline_accuracy,
+        baseline_accuracy=_baseline_accuracy(reference),
         candidates=candidates,
+        search=summary,
         chosen=chosen,
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -115,28 +119,21 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
     return module, batch
 
 
-def _reference(
-    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int
-) -> tuple[Reference, float | None]:
-    train, held_out = batch.split(settings.holdout_fraction, settings.seed)
-    train = replace(train, teacher_outputs=run_model(original, train))
-    held_out_outputs = run_model(original, held_out)
-    target = settings.batch_size or min(32, len(batch))
-    sizes = [1, target] if target > 1 else [1]
-    scores = first_class_scores(held_out_outputs)
-    baseline_accuracy = None
-    if scores is not None and held_out.labels is not None:
-        baseline_accuracy = accuracy(dict(held_out_outputs)[scores], held_out.labels)
-    reference = Reference(
-        original=original,
-        train=train,
-        held_out=held_out,
-        held_out_outputs=held_out_outputs,
-        timing_batches=tuple(batch.head(size) for size in sizes),
-        tolerance=settings.resolved_tolerance(scores is not None),
-        threads=threads,
-    )
-    return reference, baseline_accuracy
+def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:
+    specs = settings.candidate_specs()
+    builder = PlanBuilder(reference)
+    built = []
+    for position, spec in enumerate(specs):
+        notify(f"candidate {position + 1}/{len(specs)}: {spec.display_name()}", 0.05 + 0.9 * position / len(specs))
+        built.append(evaluate_candidate(builder, spec.display_name(), spec.plan, settings))
+    return built
+
+
+def _baseline_accuracy(reference: Reference) -> float | None:
+    scores = first_class_scores(reference.held_out_outputs)
+    if scores is None or reference.held_out.labels is None:
+        return None
+    return accuracy(dict(reference.held_out_outputs)[scores], reference.held_out.labels)
 
 
 def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> ModelSummary:

@@ -57,14 +57,18 @@ class CandidateReport(BaseModel):
     name: str
     plan: list[dict[str, Any]]
     runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
-    status: Literal["ok", "failed"]
-    error: str | None = None
+    status: Literal["ok", "failed", "skipped"]
+    origin: Literal["candidate", "first", "space", "fallback"] = "candidate"
+    error: str | None = Field(None, description="why it failed, or why it was skipped")
     failed_pass: str | None = None
     fidelity: Fidelity | None = None
     latency: list[LatencyComparison] = Field(default_factory=list)
     speedup: float | None = Field(None, description="speed-up at the target batch size")
     size_bytes: int | None = None
     meets_tolerance: bool = False
+    fidelity_folds: list[float] = Field(default_factory=list, description="the tolerance metric on each fold")
+    fidelity_mean: float | None = None
+    fidelity_std: float | None = None
     details: dict[str, Any] = Field(default_factory=dict, description="what each pass reported")
     notes: list[str] = Field(default_factory=list)
     seconds: float = 0.0
@@ -96,6 +100,21 @@ class Chosen(BaseModel):
     runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
 
 
+class SearchSummary(BaseModel):
+    strategy: Literal["grid", "random"]
+    objective: Literal["latency", "size"]
+    space_size: int = Field(description="valid plans in the space")
+    trials_run: int
+    trials_skipped: int
+    folds: int
+    time_budget_s: float
+    budget_source: str = Field(description="'config', or how the automatic budget was derived")
+    elapsed_s: float
+    stopped_because: str
+    pareto: list[str] = Field(description="trial names on the speed-up / fidelity Pareto front")
+    fallback_note: str | None = None
+
+
 class Report(BaseModel):
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     torch_version: str
@@ -107,6 +126,7 @@ class Report(BaseModel):
     calibration: CalibrationSummary
     baseline_accuracy: float | None = None
     candidates: list[CandidateReport]
+    search: SearchSummary | None = None
     chosen: Chosen
     seconds: float
 

@@ -32,6 +32,16 @@ class PassConfig(BaseModel):
     name: str
     # Set on passes that cannot give speed by themselves, so the report can say so up front.
     speed_note: ClassVar[str | None] = None
+    # What the pass takes and returns: "torchscript" or "onnx". A plan must chain them.
+    consumes: ClassVar[str] = "torchscript"
+    produces: ClassVar[str] = "torchscript"
+    # A last word for its runtime (freeze, int8): only a runtime-neutral plan may follow, i.e. none.
+    finishing: ClassVar[bool] = False
+    # Only meaningful after a pass that changed the model (fine-tuning the original against itself).
+    needs_prior_change: ClassVar[bool] = False
+    # An int field that trades speed for fidelity (e.g. layers kept in float). The search raises it
+    # when a plan misses the tolerance.
+    fallback_field: ClassVar[str | None] = None
 
     def spec(self) -> dict[str, Any]:
         """JSON form as a user writes it: {"pass": ..., options...}."""

@@ -15,6 +15,8 @@ from .base import PassConfig, PassOutput, register
 class FreezeConfig(PassConfig):
     name: Literal["freeze"] = "freeze"
 
+    finishing = True
+
 
 @register(FreezeConfig)
 def freeze(model: jit.ScriptModule, calibration: Batch, config: FreezeConfig) -> PassOutput:

@@ -16,6 +16,8 @@ from .modules import layer_types
 
 class QuantizeDynamicConfig(PassConfig):
     name: Literal["quantize_dynamic"] = "quantize_dynamic"
+
+    finishing = True
     per_channel: bool = Field(True, description="per-output-channel weight scales (more accurate)")
 
 

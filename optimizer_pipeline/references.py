@@ -1,0 +1,47 @@
+"""Splitting the calibration batch into what candidates learn from and what judges them.
+
+One hold-out split by default; K folds for cross-validation, where fold k holds out the k-th
+slice of a seeded permutation and calibration / fine-tuning only ever see the other folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from . import jit
+from .calibration import Batch
+from .candidates import Reference
+from .config import PipelineConfig
+from .fidelity import first_class_scores
+from .model_loading import run_model
+
+
+def make_references(original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int = 1) -> list[Reference]:
+    target = settings.batch_size or min(32, len(batch))
+    timing = tuple(batch.head(size) for size in ([1, target] if target > 1 else [1]))
+    splits = [batch.split(settings.holdout_fraction, settings.seed)] if folds == 1 else _folds(batch, folds, settings.seed)
+    references = []
+    for train, held_out in splits:
+        held_out_outputs = run_model(original, held_out)
+        references.append(
+            Reference(
+                original=original,
+                train=replace(train, teacher_outputs=run_model(original, train)),
+                held_out=held_out,
+                held_out_outputs=held_out_outputs,
+                timing_batches=timing,
+                tolerance=settings.resolved_tolerance(first_class_scores(held_out_outputs) is not None),
+                threads=threads,
+            )
+        )
+    return references
+
+
+def _folds(batch: Batch, folds: int, seed: int) -> list[tuple[Batch, Batch]]:
+    if len(batch) < 2 * folds:
+        raise ValueError(f"{folds}-fold cross-validation needs at least {2 * folds} calibration samples, got {len(batch)}")
+    order = torch.randperm(len(batch), generator=torch.Generator().manual_seed(seed))
+    parts = torch.tensor_split(order, folds)
+    return [(batch.take(torch.cat([p for j, p in enumerate(parts) if j != k])), batch.take(parts[k])) for k in range(folds)]

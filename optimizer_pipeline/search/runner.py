@@ -1,0 +1,238 @@
+"""Grid or random search over plans, under a trial and time budget.
+
+Shared work is reused (PlanBuilder caches every plan prefix, per fold), plans dominated by a
+cheaper miss are skipped (if 30% pruning misses the tolerance, 50% is not tried), and a quantized
+plan that misses is retried with its most sensitive layers kept in float.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..candidates import BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
+from ..config import PipelineConfig, Tolerance
+from ..passes.base import PassConfig, parse_pass_spec
+from ..report import CandidateReport, SearchSummary
+from .pareto import pareto_front
+from .settings import SearchConfig
+from .space import DEFAULT_SPACE, Plan, expand_space, is_valid, plan_key
+
+Notify = Callable[[str, float], None]
+
+AUTO_BUDGET_FACTOR = 4.0  # the automatic budget is this many times what the first (single-pass) trials took
+AUTO_BUDGET_BOUNDS = (5.0, 120.0)
+FALLBACK_STEPS = (1, 2, 4, 8)
+
+
+@dataclass
+class Trial:
+    plan: Plan
+    origin: str
+
+    @property
+    def name(self) -> str:
+        return " → ".join(step.label() for step in self.plan)
+
+
+@dataclass
+class SearchOutcome:
+    built: list[BuiltCandidate]
+    summary: SearchSummary
+
+
+@dataclass
+class _State:
+    started: float
+    budget: float
+    budget_source: str
+    durations: list[float] = field(default_factory=list)
+    misses: dict[str, float] = field(default_factory=dict)  # dominance signature -> smallest amount that missed
+    ran: int = 0
+    skipped: int = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def run_search(references: list[Reference], settings: PipelineConfig, search: SearchConfig, notify: Notify) -> SearchOutcome:
+    space_plans = expand_space(search.space or DEFAULT_SPACE)
+    first = [Trial([parse_pass_spec(s) for s in plan], "first") for plan in (search.first or [])]
+    first = [t for t in first if is_valid(t.plan)]
+    queue = first + [Trial(plan, "space") for plan in _ordered(space_plans, search)]
+    queue = _without_repeats(queue)
+    builders = [PlanBuilder(reference) for reference in references]
+    state = _State(
+        started=time.perf_counter(),
+        budget=search.time_budget_s or AUTO_BUDGET_BOUNDS[1],
+        budget_source="config" if search.time_budget_s else "pending",
+    )
+    built: list[BuiltCandidate] = []
+    stopped = "the space was exhausted"
+    while queue:
+        if search.time_budget_s is None and state.budget_source == "pending" and queue[0].origin != "first":
+            _set_auto_budget(state)
+        if search.max_trials is not None and state.ran >= search.max_trials:
+            stopped = f"max_trials ({search.max_trials}) reached"
+            break
+        estimate = max(state.durations[-5:], default=0.0)
+        if state.elapsed() + estimate > state.budget:
+            stopped = f"time budget ({state.budget:.0f} s) reached"
+            break
+        trial = queue.pop(0)
+        reason = _dominated(trial.plan, state.misses)
+        if reason:
+            built.append(_skipped(trial, reason))
+            state.skipped += 1
+            continue
+        notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
+        started = time.perf_counter()
+        candidate = _run_trial(trial, builders, settings)
+        state.durations.append(time.perf_counter() - started)
+        state.ran += 1
+        built.append(candidate)
+        _learn(candidate, trial, state, queue, search, settings)
+    if state.budget_source == "pending":
+        _set_auto_budget(state)
+    summary = SearchSummary(
+        strategy=search.strategy,
+        objective=search.objective,
+        space_size=len(space_plans),
+        trials_run=state.ran,
+        trials_skipped=state.skipped,
+        folds=len(references),
+        time_budget_s=round(state.budget, 1),
+        budget_source=state.budget_source,
+        elapsed_s=round(state.elapsed(), 1),
+        stopped_because=stopped,
+        pareto=pareto_front([b.report for b in built], references[0].tolerance),
+    )
+    return SearchOutcome(built, summary)
+
+
+def _ordered(plans: list[Plan], search: SearchConfig) -> list[Plan]:
+    if search.strategy == "grid":
+        return plans
+    shuffled = list(plans)
+    random.Random(search.seed).shuffle(shuffled)
+    return shuffled
+
+
+def _without_repeats(queue: list[Trial]) -> list[Trial]:
+    seen: set[str] = set()
+    unique = []
+    for trial in queue:
+        key = plan_key(trial.plan)
+        if key not in seen:
+            seen.add(key)
+            unique.append(trial)
+    return unique
+
+
+def _set_auto_budget(state: _State) -> None:
+    spent = state.elapsed()
+    low, high = AUTO_BUDGET_BOUNDS
+    state.budget = min(high, max(low, AUTO_BUDGET_FACTOR * spent))
+    state.budget_source = f"auto: {AUTO_BUDGET_FACTOR:g} x the {spent:.1f} s the single-pass trials took, within [{low:g}, {high:g}] s"
+
+
+def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:
+    by_time = state.elapsed() / state.budget
+    by_trials = state.ran / search.max_trials if search.max_trials else state.ran / (state.ran + len(queue) + 1)
+    return max(by_time, by_trials)
+
+
+def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig) -> BuiltCandidate:
+    """Build and judge the plan on every fold; time it (fold 0's variant) against the original."""
+    started = time.perf_counter()
+    per_fold = [build_candidate(builder, trial.name, trial.plan) for builder in builders]
+    main = per_fold[0]
+    main.report.origin = trial.origin
+    failure = next((b for b in per_fold if b.report.status == "failed"), None)
+    if failure is not None:
+        main.report.status, main.report.error, main.report.failed_pass = "failed", failure.report.error, failure.report.failed_pass
+        main.archive = main.loaded = None
+    else:
+        _summarize_folds(main.report, [b.report for b in per_fold], builders[0].reference.tolerance)
+        measure_latency(main, builders[0].reference, settings)
+    main.report.seconds = round(time.perf_counter() - started, 3)
+    return main
+
+
+def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
+    values = [tolerance.value(fold.fidelity) for fold in folds]
+    if any(value is None for value in values):
+        return  # met_by already recorded why the metric is unavailable
+    report.fidelity_folds = [round(v, 6) for v in values]
+    report.fidelity_mean = statistics.fmean(values)
+    report.fidelity_std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    if len(values) > 1:
+        report.meets_tolerance = tolerance.accepts(report.fidelity_mean) and all(f.status == "ok" for f in folds)
+        report.notes = [n for n in report.notes if not n.startswith("tolerance")]
+        verdict = "met" if report.meets_tolerance else "missed"
+        report.notes.append(f"tolerance {verdict}: mean over {len(values)} folds {tolerance.explain(report.fidelity_mean)}, std {report.fidelity_std:.4f}")
+
+
+def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:
+    report = candidate.report
+    if report.status != "ok" or report.meets_tolerance:
+        return
+    signature, amount = _amount_signature(trial.plan)
+    if signature is not None:
+        state.misses[signature] = min(amount, state.misses.get(signature, amount))
+    fallback = _fallback(trial) if search.sensitive_fallback else None
+    # Keeping layers in float only makes a plan slower, so retry only plans that were fast enough.
+    if fallback is not None and (report.speedup or 0.0) >= settings.min_speedup:
+        queue.insert(0, fallback)
+
+
+def _amount_signature(plan: Plan) -> tuple[str | None, float]:
+    """The plan with its single `amount` knob blanked out, and that amount."""
+    with_amount = [i for i, step in enumerate(plan) if "amount" in type(step).model_fields]
+    if len(with_amount) != 1:
+        return None, 0.0
+    index = with_amount[0]
+    specs = [step.spec() for step in plan]
+    amount = specs[index].pop("amount")
+    return json.dumps(specs, sort_keys=True), float(amount)
+
+
+def _dominated(plan: Plan, misses: dict[str, float]) -> str | None:
+    signature, amount = _amount_signature(plan)
+    if signature is not None and signature in misses and amount >= misses[signature]:
+        return f"dominated: the same plan with amount {misses[signature]:g} already missed the tolerance"
+    return None
+
+
+def _fallback(trial: Trial) -> Trial | None:
+    for index, step in enumerate(trial.plan):
+        field_name = step.fallback_field
+        if field_name is None:
+            continue
+        current = getattr(step, field_name)
+        following = next((n for n in FALLBACK_STEPS if n > current), None)
+        if following is None:
+            return None
+        plan = list(trial.plan)
+        plan[index] = _with(step, field_name, following)
+        return Trial(plan, "fallback")
+    return None
+
+
+def _with(step: PassConfig, field_name: str, value: int) -> PassConfig:
+    spec = step.spec()
+    spec[field_name] = value
+    return parse_pass_spec(spec)
+
+
+def _skipped(trial: Trial, reason: str) -> BuiltCandidate:
+    report = new_report(trial.name, trial.plan)
+    report.status, report.origin, report.error = "skipped", trial.origin, reason
+    return BuiltCandidate(report)
+
+
+__all__ = ["run_search", "SearchOutcome"]

@@ -1,0 +1,98 @@
+"""The search space: ordered stages, each a list of options, expanded into valid plans.
+
+An option is `null` (skip the stage), a pass spec whose values may be lists (every combination
+is tried, e.g. {"pass": "prune_structured", "amount": [0.3, 0.5]}), or a list of such specs applied
+in sequence (e.g. [{"pass": "onnx_export"}, {"pass": "ort_quantize_static"}]). A plan takes one
+option per stage, in stage order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+from ..passes.base import REGISTRY, PassConfig, parse_pass_spec
+
+Plan = list[PassConfig]
+StageOption = dict[str, Any] | list[dict[str, Any]] | None
+
+# Used when the config gives no space. Stages run in this order; a pass that is not registered in
+# this build (e.g. onnx passes without onnxruntime) is left out.
+DEFAULT_SPACE: dict[str, list[StageOption]] = {
+    "prune": [
+        None,
+        {"pass": "prune_structured", "amount": [0.25, 0.5]},
+        {"pass": "prune_unstructured", "method": "l1", "amount": [0.3, 0.5]},
+    ],
+    "finetune": [None, {"pass": "finetune", "optimizer": ["adam", "sgd", "rmsprop"], "lr": [1e-3, 1e-4]}],
+    "quantize": [
+        None,
+        {"pass": "freeze"},
+        {"pass": "quantize_dynamic", "per_channel": [True, False]},
+        {"pass": "quantize_static", "observer": ["histogram", "minmax"]},
+        {"pass": "quantize_qat"},
+    ],
+    "runtime": [
+        None,
+        {"pass": "onnx_export"},
+        [{"pass": "onnx_export"}, {"pass": "ort_quantize_dynamic"}],
+        [{"pass": "onnx_export"}, {"pass": "ort_quantize_static"}],
+    ],
+}
+
+
+def expand_space(space: dict[str, list[StageOption]]) -> list[Plan]:
+    """Every valid plan of the space, in grid order (the last stage varies fastest), no repeats."""
+    stages = [_expand_stage(options) for options in space.values()]
+    plans: list[Plan] = []
+    seen: set[str] = set()
+    for combination in itertools.product(*stages):
+        plan = [step for part in combination for step in part]
+        key = plan_key(plan)
+        if plan and key not in seen and is_valid(plan):
+            seen.add(key)
+            plans.append(plan)
+    return plans
+
+
+def plan_key(plan: Plan) -> str:
+    return json.dumps([step.spec() for step in plan], sort_keys=True)
+
+
+def is_valid(plan: Plan) -> bool:
+    """Each pass takes what the previous one produced; fine-tuning needs a changed model to recover;
+    nothing follows a finishing step (freeze, int8: e.g. TorchScript int8 does not export to ONNX)."""
+    current = "torchscript"
+    for position, step in enumerate(plan):
+        if step.consumes != current or (step.needs_prior_change and position == 0):
+            return False
+        if position > 0 and plan[position - 1].finishing:
+            return False
+        current = step.produces
+    return True
+
+
+def _expand_stage(options: list[StageOption]) -> list[Plan]:
+    expanded: list[Plan] = []
+    for option in options:
+        if option is None:
+            expanded.append([])
+            continue
+        sequence = option if isinstance(option, list) else [option]
+        if not all(spec.get("pass") in REGISTRY for spec in sequence):
+            continue
+        expanded.extend([list(steps) for steps in itertools.product(*(_expand_spec(spec) for spec in sequence))])
+    return expanded
+
+
+def _expand_spec(spec: dict[str, Any]) -> list[PassConfig]:
+    keys = list(spec)
+    values = [value if isinstance(value, list) and key not in _list_fields(spec["pass"]) else [value] for key, value in spec.items()]
+    return [parse_pass_spec(dict(zip(keys, combination))) for combination in itertools.product(*values)]
+
+
+def _list_fields(pass_name: str) -> set[str]:
+    """Fields whose value is itself a list (e.g. skip_layers): a list there is one value, not choices."""
+    fields = REGISTRY[pass_name].config_class.model_fields
+    return {name for name, info in fields.items() if "list" in str(info.annotation)}
