@@ -166,6 +166,26 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
     built.loaded = None
 
 
+def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config: PipelineConfig, count: int = 3) -> None:
+    """Re-time the fastest qualifying candidates with twice the rounds before one is chosen.
+
+    The fastest of many noisy measurements is biased towards luck (the winner's curse); a second,
+    longer measurement of the few finalists keeps the choice honest.
+    """
+    finalists = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
+    finalists = sorted(finalists, key=lambda b: b.report.speedup or 0.0, reverse=True)[:count]
+    longer = config.model_copy(update={"latency": config.latency.model_copy(update={"rounds": 2 * config.latency.rounds})})
+    for finalist in finalists:
+        first = finalist.report.speedup or 0.0
+        finalist.report.latency = []
+        finalist.loaded = load_variant(finalist.report.runtime, finalist.archive, reference.threads)
+        measure_latency(finalist, reference, longer)
+        if finalist.report.status == "ok":
+            finalist.report.notes.append(
+                f"finalist: re-timed with {longer.latency.rounds} rounds, {finalist.report.speedup:.2f}x (first run {first:.2f}x)"
+            )
+
+
 def describe_error(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     # TorchScript errors carry long C++ traces; the first lines say what happened.

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from . import jit
 from .calibration import Batch, load_calibration, load_labels
-from .candidates import BuiltCandidate, PlanBuilder, Reference, evaluate_candidate
+from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
 from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
@@ -76,6 +76,8 @@ def optimize(
         else:
             outcome = run_search(references, settings, search, notify)
             built, summary = outcome.built, outcome.summary
+        notify("re-timing the finalists", 0.96)
+        confirm_finalists(built, references[0], settings)
     reference = references[0]
     notify("choosing", 0.97)
     candidates = [b.report for b in built]

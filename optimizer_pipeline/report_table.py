@@ -28,7 +28,7 @@ def _row(candidate: CandidateReport, report: Report) -> list[str]:
         candidate.name,
         candidate.runtime,
         candidate.status,
-        _fidelity(candidate),
+        candidate_fidelity_text(candidate),
         _ms(latency.get(1)),
         _ms(latency.get(report.batch_size)),
         f"{candidate.speedup:.2f}x" if candidate.speedup else "-",
@@ -38,7 +38,7 @@ def _row(candidate: CandidateReport, report: Report) -> list[str]:
     ]
 
 
-def _fidelity(candidate: CandidateReport) -> str:
+def candidate_fidelity_text(candidate: CandidateReport) -> str:
     fidelity = candidate.fidelity
     if fidelity is None:
         return "-"

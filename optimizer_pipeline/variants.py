@@ -33,7 +33,8 @@ class OptimizationResult:
     candidates: dict[str, Variant] = field(default_factory=dict)
 
     def save(self, directory: str | Path) -> list[Path]:
-        """Write original.pt, optimized.pt (or .onnx) and report.json, each atomically."""
+        """Write original.pt, optimized.pt (or .onnx), report.json and report.html, each atomically."""
+        from .report_html import render_html  # the HTML renderer needs the config; keep this module light
         directory = Path(directory)
         written = []
         for variant in (self.original, self.optimized):
@@ -42,5 +43,7 @@ class OptimizationResult:
             written.append(path)
         report_path = directory / "report.json"
         atomic_write_text(report_path, self.report.model_dump_json(indent=2))
-        written.append(report_path)
+        html_path = directory / "report.html"
+        atomic_write_text(html_path, render_html(self.report))
+        written += [report_path, html_path]
         return written
