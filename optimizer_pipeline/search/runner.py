@@ -74,7 +74,7 @@ def run_search(references: list[Reference], settings: PipelineConfig, search: Se
     built: list[BuiltCandidate] = []
     stopped = "the space was exhausted"
     while queue:
-        if search.time_budget_s is None and state.budget_source == "pending" and queue[0].origin != "first":
+        if state.budget_source == "pending" and state.ran and queue[0].origin != "first":
             _set_auto_budget(state)
         if search.max_trials is not None and state.ran >= search.max_trials:
             stopped = f"max_trials ({search.max_trials}) reached"
@@ -137,7 +137,7 @@ def _set_auto_budget(state: _State) -> None:
     spent = state.elapsed()
     low, high = AUTO_BUDGET_BOUNDS
     state.budget = min(high, max(low, AUTO_BUDGET_FACTOR * spent))
-    state.budget_source = f"auto: {AUTO_BUDGET_FACTOR:g} x the {spent:.1f} s the single-pass trials took, within [{low:g}, {high:g}] s"
+    state.budget_source = f"auto: {AUTO_BUDGET_FACTOR:g} x the {spent:.1f} s the first trials took, within [{low:g}, {high:g}] s"
 
 
 def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:

@@ -1,0 +1,153 @@
+"""The search: space expansion, budgets, dominance, folds, fallback, Pareto front, report.html."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny_models
+from conftest import FAST
+from optimizer_pipeline import optimize
+from optimizer_pipeline.config import Tolerance
+from optimizer_pipeline.passes import parse_pass_spec
+from optimizer_pipeline.report import CandidateReport
+from optimizer_pipeline.report_html import render_html
+from optimizer_pipeline.search.pareto import pareto_front
+from optimizer_pipeline.search.space import expand_space, is_valid
+
+
+def _names(plans) -> list[str]:
+    return [" → ".join(step.label() for step in plan) for plan in plans]
+
+
+def test_list_values_expand_into_every_combination():
+    plans = expand_space({"quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"], "per_channel": [True, False]}]})
+    assert len(plans) == 4
+    assert {(p[0].observer, p[0].per_channel) for p in plans} == {("histogram", True), ("histogram", False), ("minmax", True), ("minmax", False)}
+
+
+def test_stages_combine_in_order_and_null_skips_a_stage():
+    plans = expand_space({"prune": [None, {"pass": "prune_unstructured", "amount": [0.2, 0.4]}], "quantize": [None, {"pass": "quantize_dynamic"}]})
+    assert _names(plans) == [
+        "quantize_dynamic",
+        "prune_unstructured(amount=0.2)",
+        "prune_unstructured(amount=0.2) → quantize_dynamic",
+        "prune_unstructured(amount=0.4)",
+        "prune_unstructured(amount=0.4) → quantize_dynamic",
+    ]
+
+
+def test_nothing_follows_a_finishing_pass():
+    assert not is_valid([parse_pass_spec("quantize_static"), parse_pass_spec("freeze")])
+    assert not is_valid([parse_pass_spec("freeze"), parse_pass_spec({"pass": "prune_unstructured"})])
+    assert is_valid([parse_pass_spec({"pass": "prune_unstructured"}), parse_pass_spec("quantize_static")])
+
+
+def test_grid_search_skips_plans_dominated_by_a_cheaper_miss():
+    archive, inputs = tiny_models.mlp()
+    config = {
+        **FAST,
+        "tolerance": {"metric": "cosine", "threshold": 0.99999},
+        "search": {"strategy": "grid", "space": {"prune": [{"pass": "prune_unstructured", "amount": [0.3, 0.6, 0.9]}]}},
+    }
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    statuses = [(c.name, c.status) for c in report.candidates]
+    assert statuses == [
+        ("prune_unstructured", "ok"),
+        ("prune_unstructured(amount=0.6)", "skipped"),
+        ("prune_unstructured(amount=0.9)", "skipped"),
+    ]
+    assert "amount 0.3 already missed" in report.candidates[1].error
+    assert report.search.trials_run == 1 and report.search.trials_skipped == 2
+    assert report.chosen.candidate == "original"
+
+
+def test_random_search_is_seeded_has_no_repeats_and_stops_at_max_trials():
+    archive, inputs = tiny_models.mlp()
+    space = {"quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"], "per_channel": [True, False]}, {"pass": "freeze"}]}
+
+    def trial_names(seed: int) -> list[str]:
+        config = {**FAST, "search": {"strategy": "random", "seed": seed, "max_trials": 3, "space": space}}
+        report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+        assert report.search.stopped_because == "max_trials (3) reached"
+        return [c.name for c in report.candidates]
+
+    first = trial_names(seed=1)
+    assert len(first) == len(set(first)) == 3
+    assert trial_names(seed=1) == first
+
+
+def test_search_stops_within_its_time_budget():
+    archive, inputs = tiny_models.cnn_bn()
+    space = {"prune": [None, {"pass": "prune_unstructured", "amount": [0.1, 0.2, 0.3, 0.4]}], "quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"]}, {"pass": "quantize_dynamic"}, {"pass": "freeze"}]}
+    config = {**FAST, "min_speedup": 0.01, "search": {"strategy": "grid", "time_budget_s": 3, "space": space}}
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    assert report.search.stopped_because == "time budget (3 s) reached"
+    assert report.search.elapsed_s <= 3 * 1.2
+    assert 0 < report.search.trials_run < report.search.space_size
+
+
+def test_folds_cross_validate_and_calibration_never_sees_the_held_out_fold():
+    archive, inputs = tiny_models.cnn_bn(batch=30)
+    config = {**FAST, "search": {"folds": 3, "space": {"quantize": [{"pass": "quantize_static"}]}}}
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    trial = report.candidates[0]
+    assert len(trial.fidelity_folds) == 3
+    assert trial.fidelity_mean == pytest.approx(sum(trial.fidelity_folds) / 3)
+    assert trial.fidelity_std >= 0
+    assert trial.details["0:quantize_static"]["calibration_samples"] == 20
+    assert report.search.folds == 3
+
+
+def test_a_quantized_plan_that_misses_is_retried_with_sensitive_layers_in_float():
+    archive, inputs = tiny_models.residual()
+    config = {
+        **FAST,
+        "min_speedup": 0.001,  # let any speed qualify: this test is about the retry, not the timing
+        "tolerance": {"metric": "sqnr_db", "threshold": 1e9},
+        "search": {"strategy": "grid", "time_budget_s": 300, "space": {"quantize": [{"pass": "quantize_static"}]}},
+    }
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    trials = report.candidates
+    assert [t.origin for t in trials] == ["space", "fallback", "fallback", "fallback", "fallback"]
+    assert [t.plan[0].get("skip_sensitive", 0) for t in trials] == [0, 1, 2, 4, 8]
+    ranked = trials[1].details["0:quantize_static"]["sensitivity"]
+    assert trials[1].details["0:quantize_static"]["float_layers"] == [ranked[0][0]]
+    assert [error for _, error in ranked] == sorted((error for _, error in ranked), reverse=True)
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    def trial(name: str, speedup: float, cosine: float) -> CandidateReport:
+        return CandidateReport(name=name, plan=[], status="ok", speedup=speedup, fidelity_mean=cosine)
+
+    trials = [trial("fast-rough", 4.0, 0.95), trial("slow-exact", 1.2, 1.0), trial("dominated", 1.1, 0.97), trial("middle", 2.0, 0.99)]
+    front = pareto_front(trials, Tolerance(metric="cosine", threshold=0.99))
+    assert front == ["fast-rough", "middle", "slow-exact"]
+
+
+def test_report_html_is_self_contained_and_plots_every_measured_trial():
+    archive, inputs = tiny_models.cnn_bn()
+    config = {**FAST, "search": {"strategy": "grid", "space": {"quantize": [{"pass": "freeze"}, {"pass": "quantize_dynamic"}]}}}
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    page = render_html(report)
+    assert page.startswith("<!doctype html>") and "<svg" in page
+    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    measured = [c for c in report.candidates if c.status == "ok"]
+    assert page.count("<circle") == len(measured) + 1  # + the original
+    assert "budget: agreement 0.99" in page
+    for candidate in report.candidates:
+        assert candidate.name in page
+
+
+def test_objective_size_picks_the_smallest_qualifying_variant():
+    archive, inputs = tiny_models.cnn_bn()
+    config = {
+        **FAST,
+        "min_speedup": 0.001,
+        "tolerance": {"metric": "cosine", "threshold": 0.9},
+        "search": {"objective": "size", "strategy": "grid", "space": {"quantize": [{"pass": "freeze"}, {"pass": "quantize_static"}]}},
+    }
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    sizes = {c.name: c.size_bytes for c in report.candidates}
+    assert report.chosen.candidate == min(sizes, key=sizes.get) == "quantize_static"
+    assert "smallest candidate" in report.chosen.reason
