@@ -17,11 +17,14 @@ from ..jit import ScriptModule, exported_method_names
 from . import graph as g
 from .elements import ChannelElements
 
-# Ops that only ask a tensor about its shape or type: channels may be removed under them anywhere.
+# Ops that ask a tensor nothing that depends on its channel count: channels may be removed under them.
 SHAPE_QUERIES = frozenset(
-    {"aten::size", "aten::dim", "aten::len", "aten::numel", "prim::shape", "prim::dtype", "prim::device",
-     "aten::is_floating_point", "prim::is_cuda", "aten::__isnot__", "aten::__is__"}
+    {"aten::dim", "aten::len", "prim::dtype", "prim::device", "aten::is_floating_point", "prim::is_cuda",
+     "aten::__isnot__", "aten::__is__"}
 )
+# Inside control flow, size() only appears in the input checks of library modules (e.g. BatchNorm's
+# "more than 1 value per channel"); elsewhere the `size` handler decides.
+CHECKS_IN_BLOCKS = SHAPE_QUERIES | {"aten::size"}
 CONTAINERS = frozenset({"prim::ListConstruct", "prim::TupleConstruct", "prim::DictConstruct"})
 
 
@@ -49,9 +52,10 @@ class ShapeRewrite:
     input_index: int
     list_position: int | None
     elements: list[int]
+    graph: g.Graph | None = None  # the model's own graph holding `node`, once located
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: groups key the pruning decisions
 class ChannelGroup:
     """Channels that share the same set of sliced dimensions, e.g. one conv's outputs with their BN."""
 
@@ -76,6 +80,8 @@ class ChannelAnalysis:
     elements: ChannelElements
     # Tensors that enter a layer which owns channel slots, for activation-based importance.
     observed: list[tuple[int, Tracked]] = field(default_factory=list)
+    # The inlined copy of forward that `observed` positions refer to.
+    graph: g.Graph | None = None
     whole_model_reason: str | None = None
 
     def component(self, element: int) -> int:
@@ -87,7 +93,7 @@ class GraphWalk:
 
     def __init__(self, model: ScriptModule, sample_inputs: Sequence[torch.Tensor]) -> None:
         self.model = model
-        self.graph = g.flatten_forward(model)
+        self.graph, self.origins = g.inlined_forward(model)
         self.elements = ChannelElements()
         self.tracked: dict[int, Tracked] = {}
         self.slots: dict[tuple[str, int], list[int]] = {}
@@ -96,7 +102,7 @@ class GraphWalk:
         self.attributes = dict(model.named_parameters()) | dict(model.named_buffers())
         values = g.tensor_values(self.graph)
         self.position = {v.unique(): i for i, v in enumerate(values)}
-        probed = g.probe(model, range(len(values)), sample_inputs)
+        probed = g.probe(model, self.graph, range(len(values)), sample_inputs)
         self.shapes = {v.unique(): tuple(t.shape) for v, t in zip(values, probed)}
 
     # -- reading the graph --------------------------------------------------------------------
@@ -139,7 +145,7 @@ class GraphWalk:
         """`value` is a parameter whose dimension `dim` is indexed by these channels."""
         slot = self.slot(value, dim)
         if slot is None:
-            raise NotUnderstood("an operand that is not a parameter carries the channels")
+            raise NotUnderstood("it combines them with a tensor whose channels come from no layer (e.g. a model input)")
         self.elements.unify(slot, elements)
 
     def observe(self, value: g.Value, tracked: Tracked) -> None:
@@ -174,10 +180,23 @@ class GraphWalk:
                 for output in node.outputs():
                     self.tracked.pop(output.unique(), None)
         self.pin_values(self.deep_inputs(self.graph.return_node()), "it is a model output")
+        self._locate_rewrites()
+
+    def _locate_rewrites(self) -> None:
+        """Point each shape rewrite at the model's own code, or keep its channels if that is not safe."""
+        located = []
+        for rewrite in self.rewrites:
+            origin = g.origin_of(self.origins, rewrite.node)
+            if origin is None or origin.shared:
+                where = "could not be located" if origin is None else "sits in code shared by several modules"
+                self.elements.pin(rewrite.elements, f"a shape constant of {rewrite.node.kind()} {where}")
+                continue
+            located.append(ShapeRewrite(origin.node, rewrite.input_index, rewrite.list_position, rewrite.elements, origin.graph))
+        self.rewrites = located
 
     def _pin_captured(self, node: g.Node) -> None:
         for inner in g.nested_nodes(node):
-            if inner.kind() not in SHAPE_QUERIES:
+            if inner.kind() not in CHECKS_IN_BLOCKS:
                 self.pin_values(list(inner.inputs()), f"{inner.kind()} inside {node.kind()} uses it")
 
 
@@ -196,7 +215,7 @@ def analyse(model: ScriptModule, sample_inputs: Sequence[torch.Tensor], protect:
     for (path, _), elements in walk.slots.items():
         if any(path == name or path.startswith(name + ".") for name in protect):
             walk.elements.pin(elements, f"{path.rpartition('.')[0]} is protected")
-    return ChannelAnalysis(_group(walk), walk.slots, walk.rewrites, walk.elements, walk.observed)
+    return ChannelAnalysis(_group(walk), walk.slots, walk.rewrites, walk.elements, walk.observed, walk.graph)
 
 
 def _group(walk: GraphWalk) -> list[ChannelGroup]:

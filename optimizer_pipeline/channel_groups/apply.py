@@ -2,8 +2,9 @@
 
 Parameter replacement by a tensor of another shape works on ScriptModules (shared NOTES); the forward
 code of Linear, Conv and norms reads shapes from the tensors, except for the constants the analysis
-listed as ShapeRewrites. The caller must reload the module afterwards: a ScriptModule caches its
-execution plan, so a rewritten graph only takes effect in a fresh copy.
+listed as ShapeRewrites (already located in the model's own code). The caller must reload the
+module afterwards: a ScriptModule caches its execution plan, so a rewritten graph only takes effect
+in a fresh copy.
 """
 
 from __future__ import annotations
@@ -33,22 +34,32 @@ def remove_components(model: ScriptModule, analysis: ChannelAnalysis, removed: S
         if kept == len(rewrite.elements):
             continue
         if rewrite.list_position is None:
-            g.replace_constant_input(rewrite.node, rewrite.input_index, kept)
+            g.replace_constant_input(rewrite.graph, rewrite.node, rewrite.input_index, kept)
         else:
             entries = list(g.constant(rewrite.node.inputsAt(rewrite.input_index)))
             entries[rewrite.list_position] = kept
-            g.replace_constant_input(rewrite.node, rewrite.input_index, entries)
+            g.replace_constant_input(rewrite.graph, rewrite.node, rewrite.input_index, entries)
 
 
 def _replace_attribute(model: ScriptModule, path: str, cuts: list[tuple[int, torch.Tensor]]) -> None:
-    owner_path, _, name = path.rpartition(".")
-    owner = model
-    for part in owner_path.split(".") if owner_path else []:
-        owner = getattr(owner, part)
-    old = getattr(owner, name)
-    new = old.detach()
+    new = _attribute(model, path).detach()
     for dim, keep in cuts:
         new = new.index_select(dim, keep)
-    new = new.clone()  # a slice would keep (and save) the whole old storage
-    is_parameter = name in dict(owner.named_parameters(recurse=False))
-    setattr(owner, name, nn.Parameter(new, requires_grad=old.requires_grad) if is_parameter else new)
+    set_tensor_attribute(model, path, new.clone())  # a slice would keep (and save) the whole old storage
+
+
+def set_tensor_attribute(model: ScriptModule, path: str, tensor: torch.Tensor) -> None:
+    """Replace the parameter or buffer at dotted `path`, keeping its kind (and requires_grad)."""
+    owner_path, _, name = path.rpartition(".")
+    owner = _attribute(model, owner_path)
+    old = getattr(owner, name)
+    if name in dict(owner.named_parameters(recurse=False)):
+        tensor = nn.Parameter(tensor, requires_grad=old.requires_grad)
+    setattr(owner, name, tensor)
+
+
+def _attribute(model: ScriptModule, path: str):
+    found = model
+    for part in path.split(".") if path else []:
+        found = getattr(found, part)
+    return found

@@ -46,6 +46,17 @@ def _tracked_input(walk: GraphWalk, node: g.Node) -> Tracked | None:
     return walk.track(node.inputsAt(0))
 
 
+def on_tracked_input(handler: Callable[[GraphWalk, g.Node, Tracked, int], None]) -> Handler:
+    """Run `handler(walk, node, tracked, rank)` only when the first input carries channels."""
+
+    def run(walk: GraphWalk, node: g.Node) -> None:
+        tracked = _tracked_input(walk, node)
+        if tracked is not None:
+            handler(walk, node, tracked, len(walk.shape(node.inputsAt(0))))
+
+    return run
+
+
 # -- layers that own channels ------------------------------------------------------------------------
 @handles("aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d")
 def convolution(walk: GraphWalk, node: g.Node) -> None:
@@ -327,21 +338,15 @@ def _rewrite_size(walk: GraphWalk, node: g.Node, dim: int, elements: list[int]) 
 
 
 @handles("aten::permute")
-def permute(walk: GraphWalk, node: g.Node) -> None:
-    tracked = _tracked_input(walk, node)
-    if tracked is None:
-        return
-    rank = len(walk.shape(node.inputsAt(0)))
+@on_tracked_input
+def permute(walk: GraphWalk, node: g.Node, tracked: Tracked, rank: int) -> None:
     order = [d % rank for d in _int_constant(node.inputsAt(1), "order")]
     walk.set_tracked(node.output(), order.index(tracked.dim), tracked.elements)
 
 
 @handles("aten::transpose", "aten::transpose_", "aten::t")
-def transpose(walk: GraphWalk, node: g.Node) -> None:
-    tracked = _tracked_input(walk, node)
-    if tracked is None:
-        return
-    rank = len(walk.shape(node.inputsAt(0)))
+@on_tracked_input
+def transpose(walk: GraphWalk, node: g.Node, tracked: Tracked, rank: int) -> None:
     if node.kind() == "aten::t":
         first, second = 0, rank - 1
     else:
@@ -351,11 +356,9 @@ def transpose(walk: GraphWalk, node: g.Node) -> None:
 
 
 @handles("aten::slice", "aten::narrow", "aten::select", "aten::index_select")
-def index(walk: GraphWalk, node: g.Node) -> None:
-    tracked = _tracked_input(walk, node)
-    if tracked is None:
-        return
-    dim = _int_constant(node.inputsAt(1), "dim") % len(walk.shape(node.inputsAt(0)))
+@on_tracked_input
+def index(walk: GraphWalk, node: g.Node, tracked: Tracked, rank: int) -> None:
+    dim = _int_constant(node.inputsAt(1), "dim") % rank
     if dim == tracked.dim:
         if walk.shape(node.output()) != walk.shape(node.inputsAt(0)):
             raise NotUnderstood("it indexes into the channel dim")
@@ -363,3 +366,18 @@ def index(walk: GraphWalk, node: g.Node) -> None:
             raise NotUnderstood("it indexes into the channel dim")
     removed_before = node.kind() == "aten::select" and dim < tracked.dim
     walk.set_tracked(node.output(), tracked.dim - removed_before, tracked.elements)
+
+
+@handles("aten::size")
+@on_tracked_input
+def size(walk: GraphWalk, node: g.Node, tracked: Tracked, rank: int) -> None:
+    """x.size(d) is fine for other dims; reading the channel count bakes it into later arithmetic."""
+    if node.inputsSize() > 1:
+        read = [_int_constant(node.inputsAt(1), "dim")]
+    else:  # the whole size list: fine if only its length and other dims are read
+        users = [use.user for use in node.output().uses() if use.user.kind() != "aten::len"]
+        if any(user.kind() != "aten::__getitem__" for user in users):
+            raise NotUnderstood("it reads the channel count at run time")
+        read = [_int_constant(user.inputsAt(1), "index") for user in users]
+    if tracked.dim in {d % rank for d in read}:
+        raise NotUnderstood("it reads the channel count at run time")

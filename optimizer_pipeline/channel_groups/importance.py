@@ -37,7 +37,7 @@ def activation_scores(model: ScriptModule, analysis: ChannelAnalysis, batch: Bat
     positions = sorted({position for position, _ in analysis.observed})
     sums: dict[int, torch.Tensor] = {}
     for part in batch.chunks(chunk):
-        for position, tensor in zip(positions, g.probe(model, positions, part.inputs)):
+        for position, tensor in zip(positions, g.probe(model, analysis.graph, positions, part.inputs)):
             sums[position] = sums.get(position, 0) + tensor.abs().sum(0)
     sources = []
     for position, tracked in analysis.observed:
