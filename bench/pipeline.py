@@ -1,8 +1,8 @@
 """Benchmark: every default candidate of the pipeline, on real data, against real held-out labels.
 
 For each model (trained here in seconds on scikit-learn digits or Debian's Fashion-MNIST), runs
-`optimize()` with a labelled calibration batch drawn from the training data, then scores every
-candidate variant on the real test set. Speed-ups are the pipeline's own ABAB measurements
+`optimize()` on the built-in candidate set with a labelled calibration batch drawn from the training
+data, then scores every candidate variant on the real test set. Speed-ups are the pipeline's own ABAB measurements
 (original and candidate taking turns in one process).
 
     python bench/pipeline.py                 # all models, writes bench/results/pipeline.json
@@ -12,75 +12,33 @@ candidate variant on the real test set. Speed-ups are the pipeline's own ABAB me
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy
 
-import data  # noqa: E402
-import models  # noqa: E402
+from optimizer_pipeline import optimize
+from optimizer_pipeline.config import DEFAULT_CANDIDATES
+from optimizer_pipeline.runtimes import load_variant
 
-from optimizer_pipeline import optimize  # noqa: E402
-from optimizer_pipeline.fidelity import accuracy  # noqa: E402
-from optimizer_pipeline.model_loading import run_model  # noqa: E402
-from optimizer_pipeline.calibration import Batch  # noqa: E402
-from optimizer_pipeline.runtimes import load_variant  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
-
-# name -> (dataset, architecture factory, training epochs)
-MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], int]] = {
-    "cnn_bn_digits": ("digits", lambda: models.CnnBN(width=16), 15),
-    "mlp_digits": ("digits", lambda: models.MLP(), 20),
-    "lstm_digits": ("digits", lambda: models.RowLSTM(), 20),
-    "cnn_bn_fashion": ("fashion", lambda: models.CnnBN(), 2),
-    "resnet_fashion": ("fashion", lambda: models.ResNetSmall(), 2),
-    "densenet_fashion": ("fashion", lambda: models.DenseBlockNet(), 2),
-    "depthwise_fashion": ("fashion", lambda: models.DepthwiseSeparable(), 2),
-}
-
-
-def _traced(model: torch.nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.save(torch.jit.trace(model, example), buffer)
-    return buffer.getvalue()
-
-
-def _saved(tensor: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(tensor, buffer)
-    return buffer.getvalue()
+RESULTS = RESULTS_DIR / "pipeline.json"
 
 
 def bench_model(name: str, calibration_size: int, test_size: int, rounds: int) -> dict:
-    dataset, factory, epochs = MODELS[name]
-    train_x, train_y, test_x, test_y = data.digits() if dataset == "digits" else data.fashion_mnist()
-    # The calibration batch is the tail of the training data, which the model did not train on.
-    fit_x, fit_y = train_x[:-calibration_size], train_y[:-calibration_size]
-    calib_x, calib_y = train_x[-calibration_size:], train_y[-calibration_size:]
+    task = labelled_task(name, calibration_size, test_size)
+    config = {"candidates": [{"plan": plan} for plan in DEFAULT_CANDIDATES], "batch_size": 32, "latency": {"rounds": rounds}}
     started = time.perf_counter()
-    model = models.train(factory(), fit_x, fit_y, epochs)
-    train_seconds = time.perf_counter() - started
-    archive = _traced(model, calib_x[:2])
-    started = time.perf_counter()
-    result = optimize(archive, _saved(calib_x), {"batch_size": 32, "latency": {"rounds": rounds}}, labels=_saved(calib_y))
+    result = optimize(task.archive, task.calibration, config, labels=task.labels)
     optimize_seconds = time.perf_counter() - started
-    test = Batch((test_x[:test_size],), test_y[:test_size])
-    original_accuracy = _test_accuracy(load_variant("torchscript", archive), test)
+    original_accuracy = test_accuracy(load_variant("torchscript", task.archive), task.test)
     rows = []
     for candidate in result.report.candidates:
         variant = result.candidates.get(candidate.name)
-        test_accuracy = _test_accuracy(load_variant(variant.runtime, variant.data), test) if variant else None
+        accuracy = test_accuracy(load_variant(variant.runtime, variant.data), task.test) if variant else None
         latency = {c.batch_size: c for c in candidate.latency}
         rows.append(
             {
@@ -93,44 +51,38 @@ def bench_model(name: str, calibration_size: int, test_size: int, rounds: int) -
                 "original_ms_b32": latency[32].original.median_ms if 32 in latency else None,
                 "candidate_ms_b32": latency[32].candidate.median_ms if 32 in latency else None,
                 "heldout_agreement": candidate.fidelity.agreement if candidate.fidelity else None,
-                "test_accuracy": test_accuracy,
-                "test_accuracy_drop": None if test_accuracy is None else original_accuracy - test_accuracy,
+                "test_accuracy": accuracy,
+                "test_accuracy_drop": None if accuracy is None else original_accuracy - accuracy,
                 "meets_tolerance": candidate.meets_tolerance,
                 "chosen": candidate.name == result.report.chosen.candidate,
             }
         )
     return {
         "model": name,
-        "dataset": dataset,
         "parameters": result.report.model.parameters,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(task.train_seconds, 1),
         "optimize_seconds": round(optimize_seconds, 1),
         "original_test_accuracy": original_accuracy,
-        "test_samples": len(test),
+        "test_samples": len(task.test),
         "chosen": result.report.chosen.candidate,
         "reason": result.report.chosen.reason,
         "candidates": rows,
     }
 
 
-def _test_accuracy(variant, test: Batch) -> float:
-    outputs = run_model(variant, test)
-    return accuracy(outputs[0][1], test.labels)
-
-
 def _print_table(results: list[dict]) -> None:
-    header = f"{'model':<18} {'candidate':<26} {'runtime':<11} {'x@32':>6} {'x@1':>6} {'agree':>6} {'test acc':>8} {'drop':>7} {'ok':>3} chosen"
+    header = f"{'model':<18} {'candidate':<44} {'runtime':<11} {'x@32':>6} {'x@1':>6} {'agree':>6} {'test acc':>8} {'drop':>7} {'ok':>3} chosen"
     print(header)
     print("-" * len(header))
     for result in results:
-        print(f"{result['model']:<18} {'original':<26} {'torchscript':<11} {'1.00':>6} {'1.00':>6} {'':>6} {result['original_test_accuracy']:>8.4f}")
+        print(f"{result['model']:<18} {'original':<44} {'torchscript':<11} {'1.00':>6} {'1.00':>6} {'':>6} {result['original_test_accuracy']:>8.4f}")
         for row in result["candidates"]:
             if row["status"] == "failed":
-                print(f"{'':<18} {row['candidate'][:26]:<26} {row['runtime']:<11} failed: {row['error']}")
+                print(f"{'':<18} {row['candidate'][:44]:<44} {row['runtime']:<11} failed: {row['error']}")
                 continue
             agreement = f"{row['heldout_agreement']:.3f}" if row["heldout_agreement"] is not None else "-"
             print(
-                f"{'':<18} {row['candidate'][:26]:<26} {row['runtime']:<11} {row['speedup_b32']:>6.2f} {row['speedup_b1']:>6.2f} "
+                f"{'':<18} {row['candidate'][:44]:<44} {row['runtime']:<11} {row['speedup_b32']:>6.2f} {row['speedup_b1']:>6.2f} "
                 f"{agreement:>6} {row['test_accuracy']:>8.4f} {row['test_accuracy_drop']:>+7.4f} {'yes' if row['meets_tolerance'] else 'no':>3} "
                 f"{'*' if row['chosen'] else ''}"
             )

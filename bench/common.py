@@ -1,0 +1,79 @@
+"""Shared by the benchmarks: the real-data models they run on, and small file helpers."""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import data  # noqa: E402
+import models  # noqa: E402
+
+from optimizer_pipeline.calibration import Batch  # noqa: E402
+from optimizer_pipeline.fidelity import accuracy  # noqa: E402
+from optimizer_pipeline.model_loading import run_model  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# name -> (dataset, architecture factory, training epochs)
+MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], int]] = {
+    "cnn_bn_digits": ("digits", lambda: models.CnnBN(width=16), 15),
+    "mlp_digits": ("digits", lambda: models.MLP(), 20),
+    "lstm_digits": ("digits", lambda: models.RowLSTM(), 20),
+    "cnn_bn_fashion": ("fashion", lambda: models.CnnBN(), 2),
+    "resnet_fashion": ("fashion", lambda: models.ResNetSmall(), 2),
+    "densenet_fashion": ("fashion", lambda: models.DenseBlockNet(), 2),
+    "depthwise_fashion": ("fashion", lambda: models.DepthwiseSeparable(), 2),
+}
+
+
+@dataclass
+class LabelledTask:
+    archive: bytes
+    calibration: bytes
+    labels: bytes
+    test: Batch
+    train_seconds: float
+
+
+def traced(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model.eval(), example, strict=False), buffer)
+    return buffer.getvalue()
+
+
+def saved(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def labelled_task(name: str, calibration_size: int, test_size: int) -> LabelledTask:
+    """Train `name` on real data; the calibration batch is training data the model never saw."""
+    import time
+
+    dataset, factory, epochs = MODELS[name]
+    train_x, train_y, test_x, test_y = data.digits() if dataset == "digits" else data.fashion_mnist()
+    fit_x, fit_y = train_x[:-calibration_size], train_y[:-calibration_size]
+    started = time.perf_counter()
+    model = models.train(factory(), fit_x, fit_y, epochs)
+    return LabelledTask(
+        archive=traced(model, (train_x[:2],)),
+        calibration=saved(train_x[-calibration_size:]),
+        labels=saved(train_y[-calibration_size:]),
+        test=Batch((test_x[:test_size],), test_y[:test_size]),
+        train_seconds=time.perf_counter() - started,
+    )
+
+
+def test_accuracy(variant, test: Batch) -> float:
+    return accuracy(run_model(variant, test)[0][1], test.labels)
