@@ -66,15 +66,21 @@ class PlanBuilder:
             if output.details:
                 details[f"{position}:{step.name}"] = output.details
             if position < len(plan) - 1:
-                self._prefixes[_key(plan[: position + 1])] = (copy.deepcopy(model), dict(details))
+                self._prefixes[_key(plan[: position + 1])] = (_private_copy(model), dict(details))
         return model, details
 
     def _longest_cached_prefix(self, plan: list[PassConfig]) -> tuple[int, Any, dict[str, Any]]:
         for length in range(len(plan) - 1, 0, -1):
             cached = self._prefixes.get(_key(plan[:length]))
             if cached is not None:
-                return length, copy.deepcopy(cached[0]), dict(cached[1])
+                return length, _private_copy(cached[0]), dict(cached[1])
         return 0, jit.reload(self.reference.original), {}
+
+
+def _private_copy(model: Any) -> Any:
+    # deepcopy of a ScriptModule gives non-leaf parameters, which optimizers refuse; a save/load
+    # round trip gives proper leaves.
+    return jit.reload(model) if isinstance(model, jit.ScriptModule) else copy.deepcopy(model)
 
 
 def _key(plan: list[PassConfig]) -> str:

@@ -9,7 +9,7 @@ def format_report(report: Report) -> str:
     header = ["candidate", "runtime", "status", "fidelity", "ms@1", f"ms@{report.batch_size}", "speed-up", "size", "ok", "chosen"]
     rows = [["original", "torchscript", "baseline", _baseline_fidelity(report), *_baseline_latency(report), "1.00x",
              _size(report.model.size_bytes), "", "*" if report.chosen.candidate == "original" else ""]]
-    rows += [_row(candidate, report) for candidate in report.candidates]
+    rows += [_row(candidate, report) for candidate in report.candidates if candidate.status != "skipped"]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -17,8 +17,14 @@ def format_report(report: Report) -> str:
     lines += ["", f"tolerance: {tolerance}; needs ≥ {report.min_speedup:.2f}x at batch {report.batch_size}; "
               f"{report.threads} thread(s); held-out samples: {report.calibration.held_out_samples}",
               f"chosen: {report.chosen.candidate} — {report.chosen.reason}"]
-    failures = [c for c in report.candidates if c.status == "failed"]
-    lines += [f"failed: {c.name} at {c.failed_pass or 'measurement'}: {(c.error or '').splitlines()[0]}" for c in failures]
+    if report.search:
+        search = report.search
+        lines.insert(-1, f"search: {search.strategy}, {search.trials_run} trials run, {search.trials_skipped} skipped, "
+                         f"{search.folds} fold(s), {search.elapsed_s:.0f} s of {search.time_budget_s:.0f} s; stopped: {search.stopped_because}; "
+                         f"Pareto front: {', '.join(search.pareto) or '-'}")
+    for candidate in report.candidates:
+        if candidate.status == "failed":
+            lines.append(f"failed: {candidate.name} at {candidate.failed_pass or 'measurement'}: {(candidate.error or '').splitlines()[0]}")
     return "\n".join(lines)
 
 

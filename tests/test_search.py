@@ -151,3 +151,16 @@ def test_objective_size_picks_the_smallest_qualifying_variant():
     sizes = {c.name: c.size_bytes for c in report.candidates}
     assert report.chosen.candidate == min(sizes, key=sizes.get) == "quantize_static"
     assert "smallest candidate" in report.chosen.reason
+
+
+def test_a_cached_prefix_can_be_fine_tuned():
+    """Plans sharing `prune` reuse its result; fine-tuning that copy must still train real leaves."""
+    archive, inputs = tiny_models.mlp()
+    space = {
+        "prune": [{"pass": "prune_unstructured", "amount": 0.5}],
+        "finetune": [None, {"pass": "finetune", "epochs": 2}],
+    }
+    config = {**FAST, "search": {"strategy": "grid", "time_budget_s": 300, "space": space}}
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
+    assert [c.status for c in report.candidates] == ["ok", "ok"], [c.error for c in report.candidates]
+    assert report.candidates[1].details["1:finetune"]
