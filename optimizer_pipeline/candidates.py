@@ -98,6 +98,7 @@ def new_report(name: str, plan: list[PassConfig]) -> CandidateReport:
     return CandidateReport(
         name=name,
         plan=[step.spec() for step in plan],
+        runtime="onnxruntime" if plan and plan[-1].produces == "onnx" else "torchscript",
         status="ok",
         notes=[note for step in plan if (note := REGISTRY[step.name].config_class.speed_note)],
     )

@@ -17,6 +17,9 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
     [{"pass": "freeze"}],
     [{"pass": "quantize_dynamic", "per_channel": True}],
     [{"pass": "quantize_static"}],
+    [{"pass": "onnx_export"}],
+    [{"pass": "onnx_export"}, {"pass": "ort_quantize_static"}],
+    [{"pass": "onnx_export"}, {"pass": "ort_quantize_dynamic"}],
 ]
 
 

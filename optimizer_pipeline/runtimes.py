@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import jit
+from . import jit, onnx_runtime
 from .variants import Runtime
 
 LoadedVariant = Callable[..., Any]
@@ -36,6 +36,12 @@ RUNTIMES: dict[str, RuntimeSupport] = {
         owns=lambda model: isinstance(model, jit.ScriptModule),
         serialize=jit.archive_bytes,
         load=_load_torchscript,
+    ),
+    "onnxruntime": RuntimeSupport(
+        name="onnxruntime",
+        owns=lambda model: isinstance(model, onnx_runtime.OnnxModel),
+        serialize=lambda model: model.data,
+        load=onnx_runtime.load_session,
     ),
 }
 

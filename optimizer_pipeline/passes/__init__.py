@@ -1,6 +1,16 @@
 """Optimization passes. Importing a pass module registers it by name (see base.py)."""
 
-from . import freeze, prune_unstructured, quantize_dynamic, quantize_static  # noqa: F401
+from . import (  # noqa: F401
+    finetune,
+    freeze,
+    onnx_export,
+    ort_quantize,
+    prune_structured,
+    prune_unstructured,
+    quantize_dynamic,
+    quantize_qat,
+    quantize_static,
+)
 from .base import REGISTRY, PassConfig, PassOutput, parse_pass_spec, run_pass
 
 __all__ = ["REGISTRY", "PassConfig", "PassOutput", "parse_pass_spec", "run_pass"]

@@ -56,11 +56,11 @@ class PassConfig(BaseModel):
 
 @dataclass
 class PassOutput:
-    model: ScriptModule
+    model: Any  # a ScriptModule, or an in-memory ONNX model after onnx_export (see `produces`)
     details: dict[str, Any] = field(default_factory=dict)
 
 
-PassFunction = Callable[[ScriptModule, Batch, Any], PassOutput]
+PassFunction = Callable[[Any, Batch, Any], PassOutput]
 
 
 @dataclass(frozen=True)
@@ -99,5 +99,5 @@ def parse_pass_spec(value: Any) -> PassConfig:
     return REGISTRY[name].config_class.model_validate(value)
 
 
-def run_pass(model: ScriptModule, calibration: Batch, config: PassConfig) -> PassOutput:
+def run_pass(model: Any, calibration: Batch, config: PassConfig) -> PassOutput:
     return REGISTRY[config.name].run(model, calibration, config)

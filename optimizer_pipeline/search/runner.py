@@ -186,8 +186,10 @@ def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[T
         state.misses[signature] = min(amount, state.misses.get(signature, amount))
     fallback = _fallback(trial) if search.sensitive_fallback else None
     # Keeping layers in float only makes a plan slower, so retry only plans that were fast enough.
+    # The retry goes next, but after the built-in single passes that have not run yet.
     if fallback is not None and (report.speedup or 0.0) >= settings.min_speedup:
-        queue.insert(0, fallback)
+        position = next((i for i, queued in enumerate(queue) if queued.origin != "first"), len(queue))
+        queue.insert(position, fallback)
 
 
 def _amount_signature(plan: Plan) -> tuple[str | None, float]:

@@ -1,0 +1,141 @@
+"""TorchScript → ONNX (TorchScript exporter, dynamo=False), checked against TorchScript before use.
+
+Inputs are named after forward's arguments and outputs after the original's flattened outputs
+(outputs.py), every one with a dynamic batch axis, so the ONNX variant is a drop-in replacement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+import sys
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from .. import jit
+from ..calibration import Batch
+from ..model_loading import run_model
+from ..onnx_runtime import TIMING_NOTE, OnnxModel, load_session, quiet_onnx
+from ..outputs import flatten_outputs
+from .base import PassConfig, PassOutput, register
+
+# Parity is checked at batch 1 and at the calibration size capped here: enough to catch a batch
+# dimension baked into the graph, cheap enough to run on every export.
+PARITY_BATCH_CAP = 16
+
+
+class OnnxExportConfig(PassConfig):
+    name: Literal["onnx_export"] = "onnx_export"
+
+    produces = "onnx"
+    opset: int = Field(17, ge=13, le=21)
+    parity_tolerance: float = Field(
+        1e-4, gt=0, description="largest allowed |ONNX − TorchScript|, relative to the output's largest magnitude"
+    )
+
+
+class _FlatOutputs(torch.nn.Module):
+    """The model with its outputs as one flat tuple, in flatten_outputs order.
+
+    The exporter cannot express dict outputs (prim::DictConstruct); names come from output_names."""
+
+    def __init__(self, model: jit.ScriptModule) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor for _, tensor in flatten_outputs(self.model(*inputs)))
+
+
+@register(OnnxExportConfig)
+def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
+    if not isinstance(model, jit.ScriptModule):
+        raise ValueError(f"onnx_export needs a TorchScript model, got {type(model).__name__}; export only once per plan")
+    # Through an archive first: an in-memory frozen module cannot be wrapped and traced (its type
+    # lives in another compilation unit); the reloaded copy can.
+    model = jit.reload(model)
+    # Two samples, so the tracer never specializes on a batch of one.
+    sample = calibration.head(2).inputs
+    input_names = jit.forward_argument_names(model)
+    with torch.no_grad(), jit.quiet_torch():
+        output_names = [name for name, _ in flatten_outputs(model(*sample))]
+        # Tracing the wrapper keeps the model's own graph, scripted control flow included.
+        flat = torch.jit.trace(_FlatOutputs(model), sample, check_trace=False)
+    buffer = io.BytesIO()
+    with quiet_onnx(), jit.quiet_torch(), _stdout_discarded():
+        torch.onnx.export(
+            flat,
+            sample,
+            buffer,
+            dynamo=False,
+            opset_version=config.opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in input_names + output_names},
+        )
+    exported = OnnxModel(buffer.getvalue())
+    errors = _check_parity(model, exported, calibration, config.parity_tolerance)
+    return PassOutput(
+        exported,
+        {
+            "opset": config.opset,
+            "inputs": input_names,
+            "outputs": output_names,
+            "relative_error_by_batch": errors,
+            "timing": TIMING_NOTE,
+        },
+    )
+
+
+@contextlib.contextmanager
+def _stdout_discarded() -> Iterator[None]:
+    """Point the process's stdout (file descriptor 1, C++ writes included) at /dev/null.
+
+    torch.onnx (2.13) writes the whole IR graph to stdout whenever an export fails, thousands of
+    lines for a transformer, whatever the logging settings: its "was ONNX logging on?" check tests a
+    function object, which is always true. Other threads' stdout is lost for the export's duration."""
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    libc.fflush(None)
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        libc.fflush(None)  # C++ writes go through C stdio: flush them into /dev/null, not after it
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _check_parity(model: jit.ScriptModule, exported: OnnxModel, calibration: Batch, tolerance: float) -> dict[str, float]:
+    """Worst relative error per batch size; raise when the export is not a faithful copy."""
+    session = load_session(exported.data, torch.get_num_threads())
+    errors = {}
+    for size in sorted({1, min(len(calibration), PARITY_BATCH_CAP)}):
+        batch = calibration.head(size)
+        expected, got = run_model(model, batch), run_model(session, batch)
+        error = max(_relative_error(reference, candidate) for (_, reference), (_, candidate) in zip(expected, got))
+        if error > tolerance:
+            raise ValueError(
+                f"the ONNX export differs from TorchScript at batch {size}: max |error| is {error:.3g} "
+                f"of the output scale (allowed {tolerance:g})"
+            )
+        errors[str(size)] = error
+    return errors
+
+
+def _relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    if reference.shape != candidate.shape:
+        return float("inf")
+    if reference.numel() == 0:
+        return 0.0
+    reference = reference.double()
+    difference = (reference - candidate.double()).abs().max()
+    return float(difference / reference.abs().max().clamp_min(1e-12))

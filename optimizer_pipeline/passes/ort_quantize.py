@@ -1,0 +1,185 @@
+"""ONNX Runtime int8 quantization of an exported model: static (QDQ, calibrated) and dynamic.
+
+Static quantization can keep chosen nodes in float (`nodes_to_exclude`), and can find the nodes
+worth keeping itself (`skip_sensitive`), per node rather than per layer. Quantizing every op type
+breaks transformer encoders (shared NOTES); this is the fallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime import quantization as ortq
+from pydantic import Field
+
+from ..calibration import Batch
+from ..fidelity import compare_outputs
+from ..model_loading import run_model
+from ..onnx_runtime import OnnxModel, load_session, quiet_onnx
+from .base import PassConfig, PassOutput, register
+from .qdq_graph import feed_float_inputs, graph_input_names, int8_nodes
+
+# Ranking costs one quantization and one forward per node; a slice of the calibration split shows
+# each node's error well enough (as quantize_static's layer ranking does).
+SENSITIVITY_SAMPLES = 64
+
+CALIBRATE_METHODS = {
+    "minmax": ortq.CalibrationMethod.MinMax,
+    "entropy": ortq.CalibrationMethod.Entropy,
+    "percentile": ortq.CalibrationMethod.Percentile,
+}
+
+class _OrtQuantizeConfig(PassConfig):
+    """What both ORT quantization passes share: ONNX in, ONNX out, and nothing after them."""
+
+    consumes = "onnx"
+    produces = "onnx"
+    finishing = True
+    # Lists, not tuples: the search reads a list-typed field's list as one value, not as choices.
+    op_types: list[str] | None = Field(
+        None, description="ONNX op types to quantize, e.g. ['MatMul', 'Gemm']; None: every type ORT quantizes"
+    )
+
+
+class OrtQuantizeStaticConfig(_OrtQuantizeConfig):
+    name: Literal["ort_quantize_static"] = "ort_quantize_static"
+
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="ONNX node names kept in float (see details.int8_nodes)")
+    skip_sensitive: int = Field(0, ge=0, description="also keep this many of the most sensitive nodes in float")
+    calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # int8 activations left 3 of 4 convs of a residual block unfused (float Conv) here; uint8 fused all.
+    activations: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    calibration_batch_size: int = Field(32, ge=1)
+
+    fallback_field = "skip_sensitive"
+
+
+class OrtQuantizeDynamicConfig(_OrtQuantizeConfig):
+    name: Literal["ort_quantize_dynamic"] = "ort_quantize_dynamic"
+
+    per_channel: bool = False
+
+
+@register(OrtQuantizeStaticConfig)
+def ort_quantize_static(model: OnnxModel, calibration: Batch, config: OrtQuantizeStaticConfig) -> PassOutput:
+    details: dict[str, Any] = {"calibration_samples": len(calibration)}
+    float_nodes = list(config.nodes_to_exclude)
+    with _workspace(model, config.name) as (workdir, prepared):
+        quantizer = _StaticQuantizer(prepared, workdir, calibration, config)
+        quantized = quantizer.quantize(nodes_to_exclude=float_nodes)
+        if config.skip_sensitive:
+            ranking = _rank_sensitive_nodes(prepared, quantizer, calibration, int8_nodes(quantized))
+            details["sensitivity"] = ranking
+            float_nodes += [node for node, _ in ranking[: config.skip_sensitive] if node not in float_nodes]
+            quantized = quantizer.quantize(nodes_to_exclude=float_nodes)
+    details["int8_nodes"] = int8_nodes(quantized)
+    if float_nodes:
+        details["float_nodes"] = float_nodes
+    return PassOutput(OnnxModel(quantized), details)
+
+
+@register(OrtQuantizeDynamicConfig)
+def ort_quantize_dynamic(model: OnnxModel, calibration: Batch, config: OrtQuantizeDynamicConfig) -> PassOutput:
+    with _workspace(model, config.name) as (workdir, prepared):
+        output = workdir / "dynamic.onnx"
+        ortq.quantize_dynamic(
+            prepared,
+            output,
+            op_types_to_quantize=config.op_types,
+            per_channel=config.per_channel,
+            weight_type=ortq.QuantType.QInt8,
+        )
+        quantized = output.read_bytes()
+    integer_ops = [node.op_type for node in onnx.load_from_string(quantized).graph.node if "Integer" in node.op_type]
+    # Conv becomes ConvInteger, slower than float Conv on CPU (shared NOTES): make it visible.
+    return PassOutput(OnnxModel(quantized), {"integer_ops": {op: integer_ops.count(op) for op in sorted(set(integer_ops))}})
+
+
+@contextlib.contextmanager
+def _workspace(model: object, pass_name: str) -> Iterator[tuple[Path, Path]]:
+    """A temporary directory holding the model after quant_pre_process; removed afterwards."""
+    if not isinstance(model, OnnxModel):
+        raise ValueError(f"{pass_name} needs an ONNX model, got {type(model).__name__}; put onnx_export before it in the plan")
+    with tempfile.TemporaryDirectory(prefix="optiserve-ort-") as directory, quiet_onnx():
+        workdir = Path(directory)
+        (workdir / "exported.onnx").write_bytes(model.data)
+        # Shape inference and graph cleanup first: ORT quantizes tensors of unknown shape poorly.
+        ortq.quant_pre_process(workdir / "exported.onnx", workdir / "prepared.onnx")
+        yield workdir, workdir / "prepared.onnx"
+
+
+class _CalibrationBatches(ortq.CalibrationDataReader):
+    """Feeds the calibration split to ORT's calibrator, chunk by chunk."""
+
+    def __init__(self, batch: Batch, input_names: list[str], chunk_size: int) -> None:
+        # Equal chunks: the histogram calibrators (entropy, percentile) stack every run's outputs and
+        # fail on a short last chunk. Filling it from the start counts a few samples twice.
+        size = min(chunk_size, len(batch))
+        chunks = batch.head(math.ceil(len(batch) / size) * size).chunks(size)
+        self.feeds = [{name: tensor.numpy() for name, tensor in zip(input_names, chunk.inputs)} for chunk in chunks]
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position == len(self.feeds):
+            return None
+        self.position += 1
+        return self.feeds[self.position - 1]
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+class _StaticQuantizer:
+    """quantize_static with the pass's settings; calibrates on the first call, reuses the ranges after."""
+
+    def __init__(self, prepared: Path, workdir: Path, calibration: Batch, config: OrtQuantizeStaticConfig) -> None:
+        self.prepared = prepared
+        self.workdir = workdir
+        self.config = config
+        self.reader = _CalibrationBatches(calibration, graph_input_names(onnx.load(prepared)), config.calibration_batch_size)
+        self.ranges = workdir / "calibration.json"
+
+    def quantize(self, nodes_to_exclude: Sequence[str] = (), nodes_to_quantize: list[str] | None = None) -> bytes:
+        output = self.workdir / "static.onnx"
+        self.reader.rewind()
+        ortq.quantize_static(
+            self.prepared,
+            output,
+            self.reader,
+            quant_format=ortq.QuantFormat.QDQ,
+            op_types_to_quantize=self.config.op_types,
+            per_channel=self.config.per_channel,
+            activation_type=ortq.QuantType.QInt8 if self.config.activations == "int8" else ortq.QuantType.QUInt8,
+            weight_type=ortq.QuantType.QInt8,
+            nodes_to_quantize=nodes_to_quantize,
+            nodes_to_exclude=list(nodes_to_exclude),
+            calibrate_method=CALIBRATE_METHODS[self.config.calibrate_method],
+            calibration_cache_path=self.ranges,
+        )
+        return feed_float_inputs(output.read_bytes(), set(nodes_to_exclude))
+
+
+def _rank_sensitive_nodes(
+    prepared: Path, quantizer: _StaticQuantizer, calibration: Batch, nodes: list[str]
+) -> list[tuple[str, float]]:
+    """(node, 1 - cosine to the float model when only that node is quantized), worst first.
+
+    Alone rather than all-but-one: each node's own damage, not entangled with the others'. The same
+    measure as quantize_static's layer ranking, so the two read alike in a report."""
+    sample = calibration.head(min(SENSITIVITY_SAMPLES, len(calibration)))
+    threads = torch.get_num_threads()
+    reference = run_model(load_session(prepared.read_bytes(), threads), sample)
+    ranking = []
+    for node in nodes:
+        alone = load_session(quantizer.quantize(nodes_to_quantize=[node]), threads)
+        ranking.append((node, round(1.0 - compare_outputs(reference, run_model(alone, sample)).cosine, 8)))
+    return sorted(ranking, key=lambda item: item[1], reverse=True)
