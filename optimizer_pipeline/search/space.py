@@ -37,7 +37,7 @@ DEFAULT_SPACE: dict[str, list[StageOption]] = {
         None,
         {"pass": "onnx_export"},
         [{"pass": "onnx_export"}, {"pass": "ort_quantize_dynamic"}],
-        [{"pass": "onnx_export"}, {"pass": "ort_quantize_static"}],
+        [{"pass": "onnx_export"}, {"pass": "ort_quantize_static", "activations": ["int8", "uint8"]}],
     ],
 }
 
@@ -95,4 +95,4 @@ def _expand_spec(spec: dict[str, Any]) -> list[PassConfig]:
 def _list_fields(pass_name: str) -> set[str]:
     """Fields whose value is itself a list (e.g. skip_layers): a list there is one value, not choices."""
     fields = REGISTRY[pass_name].config_class.model_fields
-    return {name for name, info in fields.items() if "list" in str(info.annotation)}
+    return {name for name, info in fields.items() if "list" in str(info.annotation) or "tuple" in str(info.annotation)}
