@@ -1,1 +1,5 @@
 """Python client and command line for optiserve."""
+
+from .client import OptiserveClient, OptiserveError
+
+__all__ = ["OptiserveClient", "OptiserveError"]

@@ -7,11 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from .server_commands import add_commands
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="optiserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_optimize(commands)
+    add_commands(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -1,0 +1,37 @@
+# optiserve on CPU. Build: docker build -t optiserve .   Run: docker run -p 8000:8000 -v optiserve-store:/data optiserve
+# A smaller image: pass PyTorch's CPU-only wheel index as --build-arg TORCH_INDEX_URL=...; by default
+# pip takes torch==2.13.0 from PyPI, which is the larger CUDA-enabled build (it runs on CPU too).
+FROM python:3.11-slim
+
+ARG TORCH_INDEX_URL=""
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    OPTISERVE_HOST=0.0.0.0 \
+    OPTISERVE_PORT=8000 \
+    OPTISERVE_STORE=/data/store
+
+WORKDIR /app
+
+# torch alone and first: it is by far the largest layer and changes least often.
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
+
+COPY pyproject.toml README.md ./
+COPY optimizer_pipeline ./optimizer_pipeline
+COPY server ./server
+COPY clients ./clients
+RUN pip install . \
+    && useradd --create-home --uid 10001 optiserve \
+    && mkdir -p /data/store \
+    && chown -R optiserve /data
+
+USER optiserve
+VOLUME ["/data"]
+EXPOSE 8000
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"
+
+# Flags override the OPTISERVE_* environment above.
+ENTRYPOINT ["optiserve"]
+CMD ["serve"]

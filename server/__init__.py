@@ -1,0 +1,1 @@
+"""optiserve's HTTP server: LitServe inference workers, management routes, model store, background jobs."""

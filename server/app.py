@@ -1,0 +1,128 @@
+"""Assemble the LitServer: inference LitAPIs, management routes, middleware, lifespan; run it.
+
+Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are created at import).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from contextlib import asynccontextmanager
+from multiprocessing.managers import SyncManager
+
+import litserve as ls
+from fastapi import FastAPI
+from litserve.utils import WorkerSetupStatus
+
+from . import jobs
+from .dataplane import ManagementPlane
+from .errors import install_error_handlers
+from .inference import CompareAPI, PredictAPI
+from .limits import BodySizeLimitMiddleware
+from .metrics import RequestMetricsMiddleware
+from .processes import die_with_parent, interrupt_on_sigterm
+from .routes import ManagementRoutes
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger("optiserve")
+
+
+class _QuietMonitorShutdown(logging.Filter):
+    """LitServe's worker-monitor thread logs a crash when the Manager it polls shuts down at exit."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, (OSError, EOFError)))
+
+
+def build_server(settings: Settings, store: Store) -> ls.LitServer:
+    server = ls.LitServer(
+        [PredictAPI(settings), CompareAPI(settings)],
+        accelerator="cpu",
+        workers_per_device={"/predict": settings.workers, "/compare": settings.compare_workers},
+        timeout=settings.request_timeout,
+        # Ours are /health (live) and /ready (workers up), with JSON bodies; LitServe's move aside.
+        healthcheck_path="/_litserve/health",
+        info_path="/_litserve/info",
+        restart_workers=True,
+    )
+    app = server.app
+
+    def workers_ready() -> bool:
+        # A Manager dict shared with the workers; it exists once run() has started them.
+        status = getattr(server, "workers_setup_status", None)
+        return bool(status) and all(value == WorkerSetupStatus.READY for value in status.values())
+
+    install_error_handlers(app)
+    app.include_router(ManagementRoutes(ManagementPlane(store), workers_ready).router())
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
+    _wrap_lifespan(app, settings)
+    return server
+
+
+def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
+    # LitServe never runs on_event("startup"); wrapping the lifespan is the hook that does run.
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(instance: FastAPI):
+        die_with_parent()
+        _limit_validation_threads()
+        if getattr(instance, "response_queue_id", 0) == 0:
+            print(f"optiserve is up at {settings.url}  (store: {settings.store.resolve()})", flush=True)
+        async with inner(instance) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
+def _limit_validation_threads() -> None:
+    # Upload validation runs a few samples in the API server; it must not compete with the workers.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _manager_that_dies_with_parent() -> SyncManager:
+    # LitServe's queues live in a multiprocessing Manager it starts with `mp.Manager()`; that
+    # process would outlive a kill -9 of the main process. Same manager, plus PR_SET_PDEATHSIG.
+    manager = SyncManager(ctx=multiprocessing.get_context())
+    manager.start(initializer=die_with_parent)
+    return manager
+
+
+def run_server(settings: Settings) -> int:
+    store = Store(settings.store)
+    for action in store.recover(settings.job_attempts):
+        logger.warning("recovered job %s", action)
+    interrupt_on_sigterm()
+    logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
+    multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
+    runner = jobs.start_runner(settings)
+    try:
+        server = build_server(settings, store)
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        jobs.stop(runner)
+        _stop_leftover_children()
+    return 0
+
+
+def _stop_leftover_children() -> None:
+    # LitServe shuts down what it started when run() gets that far; a stop during startup does not.
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
+        if child.is_alive():
+            child.kill()

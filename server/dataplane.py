@@ -1,0 +1,119 @@
+"""Management operations behind the HTTP routes: validate uploads, then read and write the store.
+
+Runs in the API-server processes. Nothing is stored unless the upload passed `inspect_upload`
+(which loads the model and runs two calibration samples through it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optimizer_pipeline import Report, inspect_upload
+from optimizer_pipeline.report_html import render_html
+
+from .errors import ApiError, not_found
+from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
+from .store import NameTakenError, Store, new_model_id, now
+
+
+@dataclass(frozen=True)
+class Upload:
+    model: bytes
+    calibration: bytes
+    labels: bytes | None = None
+    config: str | None = None
+    name: str | None = None
+    filename: str | None = None
+    replace: bool = False
+
+
+class ManagementPlane:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create_model(self, upload: Upload) -> UploadAccepted:
+        model_id = new_model_id()
+        name = self._name_for(upload, model_id)
+        config = _parse_config(upload.config)
+        if not upload.replace and self.store.has_name(name):
+            raise _name_taken(name)
+        summary = inspect_upload(upload.model, upload.calibration, upload.labels, config)
+        meta = ModelMeta(
+            id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None
+        )
+        files = {"original.pt": upload.model, "calibration.bin": upload.calibration}
+        if upload.labels is not None:
+            files["labels.bin"] = upload.labels
+        try:
+            replaced = self.store.add_model(meta, files, replace=upload.replace)
+        except NameTakenError:
+            raise _name_taken(name) from None
+        return UploadAccepted(id=model_id, name=name, state="queued", status_url=f"/models/{model_id}", replaced=replaced)
+
+    def list_models(self) -> list[ModelInfo]:
+        return self.store.list()
+
+    def model(self, ref: str) -> ModelInfo:
+        info = self.store.get(ref)
+        if info is None:
+            raise not_found(ref)
+        return info
+
+    def report_path(self, ref: str) -> Path:
+        info = self.model(ref)
+        path = self.store.model_dir(info.id) / "report.json"
+        if info.state != "ready" or not path.exists():
+            detail = f"failed: {info.error}" if info.state == "failed" else f"{info.state} ({info.stage or 'waiting'})"
+            raise ApiError(409, "report_not_ready", f"model {info.name!r} has no report yet; its optimization is {detail}")
+        return path
+
+    def report_html(self, ref: str) -> str:
+        """The report as one self-contained page (scatter plot of the trials and the table)."""
+        report = Report.model_validate_json(self.report_path(ref).read_text())
+        return render_html(report)
+
+    def variant_path(self, ref: str, variant: str) -> tuple[ModelInfo, Path]:
+        info = self.model(ref)
+        found = info.variant(variant)
+        if found is None:
+            if variant not in ("original", "optimized"):
+                raise ApiError(404, "variant_not_found", f"unknown variant {variant!r}; variants are 'original' and 'optimized'")
+            raise ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant (state: {info.state})")
+        return info, self.store.model_dir(info.id) / found.filename
+
+    def delete(self, ref: str) -> Deleted:
+        info = self.model(ref)
+        self.store.delete(info.id)
+        return Deleted(id=info.id)
+
+    def _name_for(self, upload: Upload, model_id: str) -> str:
+        if upload.name is not None:
+            if not NAME_PATTERN.match(upload.name):
+                raise ApiError(
+                    422, "invalid_name", f"invalid name {upload.name!r}: use 1 to 64 characters from a-z, 0-9, '.', '_' and '-'"
+                )
+            return upload.name
+        # No name given: derive one from the file name, made unique rather than refused.
+        stem = Path(upload.filename or "model").stem.lower()
+        derived = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-.")[:50] or "model"
+        return f"{derived}-{model_id[:6]}" if self.store.has_name(derived) else derived
+
+
+def _parse_config(text: str | None) -> dict[str, Any] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_config", f"config is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ApiError(422, "invalid_config", f"config must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _name_taken(name: str) -> ApiError:
+    return ApiError(409, "name_taken", f"a model named {name!r} exists; choose another name or send replace=true")

@@ -1,0 +1,111 @@
+"""One JSON error shape for every failure: ours, the pipeline's, FastAPI's validation, LitServe's."""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from optimizer_pipeline.errors import OptimizerError
+
+from .schemas import ErrorBody, ErrorDetail
+
+logger = logging.getLogger("optiserve")
+
+
+class JsonResponse(JSONResponse):
+    """JSON that keeps Infinity/NaN (e.g. an exact variant's SQNR, or a model's -inf logits) instead of failing."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
+
+
+class ApiError(Exception):
+    """An error we raise on purpose; `code` is stable, `message` tells the user what to fix."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def not_found(ref: str) -> ApiError:
+    return ApiError(404, "model_not_found", f"no model with id or name {ref!r}; GET /models lists them")
+
+
+def error_body(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body = ErrorBody(error=ErrorDetail(status=status, code=code, message=message, details=details))
+    return body.model_dump(mode="json", exclude_none=True)
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    return JsonResponse(error_body(status, code, message, details), status_code=status, headers=headers)
+
+
+def from_api_error(error: ApiError, headers: dict[str, str] | None = None) -> JsonResponse:
+    return error_response(error.status, error.code, error.message, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(OptimizerError, _optimizer_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JsonResponse:
+    return from_api_error(exc)
+
+
+async def _optimizer_error(request: Request, exc: OptimizerError) -> JsonResponse:
+    code = _snake(type(exc).__name__.removesuffix("Error"))
+    return error_response(exc.http_status, code, str(exc))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JsonResponse:
+    problems = [_describe(error) for error in exc.errors()]
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems), details)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JsonResponse:
+    # LitServe reports queue timeouts (504), payload limits (413) and worker crashes (500) this way.
+    code = status_code_name(exc.status_code)
+    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); the server log has details")
+
+
+def status_code_name(status: int) -> str:
+    """'content_too_large' for 413: the code of errors that only have an HTTP status."""
+    try:
+        return _snake(HTTPStatus(status).phrase.replace(" ", "").replace("-", ""))
+    except ValueError:
+        return "http_error"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "decode error")
+        return f"the body is not valid JSON ({reason} at character {error.get('loc', ('', '?'))[-1]})"
+    # 'body' prefixes every body field; users know their own field names without it.
+    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+    return f"{location or 'body'}: {error.get('msg', 'invalid')}"
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower() for i, c in enumerate(name))

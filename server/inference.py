@@ -1,0 +1,305 @@
+"""The LitAPIs behind POST /predict and POST /compare.
+
+LitServe batches requests for different models together, and one raised exception would fail the
+whole batch. So `predict` groups the batch by model (and variant), answers every request with its
+own outcome (an error is an outcome), and `encode_response` turns each into a JSON response with
+its own status. Annotations stay real objects (no `from __future__ import annotations`): LitServe
+reads decode_request's annotation to build the FastAPI endpoint that validates the body.
+"""
+
+import logging
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import litserve as ls
+import torch
+from fastapi import Response
+
+from optimizer_pipeline.fidelity import compare_outputs
+from optimizer_pipeline.outputs import NamedOutputs
+
+from . import metrics
+from .errors import ApiError, JsonResponse, error_body, not_found
+from .processes import die_with_parent
+from .runtimes import RunVariant, VariantCache
+from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
+from .settings import Settings
+from .store import Store
+from .tensors import TensorDecodeError, to_object, to_torch
+
+logger = logging.getLogger("optiserve")
+
+
+@dataclass
+class Outcome:
+    """One request's answer; `model` and `variant` become headers so the API server can label metrics."""
+
+    status: int
+    body: dict[str, Any]
+    model: str = ""
+    variant: str = ""
+
+
+@dataclass
+class Pending:
+    """A request of one group, with its decoded inputs."""
+
+    position: int
+    request: InferenceRequest
+    inputs: tuple[torch.Tensor, ...] = ()
+    outcome: Union[Outcome, None] = None
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+    def signature(self) -> tuple:
+        return tuple((t.dtype, tuple(t.shape[1:])) for t in self.inputs)
+
+
+@dataclass
+class Ran:
+    """Outputs of one forward call, split per request, with how long the call took."""
+
+    outputs: dict[int, NamedOutputs] = field(default_factory=dict)
+    milliseconds: dict[int, float] = field(default_factory=dict)
+
+
+class InferenceAPI(ls.LitAPI):
+    endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
+    # A batching LitServe worker polls its queue every millisecond even when idle (several % of a
+    # core); an unbatched one blocks. Batching pays off for the serving path only.
+    batched: bool = True
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            max_batch_size=settings.max_batch_size if self.batched else 1,
+            batch_timeout=settings.batch_timeout_ms / 1000 if self.batched else 0.0,
+            api_path=self.endpoint,
+        )
+        self.settings = settings
+
+    def setup(self, device: str) -> None:
+        die_with_parent()
+        # Ctrl-C reaches every process of the group; the main process stops the workers itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(self.settings.worker_threads)
+        self.store = Store(self.settings.store)
+        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
+
+    def batch(self, inputs: list) -> list:
+        return list(inputs)
+
+    def unbatch(self, output: list) -> list:
+        return list(output)
+
+    def predict(self, x):
+        requests = x if isinstance(x, list) else [x]
+        outcomes: list[Union[Outcome, None]] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for position, request in enumerate(requests):
+            groups[(request.model, getattr(request, "variant", None))].append(position)
+        for (ref, variant), positions in groups.items():
+            pending = [Pending(p, requests[p]) for p in positions]
+            try:
+                self._serve_group(ref, variant, pending)
+            except ApiError as error:
+                for item in pending:
+                    item.outcome = item.outcome or _error(error)
+            except Exception as exc:  # a bug or a broken file must fail this group only
+                logger.exception("inference failed for model %r", ref)
+                for item in pending:
+                    item.outcome = item.outcome or Outcome(500, error_body(500, "internal_error", f"inference failed ({type(exc).__name__})"))
+            for item in pending:
+                outcomes[item.position] = item.outcome
+        return outcomes if isinstance(x, list) else outcomes[0]
+
+    def encode_response(self, output: Outcome) -> Response:
+        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant}
+        return JsonResponse(output.body, status_code=output.status, headers=headers)
+
+    # ---- one group: requests for the same model (and variant) ----
+
+    def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
+        info = self._lookup(ref)
+        models = {name: self._load(info, name) for name in self._variants(info, variant)}
+        decoded = self._decode(info, pending)
+        runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
+        for item in decoded:
+            if item.outcome is None:
+                item.outcome = self._respond(info, item, runs)
+
+    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
+        raise NotImplementedError
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        raise NotImplementedError
+
+    def _lookup(self, ref: str) -> ModelInfo:
+        info = self.store.get(ref)
+        if info is None:
+            raise not_found(ref)
+        return info
+
+    def _load(self, info: ModelInfo, variant_name: str) -> RunVariant:
+        variant = info.variant(variant_name)
+        if variant is None:
+            raise _not_ready(info, variant_name)
+        path = self.store.model_dir(info.id) / variant.filename
+        if not path.exists():
+            raise not_found(info.id)  # deleted between the lookup and now
+        return self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
+
+    def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
+        """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
+        expected = len(info.summary.inputs)
+        decoded = []
+        for item in pending:
+            try:
+                if len(item.request.inputs) != expected:
+                    raise TensorDecodeError(
+                        f"the model takes {expected} input(s) ({_expectation(info)}), the request has {len(item.request.inputs)}"
+                    )
+                item.inputs = tuple(
+                    to_torch(value, position, info.summary.input_dtypes[position])
+                    for position, value in enumerate(item.request.inputs)
+                )
+                _check_batch_dimension(item.inputs)
+            except TensorDecodeError as exc:
+                item.outcome = Outcome(422, error_body(422, "invalid_input", str(exc)), info.name)
+                continue
+            decoded.append(item)
+        return decoded
+
+    def _run(self, info: ModelInfo, variant_name: str, model: RunVariant, pending: list[Pending]) -> Ran:
+        """Run requests with the same input signature as one batch; fall back to one by one on failure."""
+        ran = Ran()
+        by_signature: dict[tuple, list[Pending]] = defaultdict(list)
+        for item in pending:
+            if item.outcome is None:  # e.g. it already failed on the other variant of a comparison
+                by_signature[item.signature()].append(item)
+        for group in by_signature.values():
+            try:
+                self._forward(info, variant_name, model, group, ran)
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].outcome = _forward_failed(info, group[0], exc)
+                    continue
+                for item in group:  # isolate the request that breaks the model
+                    try:
+                        self._forward(info, variant_name, model, [item], ran)
+                    except Exception as single_exc:
+                        item.outcome = _forward_failed(info, item, single_exc)
+        return ran
+
+    def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
+        inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
+        runtime = info.variant(variant_name).runtime
+        started = time.perf_counter()
+        outputs = model(inputs)
+        seconds = time.perf_counter() - started
+        metrics.FORWARD_SECONDS.labels(info.name, variant_name, runtime).observe(seconds)
+        metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
+        total = sum(item.size for item in group)
+        if len(group) > 1 and any(t.dim() == 0 or t.shape[0] != total for _, t in outputs):
+            raise ValueError("outputs do not keep the batch as their first dimension; a merged batch cannot be split")
+        offset = 0
+        for item in group:
+            ran.outputs[item.position] = [(name, t[offset : offset + item.size]) for name, t in outputs] if len(group) > 1 else outputs
+            ran.milliseconds[item.position] = seconds * 1000
+            offset += item.size
+
+
+class PredictAPI(InferenceAPI):
+    endpoint = "/predict"
+
+    def decode_request(self, request: PredictRequest) -> PredictRequest:
+        return request
+
+    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
+        return [requested or info.default_variant]
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        (variant, ran), = runs.items()
+        response = PredictResponse.model_construct(
+            model=info.name,
+            variant=variant,
+            outputs=[to_object(name, t, item.request.binary_outputs) for name, t in ran.outputs[item.position]],
+            inference_ms=round(ran.milliseconds[item.position], 3),
+        )
+        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, variant)
+
+
+class CompareAPI(InferenceAPI):
+    endpoint = "/compare"
+    batched = False  # an A/B view of one request, not a throughput path
+
+    def decode_request(self, request: InferenceRequest) -> InferenceRequest:
+        return request
+
+    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
+        return ["original", "optimized"]
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        outputs = {name: ran.outputs[item.position] for name, ran in runs.items()}
+        binary = item.request.binary_outputs
+        response = CompareResponse.model_construct(
+            model=info.name,
+            outputs={name: [to_object(n, t, binary) for n, t in named] for name, named in outputs.items()},
+            inference_ms={name: round(ran.milliseconds[item.position], 3) for name, ran in runs.items()},
+            fidelity=compare_outputs(outputs["original"], outputs["optimized"]),
+        )
+        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, "both")
+
+
+def _error(error: ApiError) -> Outcome:
+    return Outcome(error.status, error_body(error.status, error.code, error.message))
+
+
+def _not_ready(info: ModelInfo, variant: str) -> ApiError:
+    if info.state == "ready":
+        reason = info.chosen.reason if info.chosen else "nothing qualified"
+        return ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant: {reason}")
+    if info.state == "failed":
+        return ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant: optimization failed ({info.error})")
+    return ApiError(409, "variant_not_ready", f"model {info.name!r} is {info.state} ({info.stage or 'waiting'}); its {variant} variant is not ready yet")
+
+
+def _expectation(info: ModelInfo) -> str:
+    summary = info.summary
+    return ", ".join(
+        f"{name}: [N, {', '.join(map(str, shape))}] {dtype}" if shape else f"{name}: [N] {dtype}"
+        for name, shape, dtype in zip(summary.inputs, summary.input_shapes, summary.input_dtypes)
+    )
+
+
+def _example_inputs(info: ModelInfo) -> tuple[torch.Tensor, ...]:
+    """One all-zero sample per input, shaped and typed like the calibration batch."""
+    summary = info.summary
+    return tuple(torch.zeros([1, *shape], dtype=getattr(torch, dtype)) for shape, dtype in zip(summary.input_shapes, summary.input_dtypes))
+
+
+def _check_batch_dimension(inputs: tuple[torch.Tensor, ...]) -> None:
+    if any(t.dim() == 0 for t in inputs):
+        raise TensorDecodeError("every input needs a batch dimension first (got a scalar)")
+    sizes = {int(t.shape[0]) for t in inputs}
+    if len(sizes) > 1:
+        raise TensorDecodeError(f"inputs disagree on the batch size (first dimension): {sorted(sizes)}")
+    if sizes == {0}:
+        raise TensorDecodeError("the batch is empty (first dimension 0)")
+
+
+def _summary_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    # TorchScript puts a generic header first and the actual error ("RuntimeError: ...") last.
+    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    return line[:300]
+
+
+def _forward_failed(info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
+    given = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in item.inputs)
+    message = f"the model failed on inputs {given}; it expects {_expectation(info)} ({_summary_line(exc)})"
+    return Outcome(422, error_body(422, "invalid_input", message), info.name)

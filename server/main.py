@@ -1,0 +1,83 @@
+"""Starting the server: flags -> Settings, per-run process environment, then the LitServer.
+
+Kept free of torch, litserve and prometheus imports: prometheus_client must only be imported after
+PROMETHEUS_MULTIPROC_DIR is set, and `optiserve --help` should stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import IO
+
+from pydantic import ValidationError
+
+from .settings import Settings
+
+FLAG_TYPES = {int: int, float: float, str: str, Path: Path}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (--store, --workers, ...); unset flags fall back to OPTISERVE_* or defaults."""
+    for name, field in Settings.model_fields.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=FLAG_TYPES.get(field.annotation, str),
+            default=None,
+            help=f"{field.description or name} (env OPTISERVE_{name.upper()})",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    return Settings(**given)
+
+
+def serve(settings: Settings) -> int:
+    settings.store.mkdir(parents=True, exist_ok=True)
+    lock = _lock_store(settings.store)
+    if lock is None:
+        print(f"error: another optiserve server is using the store {settings.store.resolve()}", file=sys.stderr)
+        return 1
+    _reset_metrics_dir(settings.metrics_dir)
+    from .app import run_server  # only now: it creates the Prometheus metrics
+
+    print(f"optiserve starting on {settings.url}  (store: {settings.store.resolve()})", flush=True)
+    return run_server(settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Run the optiserve server.")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
+def _lock_store(store: Path) -> IO[bytes] | None:
+    # Two servers on one store would run each other's jobs and re-queue each other's work on start.
+    # A POSIX record lock belongs to this process alone (forked children do not inherit it), and the
+    # OS releases it when the process dies, even by kill -9: a restart never waits for stragglers.
+    handle = open(store / "server.lock", "ab")
+    try:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def _reset_metrics_dir(directory: Path) -> None:
+    # Wiped by the main process only, before any other process exists (shared NOTES).
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())

@@ -1,0 +1,124 @@
+"""Prometheus metrics, correct across processes (multiprocess mode).
+
+PROMETHEUS_MULTIPROC_DIR must be set before this module is imported (server.main does it), so every
+process (API servers, inference workers, job processes) writes its own files and /metrics sums them.
+Gauges about the store are read from SQLite at scrape time instead: they are facts, not per-process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .store import Store
+
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    # Without it every process would count on its own and /metrics would show one process's share.
+    raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is not set: start the server with server.main.serve (python -m server)")
+
+# 0.1 ms to 10 s.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MODEL_HEADER = "x-optiserve-model"
+VARIANT_HEADER = "x-optiserve-variant"
+
+
+def _latency_histogram(name: str, documentation: str, labels: list[str]) -> Histogram:
+    return Histogram(name, documentation, labels, buckets=LATENCY_BUCKETS)
+
+
+FORWARD_SECONDS = _latency_histogram(
+    "optiserve_model_forward_seconds",
+    "Time of one forward call of a model variant (one batch), in the inference worker",
+    ["model", "variant", "runtime"],
+)
+BATCH_SIZE = Histogram(
+    "optiserve_batch_size",
+    "Requests merged into one forward call by dynamic batching",
+    ["model", "variant"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+REQUEST_SECONDS = _latency_histogram(
+    "optiserve_request_seconds",
+    "Time a request spends inside the server, from arrival to response, per endpoint",
+    ["endpoint", "model", "variant"],
+)
+REQUESTS = Counter(
+    "optiserve_requests",
+    "Requests answered, by endpoint, model, variant and HTTP status code",
+    ["endpoint", "model", "variant", "status"],
+)
+OPTIMIZATION_SECONDS = Histogram(
+    "optiserve_optimization_seconds",
+    "Duration of background optimization jobs, by outcome (ready or failed)",
+    ["outcome"],
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+
+class StoreCollector:
+    """Gauges computed from the store at scrape time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        sizes = GaugeMetricFamily(
+            "optiserve_model_file_bytes", "Size of each stored model variant file", labels=["model", "variant", "runtime"]
+        )
+        for model, variant, runtime, size in self.store.variant_sizes():
+            sizes.add_metric([model, variant, runtime], size)
+        yield sizes
+        jobs = GaugeMetricFamily("optiserve_jobs", "Optimization jobs per state", labels=["state"])
+        counts = self.store.job_counts()
+        for state in ("queued", "optimizing", "ready", "failed"):
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+
+
+def render(store: Store) -> bytes:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(StoreCollector(store))
+    return generate_latest(registry)
+
+
+class RequestMetricsMiddleware:
+    """Times and counts every HTTP request in the API-server process.
+
+    Inference responses carry the model and the variant that served them in headers (set by the
+    worker), which is how per-variant request counts are known here, in another process.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen = {"status": 500, "model": "", "variant": ""}
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for key, value in message.get("headers", []):
+                    if key == MODEL_HEADER.encode():
+                        seen["model"] = value.decode()
+                    elif key == VARIANT_HEADER.encode():
+                        seen["variant"] = value.decode()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = scope.get("route")
+            # The route template, not the raw path: ids in paths must not explode label cardinality.
+            endpoint = getattr(route, "path", "unmatched")
+            REQUEST_SECONDS.labels(endpoint, seen["model"], seen["variant"]).observe(time.perf_counter() - started)
+            REQUESTS.labels(endpoint, seen["model"], seen["variant"], str(seen["status"])).inc()

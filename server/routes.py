@@ -1,0 +1,97 @@
+"""The management route table. Handlers only translate HTTP to ManagementPlane calls and back.
+
+These routes run in LitServe's API-server processes. Slow work (upload validation, SQLite, files)
+goes to the thread pool, so the event loop keeps serving /predict meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
+
+from . import metrics
+from .dataplane import ManagementPlane, Upload
+from .errors import ApiError, JsonResponse
+from .schemas import Deleted, ErrorBody, ModelInfo, ModelList, ServiceStatus, UploadAccepted
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 409, 413, 422)}
+
+
+class ManagementRoutes:
+    def __init__(self, plane: ManagementPlane, workers_ready: Callable[[], bool]) -> None:
+        self.plane = plane
+        self.workers_ready = workers_ready
+
+    def router(self) -> APIRouter:
+        router = APIRouter(default_response_class=JsonResponse, responses=ERRORS)
+        table = [
+            ("POST", "/models", self.create_model, UploadAccepted, 202),
+            ("GET", "/models", self.list_models, ModelList, 200),
+            ("GET", "/models/{model_id}", self.get_model, ModelInfo, 200),
+            ("GET", "/models/{model_id}/report", self.get_report, None, 200),
+            ("GET", "/models/{model_id}/report.html", self.get_report_html, None, 200),
+            ("GET", "/models/{model_id}/variants/{variant}", self.download_variant, None, 200),
+            ("DELETE", "/models/{model_id}", self.delete_model, Deleted, 200),
+            ("GET", "/health", self.health, ServiceStatus, 200),
+            ("GET", "/ready", self.ready, ServiceStatus, 200),
+            ("GET", "/metrics", self.metrics, None, 200),
+        ]
+        for method, path, handler, response_model, status in table:
+            router.add_api_route(path, handler, methods=[method], response_model=response_model, status_code=status)
+        return router
+
+    async def create_model(
+        self,
+        model: UploadFile = File(description="TorchScript archive (torch.jit.save)"),
+        calibration: UploadFile = File(description="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz"),
+        labels: UploadFile | None = File(None, description="int64 class ids, one per calibration sample"),
+        config: str | None = Form(None, description="pipeline config as a JSON object"),
+        name: str | None = Form(None, description="[a-z0-9._-], at most 64; default: from the file name"),
+        replace: bool = Form(False, description="replace the model that has this name"),
+    ) -> UploadAccepted:
+        upload = Upload(
+            model=await model.read(),
+            calibration=await calibration.read(),
+            labels=await labels.read() if labels is not None else None,
+            config=config,
+            name=name,
+            filename=model.filename,
+            replace=replace,
+        )
+        return await run_in_threadpool(self.plane.create_model, upload)
+
+    async def list_models(self) -> ModelList:
+        return ModelList(models=await run_in_threadpool(self.plane.list_models))
+
+    async def get_model(self, model_id: str) -> ModelInfo:
+        return await run_in_threadpool(self.plane.model, model_id)
+
+    async def get_report(self, model_id: str) -> Response:
+        path = await run_in_threadpool(self.plane.report_path, model_id)
+        return FileResponse(path, media_type="application/json")
+
+    async def get_report_html(self, model_id: str) -> Response:
+        return HTMLResponse(await run_in_threadpool(self.plane.report_html, model_id))
+
+    async def download_variant(self, model_id: str, variant: str) -> Response:
+        info, path = await run_in_threadpool(self.plane.variant_path, model_id, variant)
+        return FileResponse(path, media_type="application/octet-stream", filename=f"{info.name}-{path.name}")
+
+    async def delete_model(self, model_id: str) -> Deleted:
+        return await run_in_threadpool(self.plane.delete, model_id)
+
+    async def health(self) -> ServiceStatus:
+        return ServiceStatus(status="ok")
+
+    async def ready(self) -> ServiceStatus:
+        if not self.workers_ready():
+            raise ApiError(503, "not_ready", "inference workers are still starting")
+        return ServiceStatus(status="ok")
+
+    async def metrics(self) -> Response:
+        body = await run_in_threadpool(metrics.render, self.plane.store)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

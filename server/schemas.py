@@ -1,0 +1,145 @@
+"""Pydantic models of everything that crosses HTTP or is written to the store."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary
+
+JobState = Literal["queued", "optimizing", "ready", "failed"]
+VariantName = Literal["original", "optimized"]
+Runtime = Literal["torchscript", "onnxruntime"]
+NAME_PATTERN = re.compile(r"^[a-z0-9._-]{1,64}$")
+
+# Open Inference Protocol tensor datatypes that torch can hold.
+Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"]
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str = Field(description="stable machine-readable kind, e.g. invalid_model, not_found")
+    message: str = Field(description="what is wrong and how to fix it")
+    details: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorDetail
+
+
+class ModelMeta(BaseModel):
+    """What an upload is: written to <store>/models/<id>/model.json and indexed in SQLite."""
+
+    id: str
+    name: str
+    created_at: str
+    summary: ModelSummary
+    config: dict[str, Any] | None = None
+    has_labels: bool = False
+
+
+class VariantInfo(BaseModel):
+    name: VariantName
+    runtime: Runtime
+    filename: str
+    size_bytes: int
+    version: int = Field(description="changes whenever the variant's file changes; workers reload on change")
+
+
+class JobStatus(BaseModel):
+    state: JobState
+    stage: str | None = None
+    progress: float = Field(0.0, description="0..1 within the current optimization")
+    error: str | None = Field(None, description="why the optimization failed (the original still serves)")
+    attempts: int = 0
+    queued_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    optimization_seconds: float | None = None
+    chosen: Chosen | None = Field(None, description="the served candidate, its measured speed-up and fidelity")
+    notes: list[str] = Field(default_factory=list)
+
+
+class ModelInfo(ModelMeta, JobStatus):
+    variants: list[VariantInfo]
+    default_variant: VariantName = Field(description="what /predict serves when no variant is asked for")
+
+    def variant(self, name: str) -> VariantInfo | None:
+        return next((v for v in self.variants if v.name == name), None)
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class UploadAccepted(BaseModel):
+    id: str
+    name: str
+    state: JobState
+    status_url: str
+    replaced: str | None = Field(None, description="id of the model this upload replaced (replace=true)")
+
+
+class Deleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class TensorObject(BaseModel):
+    """An Open Inference Protocol tensor: `data` is the flat row-major list.
+
+    Binary extension: `data_b64` instead of `data` holds the raw little-endian bytes, base64-encoded;
+    exact and ~20x cheaper than JSON numbers for large tensors.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    shape: list[int]
+    datatype: Datatype
+    data: list[Any] | None = None
+    data_b64: str | None = None
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> TensorObject:
+        if (self.data is None) == (self.data_b64 is None):
+            raise ValueError("give exactly one of `data` (flat list) or `data_b64` (base64 raw bytes)")
+        if any(size < 0 for size in self.shape):
+            raise ValueError(f"shape {self.shape} has a negative dimension")
+        return self
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="model id or name")
+    inputs: list[TensorObject | list[Any]] = Field(
+        min_length=1, description="one entry per positional model input: a tensor object or a nested list"
+    )
+    binary_outputs: bool = Field(False, description="return outputs as `data_b64` instead of `data`")
+
+
+class PredictRequest(InferenceRequest):
+    variant: VariantName | None = Field(None, description="default: optimized when ready, else original")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    variant: VariantName
+    outputs: list[TensorObject]
+    inference_ms: float = Field(description="forward time of the batch that served this request")
+
+
+class CompareResponse(BaseModel):
+    model: str
+    outputs: dict[VariantName, list[TensorObject]]
+    inference_ms: dict[VariantName, float]
+    fidelity: Fidelity = Field(description="optimized against original, on this request's inputs")
+
+
+class ServiceStatus(BaseModel):
+    status: Literal["ok", "starting"]

@@ -1,0 +1,43 @@
+"""The one settings object: command-line flags override OPTISERVE_* environment variables override defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPTISERVE_", extra="ignore")
+
+    host: Literal["127.0.0.1", "0.0.0.0", "::"] = Field("127.0.0.1", description="interface: 127.0.0.1 (local), 0.0.0.0 or :: (all)")
+    port: int = Field(8000, ge=1024, le=65535, description="TCP port")
+    store: Path = Field(Path("store"), description="model store directory (models, SQLite index, metrics)")
+    workers: int = Field(1, ge=1, le=64, description="inference worker processes for /predict")
+    compare_workers: int = Field(1, ge=1, le=64, description="inference worker processes for /compare")
+    api_servers: int = Field(1, ge=1, le=64, description="HTTP server processes")
+    worker_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="torch threads per inference worker"
+    )
+    job_threads: int = Field(1, ge=1, le=256, description="torch threads of the background optimization job")
+    job_nice: int = Field(10, ge=0, le=19, description="CPU niceness of optimization jobs, so serving keeps priority")
+    job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
+    max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
+    max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
+    batch_timeout_ms: float = Field(2.0, gt=0, le=1000, description="how long a worker waits to fill a batch")
+    cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
+    request_timeout: float = Field(60.0, gt=0, description="seconds a request may wait in the queue (504 after)")
+    log_level: str = Field("warning", pattern="^(critical|error|warning|info|debug)$", description="server log level")
+
+    @property
+    def url(self) -> str:
+        shown = "127.0.0.1" if self.host == "0.0.0.0" else self.host
+        return f"http://{shown}:{self.port}"
+
+    @property
+    def metrics_dir(self) -> Path:
+        # Wiped by the main process at every start: the counters describe this run only.
+        return self.store / "metrics"

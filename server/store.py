@@ -1,0 +1,308 @@
+"""The model registry: one directory per model plus an SQLite index (WAL) shared by every process.
+
+Processes share no memory (API servers, inference workers, the job runner), so this is the only
+place they agree on what exists. Files are written atomically before the index row that points at
+them is committed, so a crash at any moment leaves either no model or a complete one; `recover()`
+sweeps what a crash left half-done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from optimizer_pipeline.files import atomic_write_bytes, atomic_write_text
+from optimizer_pipeline.report import Chosen
+
+from .schemas import JobStatus, ModelInfo, ModelMeta, VariantInfo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    model_id TEXT PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    stage TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queued_at TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    optimization_seconds REAL,
+    chosen TEXT,
+    notes TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, queued_at);
+CREATE TABLE IF NOT EXISTS variants (
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (model_id, name)
+);
+"""
+
+JOB_COLUMNS = "state, stage, progress, error, attempts, queued_at, started_at, finished_at, optimization_seconds, chosen, notes"
+
+
+class NameTakenError(Exception):
+    """Another model already has this name (and replace was not asked for)."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_model_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class Store:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.index_path = self.root / "index.sqlite3"
+        self._local = threading.local()
+
+    # ---- connections: one per process and thread (sqlite3 objects must not cross either) ----
+
+    def _connection(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid = os.getpid()
+            local.connection = self._connect()
+        return local.connection
+
+    def _connect(self) -> sqlite3.Connection:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.index_path, timeout=30, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed upload survives power loss, not just a process crash.
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.executescript(SCHEMA)
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+
+    # ---- models ----
+
+    def model_dir(self, model_id: str) -> Path:
+        return self.models_dir / model_id
+
+    def add_model(self, meta: ModelMeta, files: dict[str, bytes], replace: bool = False) -> str | None:
+        """Write the files, then index the model with a queued job. Returns the id it replaced, if any."""
+        if not replace and self.has_name(meta.name):
+            raise NameTakenError(meta.name)
+        directory = self.model_dir(meta.id)
+        for filename, data in files.items():
+            atomic_write_bytes(directory / filename, data)
+        atomic_write_text(directory / "model.json", meta.model_dump_json(indent=2))
+        try:
+            with self._transaction() as db:
+                old = db.execute("SELECT id FROM models WHERE name = ?", (meta.name,)).fetchone()
+                if old is not None and not replace:
+                    raise NameTakenError(meta.name)  # taken meanwhile by a concurrent upload
+                if old is not None:
+                    db.execute("DELETE FROM models WHERE id = ?", (old["id"],))
+                db.execute("INSERT INTO models (id, name, meta) VALUES (?, ?, ?)", (meta.id, meta.name, meta.model_dump_json()))
+                db.execute("INSERT INTO jobs (model_id, state, queued_at) VALUES (?, 'queued', ?)", (meta.id, now()))
+                self._put_variant(db, meta.id, "original", "torchscript", "original.pt", len(files["original.pt"]))
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(self.model_dir(old["id"]), ignore_errors=True)
+            return old["id"]
+        return None
+
+    def get(self, ref: str) -> ModelInfo | None:
+        """Look a model up by id or by name."""
+        db = self._connection()
+        row = db.execute(
+            f"SELECT m.id, m.meta, {JOB_COLUMNS} FROM models m JOIN jobs j ON j.model_id = m.id "
+            "WHERE m.id = ? OR m.name = ?",
+            (ref, ref),
+        ).fetchone()
+        if row is None:
+            return None
+        variants = db.execute(
+            "SELECT name, runtime, filename, size_bytes, version FROM variants WHERE model_id = ? ORDER BY name DESC",
+            (row["id"],),
+        ).fetchall()
+        return _model_info(row, variants)
+
+    def list(self) -> list[ModelInfo]:
+        ids = [row["id"] for row in self._connection().execute("SELECT id FROM models ORDER BY name")]
+        return [info for model_id in ids if (info := self.get(model_id)) is not None]
+
+    def delete(self, model_id: str) -> bool:
+        with self._transaction() as db:
+            deleted = db.execute("DELETE FROM models WHERE id = ?", (model_id,)).rowcount > 0
+        shutil.rmtree(self.model_dir(model_id), ignore_errors=True)
+        return deleted
+
+    def exists(self, model_id: str) -> bool:
+        return self._connection().execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
+
+    def has_name(self, name: str) -> bool:
+        return self._connection().execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None
+
+    # ---- jobs ----
+
+    def claim_next_job(self) -> str | None:
+        """Move the oldest queued job to optimizing; returns its model id."""
+        with self._transaction() as db:
+            row = db.execute("SELECT model_id FROM jobs WHERE state = 'queued' ORDER BY queued_at LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'optimizing', stage = 'starting', progress = 0, attempts = attempts + 1, "
+                "started_at = ?, error = NULL WHERE model_id = ?",
+                (now(), row["model_id"]),
+            )
+            return row["model_id"]
+
+    def set_progress(self, model_id: str, stage: str, progress: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET stage = ?, progress = ? WHERE model_id = ? AND state = 'optimizing'",
+                (stage, progress, model_id),
+            )
+
+    def finish_job(self, model_id: str, chosen: Chosen, seconds: float, optimized: VariantInfo | None, files: dict[str, bytes]) -> bool:
+        """Write the job's files, then mark it ready. False (and nothing kept) if the model was deleted meanwhile."""
+        directory = self.model_dir(model_id)
+        if not self.exists(model_id):
+            return False
+        for filename, data in files.items():
+            atomic_write_bytes(directory / filename, data)
+        with self._transaction() as db:
+            updated = db.execute(
+                "UPDATE jobs SET state = 'ready', stage = 'done', progress = 1, finished_at = ?, "
+                "optimization_seconds = ?, chosen = ? WHERE model_id = ? AND state = 'optimizing'",
+                (now(), seconds, chosen.model_dump_json(), model_id),
+            ).rowcount
+            if updated and optimized is not None:
+                self._put_variant(db, model_id, optimized.name, optimized.runtime, optimized.filename, optimized.size_bytes)
+        if not updated and not self.exists(model_id):
+            shutil.rmtree(directory, ignore_errors=True)
+        return bool(updated)
+
+    def fail_job(self, model_id: str, reason: str, seconds: float | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, finished_at = ?, optimization_seconds = ? "
+                "WHERE model_id = ? AND state = 'optimizing'",
+                (reason, now(), seconds, model_id),
+            )
+
+    def requeue(self, model_id: str, note: str, refund_attempt: bool) -> None:
+        """Put an interrupted job back in the queue (first in line: it was started before the others)."""
+        with self._transaction() as db:
+            self._requeue(db, model_id, note, refund_attempt)
+
+    def recover(self, max_attempts: int) -> list[str]:
+        """At startup: re-queue or fail jobs a crash interrupted; sweep partial files. Returns what it did."""
+        actions = []
+        with self._transaction() as db:
+            for row in db.execute("SELECT model_id, attempts FROM jobs WHERE state = 'optimizing'").fetchall():
+                model_id, attempts = row["model_id"], row["attempts"]
+                if attempts >= max_attempts:
+                    reason = (
+                        f"the server stopped during optimization {attempts} time(s); not retried again "
+                        f"(upload the model again, perhaps with fewer candidates or latency rounds)"
+                    )
+                    db.execute(
+                        "UPDATE jobs SET state = 'failed', error = ?, finished_at = ? WHERE model_id = ?",
+                        (reason, now(), model_id),
+                    )
+                    actions.append(f"{model_id}: failed ({reason})")
+                else:
+                    note = f"attempt {attempts} was cut short (the server stopped without finishing it); re-queued"
+                    self._requeue(db, model_id, note, False)
+                    actions.append(f"{model_id}: re-queued after an interrupted attempt {attempts}")
+            known = {row["id"] for row in db.execute("SELECT id FROM models")}
+        self._sweep(known)
+        return actions
+
+    def _requeue(self, db: sqlite3.Connection, model_id: str, note: str, refund_attempt: bool) -> None:
+        notes = json.loads(db.execute("SELECT notes FROM jobs WHERE model_id = ?", (model_id,)).fetchone()["notes"])
+        db.execute(
+            "UPDATE jobs SET state = 'queued', stage = NULL, progress = 0, attempts = attempts - ?, notes = ? "
+            "WHERE model_id = ? AND state = 'optimizing'",
+            (1 if refund_attempt else 0, json.dumps(notes + [note]), model_id),
+        )
+
+    def _sweep(self, known_ids: set[str]) -> None:
+        # Directories whose index row never committed, and temp files of interrupted atomic writes.
+        for directory in self.models_dir.iterdir():
+            if directory.is_dir() and directory.name not in known_ids:
+                shutil.rmtree(directory, ignore_errors=True)
+            elif directory.is_dir():
+                for temp in directory.glob(".*.tmp"):
+                    temp.unlink(missing_ok=True)
+
+    # ---- variants and metrics ----
+
+    def _put_variant(self, db: sqlite3.Connection, model_id: str, name: str, runtime: str, filename: str, size: int) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO variants (model_id, name, runtime, filename, size_bytes, version) VALUES (?, ?, ?, ?, ?, ?)",
+            (model_id, name, runtime, filename, size, time.time_ns()),
+        )
+
+    def job_counts(self) -> dict[str, int]:
+        rows = self._connection().execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {row["state"]: row["n"] for row in rows}
+
+    def variant_sizes(self) -> list[tuple[str, str, str, int]]:
+        """(model name, variant, runtime, bytes) for every stored variant."""
+        rows = self._connection().execute(
+            "SELECT m.name, v.name AS variant, v.runtime, v.size_bytes FROM variants v JOIN models m ON m.id = v.model_id"
+        )
+        return [(row["name"], row["variant"], row["runtime"], row["size_bytes"]) for row in rows]
+
+
+def _model_info(row: sqlite3.Row, variants: list[sqlite3.Row]) -> ModelInfo:
+    meta = ModelMeta.model_validate_json(row["meta"])
+    job = JobStatus(
+        state=row["state"],
+        stage=row["stage"],
+        progress=row["progress"],
+        error=row["error"],
+        attempts=row["attempts"],
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        optimization_seconds=row["optimization_seconds"],
+        chosen=None if row["chosen"] is None else Chosen.model_validate_json(row["chosen"]),
+        notes=json.loads(row["notes"]),
+    )
+    variant_infos = [VariantInfo(**dict(v)) for v in variants]
+    default = "optimized" if any(v.name == "optimized" for v in variant_infos) else "original"
+    return ModelInfo(**meta.model_dump(), **job.model_dump(), variants=variant_infos, default_variant=default)
