@@ -77,3 +77,14 @@ def labelled_task(name: str, calibration_size: int, test_size: int) -> LabelledT
 
 def test_accuracy(variant, test: Batch) -> float:
     return accuracy(run_model(variant, test)[0][1], test.labels)
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    """Results JSON with what produced them: torch version, thread count, date."""
+    import json
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
+    path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(f"wrote {path}", file=sys.stderr)

@@ -12,14 +12,11 @@ data, then scores every candidate variant on the real test set. Speed-ups are th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy
+from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
 
 from optimizer_pipeline import optimize
 from optimizer_pipeline.config import DEFAULT_CANDIDATES
@@ -103,10 +100,7 @@ def main() -> None:
         print(f"... {name}", file=sys.stderr, flush=True)
         results.append(bench_model(name, args.calibration_size, args.test_size, args.rounds))
     _print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

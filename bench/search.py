@@ -13,14 +13,11 @@ classifiers; cosine to the original on unseen sentences for the MiniLM encoder).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from common import MODELS, RESULTS_DIR, labelled_task, saved, test_accuracy
+from common import MODELS, RESULTS_DIR, labelled_task, saved, test_accuracy, write_results
 
 from optimizer_pipeline import optimize
 from optimizer_pipeline.calibration import Batch
@@ -136,10 +133,7 @@ def main() -> None:
         else:
             results.append(bench_classifier(name, args.calibration_size, args.test_size))
     _print_table(results)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d")}
-    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"wrote {args.out}", file=sys.stderr)
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":
