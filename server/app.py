@@ -6,6 +6,7 @@ Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are cr
 from __future__ import annotations
 
 import logging
+import warnings
 import multiprocessing
 from contextlib import asynccontextmanager
 from multiprocessing.managers import SyncManager
@@ -37,8 +38,12 @@ class _QuietMonitorShutdown(logging.Filter):
 
 
 def build_server(settings: Settings, store: Store) -> ls.LitServer:
+    with warnings.catch_warnings():
+        # Both APIs share batch/unbatch code; /compare deliberately runs unbatched (see inference.py).
+        warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
+        apis = [PredictAPI(settings), CompareAPI(settings)]
     server = ls.LitServer(
-        [PredictAPI(settings), CompareAPI(settings)],
+        apis,
         accelerator="cpu",
         workers_per_device={"/predict": settings.workers, "/compare": settings.compare_workers},
         timeout=settings.request_timeout,
