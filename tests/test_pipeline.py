@@ -25,12 +25,18 @@ def _calibration(inputs) -> bytes:
     return tiny_models.calibration_bytes(inputs)
 
 
-# The default search, cut to a few trials: the built-in single passes always come first. Without
-# fallback retries, which would run ahead of the built-in candidates still queued.
+# The default search, cut short after its built-in single passes plus one cheap space trial (the
+# space's fine-tuning and QAT trials take longer than a test should).
 SHORT_SEARCH = {
     **FAST,
-    "search": {"first": DEFAULT_CANDIDATES, "max_trials": len(DEFAULT_CANDIDATES) + 1},
+    "search": {
+        "first": DEFAULT_CANDIDATES,
+        "max_trials": len(DEFAULT_CANDIDATES) + 1,
+        "space": {"prune": [{"pass": "prune_unstructured", "amount": 0.2}], "quantize": [{"pass": "quantize_dynamic"}]},
+        "sensitive_fallback": False,
+    },
 }
+BUILT_IN = {**FAST, "candidates": [{"plan": plan} for plan in DEFAULT_CANDIDATES]}
 
 
 @pytest.mark.parametrize("model_name", sorted(tiny_models.ALL))
@@ -56,7 +62,7 @@ def test_optimize_completes_and_the_served_variant_runs(model_name: str, tmp_pat
 
 def test_impossible_tolerance_serves_the_original_and_says_why():
     archive, inputs = tiny_models.residual()
-    config = {**FAST, "tolerance": {"metric": "sqnr_db", "threshold": 1e9}}
+    config = {**BUILT_IN, "tolerance": {"metric": "sqnr_db", "threshold": 1e9}}
     result = optimize(archive, _calibration(inputs), config)
     assert result.report.chosen.candidate == "original"
     assert result.optimized.data == archive
@@ -65,7 +71,7 @@ def test_impossible_tolerance_serves_the_original_and_says_why():
 
 def test_impossible_speedup_serves_the_original():
     archive, inputs = tiny_models.mlp()
-    result = optimize(archive, _calibration(inputs), {**FAST, "min_speedup": 1000})
+    result = optimize(archive, _calibration(inputs), {**BUILT_IN, "min_speedup": 1000})
     assert result.report.chosen.candidate == "original"
     assert "needs ≥ 1000.00x" in result.report.chosen.reason
 
