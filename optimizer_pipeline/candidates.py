@@ -164,6 +164,7 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
                     batch_size=len(batch),
                     warmup=config.latency.warmup,
                     rounds=config.latency.rounds,
+                    max_seconds=config.latency.max_seconds,
                 )
             )
         built.report.speedup = built.report.latency[-1].speedup
@@ -181,7 +182,8 @@ def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config:
     """
     finalists = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
     finalists = sorted(finalists, key=lambda b: b.report.speedup or 0.0, reverse=True)[:count]
-    longer = config.model_copy(update={"latency": config.latency.model_copy(update={"rounds": 2 * config.latency.rounds})})
+    doubled = {"rounds": 2 * config.latency.rounds, "max_seconds": 2 * config.latency.max_seconds}
+    longer = config.model_copy(update={"latency": config.latency.model_copy(update=doubled)})
     for finalist in finalists:
         first = finalist.report.speedup or 0.0
         finalist.report.latency = []

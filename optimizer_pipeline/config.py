@@ -57,6 +57,9 @@ class LatencyConfig(BaseModel):
 
     warmup: int = Field(3, ge=0, le=100)
     rounds: int = Field(20, ge=3, le=10_000, description="timed calls per model; original and candidate alternate")
+    max_seconds: float = Field(
+        5.0, gt=0, description="time one comparison may take; slow models get fewer rounds (at least 5)"
+    )
 
 
 class CandidateSpec(BaseModel):

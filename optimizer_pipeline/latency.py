@@ -18,12 +18,25 @@ from .report import LatencyComparison, LatencyStats
 Forward = Callable[[], object]
 
 
-def compare_latency(original: Forward, candidate: Forward, batch_size: int, warmup: int, rounds: int) -> LatencyComparison:
-    """Time `rounds` calls of each, interleaved; zero-argument callables run one forward each."""
+MIN_ROUNDS = 5
+
+
+def compare_latency(
+    original: Forward, candidate: Forward, batch_size: int, warmup: int, rounds: int, max_seconds: float | None = None
+) -> LatencyComparison:
+    """Time `rounds` calls of each, interleaved; zero-argument callables run one forward each.
+
+    With `max_seconds`, slow models get fewer rounds (never under MIN_ROUNDS), estimated from the
+    warm-up calls, so that a large model's search does not spend its budget on timing alone.
+    """
     with torch.inference_mode():
+        started = time.perf_counter()
         for _ in range(warmup):
             original()
             candidate()
+        if max_seconds is not None and warmup:
+            per_round = (time.perf_counter() - started) / warmup
+            rounds = max(min(rounds, MIN_ROUNDS), min(rounds, int(max_seconds / max(per_round, 1e-9))))
         original_times: list[float] = []
         candidate_times: list[float] = []
         for round_index in range(rounds):

@@ -53,3 +53,13 @@ def test_interleaved_latency_sees_the_faster_candidate():
     assert comparison.original.median_ms >= 4.0 and comparison.candidate.median_ms >= 1.0
     assert comparison.speedup > 1.5
     assert comparison.original.p90_ms >= comparison.original.median_ms
+
+
+def test_slow_models_get_fewer_rounds_within_max_seconds():
+    def slow() -> None:
+        time.sleep(0.02)
+
+    comparison = compare_latency(slow, slow, batch_size=1, warmup=1, rounds=50, max_seconds=0.2)
+    assert comparison.original.runs == 5  # 0.2 s / (2 x 20 ms) rounds, but never fewer than 5
+    quick = compare_latency(lambda: None, lambda: None, batch_size=1, warmup=1, rounds=50, max_seconds=0.2)
+    assert quick.original.runs == 50
