@@ -36,18 +36,19 @@ def cosine_on(model: jit.ScriptModule, held_out: Batch) -> float:
     return compare_outputs(held_out.teacher_outputs, run_model(model, held_out)).cosine
 
 
-@pytest.mark.parametrize("name, optimizer, lr", [("conv_bn", "adam", 3e-3), ("mlp", "sgd", 0.05), ("mlp", "rmsprop", 1e-3)])
-def test_finetune_recovers_fidelity_after_structured_pruning(name, optimizer, lr):
+@pytest.mark.parametrize("name, optimizer", [("conv_bn", "adam"), ("mlp", "sgd"), ("mlp", "rmsprop")])
+def test_finetune_recovers_fidelity_after_structured_pruning(name, optimizer):
     original, calibration, held_out = original_and_batches(name)
     pruned = prune_structured(jit.reload(original), calibration, PruneStructuredConfig(amount=0.5)).model
     before = cosine_on(pruned, held_out)
 
-    result = finetune(jit.reload(pruned), calibration, FinetuneConfig(optimizer=optimizer, lr=lr, epochs=15))
+    # Default loss and learning rate for each optimizer.
+    result = finetune(jit.reload(pruned), calibration, FinetuneConfig(optimizer=optimizer, epochs=40))
 
     after = cosine_on(result.model, held_out)
-    assert after > before + 0.02, (before, after)
+    assert after > before + 0.05, (before, after)
     details = result.details
-    assert 1 <= len(details["loss_curve"]) <= 15
+    assert 1 <= len(details["loss_curve"]) <= 40
     assert details["fidelity_after"]["loss"] < details["fidelity_before"]["loss"]
     assert jit.reload(result.model)(*held_out.inputs).shape == held_out.teacher_outputs[0][1].shape
 

@@ -8,11 +8,14 @@ from torch import nn
 
 from optimizer_pipeline import jit
 from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.channel_groups import recalibrate_batchnorm
+from optimizer_pipeline.channel_groups.batchnorm import CHUNK
+from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.model_loading import run_model
 from optimizer_pipeline.passes.base import parse_pass_spec
 from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
 
-from topologies import TOPOLOGIES, build
+from topologies import TOPOLOGIES, build, trained
 
 SCRIPTABLE = ["mlp", "conv_bn", "residual_downsample", "depthwise_separable", "transformer_ffn", "two_inputs_tuple_output"]
 
@@ -130,8 +133,10 @@ def test_pruning_dead_channels_leaves_outputs_unchanged(make, shape, importance)
     inputs = (torch.randn(16, *shape),)
     original = to_script(make().eval(), inputs, "trace")
     # Layer scope at 50% removes exactly the dead half of each hidden group; conv2's outputs are all
-    # alive, so protect their only reader.
-    result = prune(jit.reload(original), inputs, scope="layer", importance=importance, protect=("head",))
+    # alive, so protect their only reader. BatchNorm statistics are kept: this checks the slicing alone.
+    result = prune(
+        jit.reload(original), inputs, scope="layer", importance=importance, protect=("head",), recalibrate_batchnorm=False
+    )
     assert result.details["parameters_after"] < result.details["parameters_before"]
     torch.testing.assert_close(result.model(*inputs), original(*inputs), rtol=1e-5, atol=1e-6)
 
@@ -147,6 +152,21 @@ def test_layer_scope_and_round_to():
     model, inputs = build("mlp")
     details = prune(to_script(model, inputs, "trace"), inputs, scope="layer", amount=0.25, round_to=1).details
     assert sorted(g["kept"] for g in details["pruned_groups"]) == [24, 24]
+
+
+def test_global_scope_takes_more_from_the_group_with_weak_channels():
+    model, inputs = build("mlp")
+    with torch.no_grad():  # 24 of fc1's 32 outputs are weak, in its weights and in fc2's reading of them
+        for weak in (model.fc1.weight[:24], model.fc1.bias[:24], model.fc2.weight[:, :24]):
+            weak *= 0.01
+    traced = to_script(model, inputs, "trace")
+
+    def kept(scope: str) -> dict[str, int]:
+        groups = prune(jit.reload(traced), inputs, scope=scope).details["pruned_groups"]
+        return {group["modules"][0]: group["kept"] for group in groups}
+
+    assert kept("layer") == {"fc1": 16, "fc2": 16}
+    assert kept("global") == {"fc1": 8, "fc2": 24}
 
 
 def test_small_groups_that_rounding_cannot_shrink_are_reported():
@@ -214,6 +234,46 @@ def test_what_the_analysis_does_not_understand_is_skipped_with_a_reason(make, sh
     reasons = [g["reason"] for g in result.details["skipped_groups"] if skipped_module in g["modules"]]
     assert reasons and all(reason in r for r in reasons), result.details["skipped_groups"]
     assert result.details["pruned_groups"], "the understood part of the model is still pruned"
+
+
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_batchnorm_recalibration_takes_the_statistics_of_its_input(how):
+    model, inputs = build("residual_downsample", batch=64)
+    module = to_script(model, inputs, how)
+    conv, norm = getattr(module.stem, "0"), getattr(module.stem, "1")
+    stem_output = nn.functional.conv2d(inputs[0], conv.weight, conv.bias, padding=1).detach()
+
+    names = recalibrate_batchnorm(module, Batch(inputs))
+
+    assert names == ["stem.1", "branch.1", "branch.4", "downsample.1"]
+    torch.testing.assert_close(norm.running_mean, stem_output.mean((0, 2, 3)))
+    torch.testing.assert_close(norm.running_var, stem_output.var((0, 2, 3)))
+    assert not norm.training, "the model stays in eval mode"
+
+
+def test_batchnorm1d_recalibration_never_gets_a_chunk_of_one_sample():
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    inputs = (torch.randn(CHUNK + 1, 6),)
+    module = to_script(model, inputs, "trace")
+
+    assert recalibrate_batchnorm(module, Batch(inputs)) == ["1"]
+    torch.testing.assert_close(getattr(module, "1").running_mean, model[0](inputs[0]).mean(0).detach())
+
+
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_batchnorm_recalibration_raises_fidelity_after_pruning(how):
+    model, inputs = trained("residual_downsample", batch=200)
+    calibration, held_out = Batch(inputs).split(0.5, seed=0)
+    original = to_script(model, inputs, how)
+    reference = run_model(original, held_out)
+
+    def cosine_after_pruning(recalibrate: bool) -> float:
+        config = PruneStructuredConfig(amount=0.5, recalibrate_batchnorm=recalibrate)
+        result = prune_structured(jit.reload(original), calibration, config)
+        assert ("recalibrated_batchnorm" in result.details) == recalibrate
+        return compare_outputs(reference, run_model(jit.reload(result.model), held_out)).cosine
+
+    assert cosine_after_pruning(True) > cosine_after_pruning(False) + 0.1
 
 
 def test_spec_parses_by_name():

@@ -2,7 +2,8 @@
 
 `TOPOLOGIES` maps a name to (builder, input shapes). Builders return eval-mode nn.Modules with
 seeded weights; tests trace or script them. Channel counts are multiples of 8 so that 50% pruning
-rounded to 8 removes something everywhere it is allowed to.
+rounded to 8 removes something everywhere it is allowed to. `trained` gives a single-input model
+trained briefly on a synthetic task, for behaviour that only trained weights show.
 """
 
 from __future__ import annotations
@@ -157,3 +158,28 @@ def build(name: str, batch: int = 16, seed: int = 0) -> tuple[nn.Module, tuple[t
             module.weight.data.uniform_(0.5, 1.5)
     inputs = tuple(torch.randn(batch, *shape) for shape in shapes)
     return model, inputs
+
+
+def trained(name: str, batch: int = 16, seed: int = 0, steps: int = 150) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The model trained (under a second) to tell noisy copies of 5 random prototypes apart, and
+    `batch` fresh samples of that task. Its weights and BatchNorm statistics are those of a trained
+    net: channels are correlated and the statistics fit the data."""
+    model, _ = build(name, seed=seed)
+    (shape,) = TOPOLOGIES[name][1]
+    inputs, labels = _prototype_samples(shape, 1000 + batch, seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        index = torch.randint(0, 1000, (64,), generator=generator)
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs[index]), labels[index]).backward()
+        optimizer.step()
+    return model.eval(), (inputs[1000:],)
+
+
+def _prototype_samples(shape: tuple[int, ...], count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(5, *shape, generator=generator)
+    labels = torch.randint(0, 5, (count,), generator=generator)
+    return prototypes[labels] + torch.randn(count, *shape, generator=generator), labels

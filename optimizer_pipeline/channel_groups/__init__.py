@@ -3,14 +3,17 @@
 - `analyse(model, sample_inputs, protect)`: which channels must go together, and which must stay.
 - `magnitude_scores` / `activation_scores`: importance of each removable component.
 - `remove_components(model, analysis, removed)`: slice the parameters and rewrite baked shapes.
+- `recalibrate_batchnorm(model, batch)`: re-estimate BatchNorm statistics once channels are gone.
 - `set_tensor_attribute(model, path, tensor)`: replace a parameter/buffer of a ScriptModule by dotted name.
 """
 
 from . import handlers as _handlers  # noqa: F401  (registers the op handlers)
 from .analysis import ChannelAnalysis, ChannelGroup, analyse
 from .apply import remove_components, set_tensor_attribute
+from .batchnorm import recalibrate_batchnorm
 from .importance import activation_scores, magnitude_scores
 
 __all__ = [
     "ChannelAnalysis", "ChannelGroup", "analyse", "remove_components", "set_tensor_attribute", "activation_scores", "magnitude_scores",
+    "recalibrate_batchnorm",
 ]

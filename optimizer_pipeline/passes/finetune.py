@@ -23,25 +23,32 @@ from .modules import original_name
 
 BATCH_NORM_TYPES = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"})
 INTERNAL_SPLIT_SEED = 1
+# Best of a sweep on a pruned CNN with the kl loss (sgd diverged at 1e-2; adam did worse at 1e-2 and 1e-3).
+DEFAULT_LR = {"adam": 3e-3, "rmsprop": 1e-3, "sgd": 3e-3}
 
 
 class DistillationConfig(PassConfig):
     """Training options shared by every pass that trains a student against the original model."""
 
     optimizer: Literal["sgd", "adam", "rmsprop"] = Field("adam", description="sgd uses momentum 0.9")
-    lr: float = Field(1e-3, gt=0)
-    epochs: int = Field(20, ge=1)
+    lr: float | None = Field(None, gt=0, description="default: the optimizer's entry in DEFAULT_LR")
+    # Recovery from 512 samples was still improving at 60 epochs on pruned CNNs; early stopping ends it.
+    epochs: int = Field(100, ge=1)
     steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (before `epochs` runs out)")
     batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    # On a pruned Fashion-MNIST CNN (512 samples) kl recovered 0.4-2 points more accuracy than mse at
+    # 50% pruning and 5-9 points more at 70%.
     loss: Literal["mse", "kl"] = Field(
-        "mse", description="mse: relative MSE on every output; kl: KL divergence on class scores (mse on the others)"
+        "kl", description="mse: relative MSE on every output; kl: KL divergence on class scores (mse on the others)"
     )
-    temperature: float = Field(2.0, gt=0, description="softens class scores for the kl loss")
-    patience: int = Field(5, ge=1, description="epochs without improvement on the internal held-out part before stopping")
+    temperature: float = Field(2.0, gt=0, description="softens class scores for the kl loss (4 did worse than 1-2)")
+    patience: int = Field(10, ge=1, description="epochs without improvement on the internal held-out part before stopping")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="part of the given batch used to pick the best epoch")
     freeze_bn_stats: bool = Field(
-        True, description="keep BatchNorm in eval mode while training: a small calibration batch gives poor statistics"
+        True,
+        description="keep BatchNorm in eval mode while training: a small calibration batch gives poor statistics "
+        "(a traced model runs BatchNorm in eval mode either way: tracing baked it in)",
     )
     seed: int = 0
 
@@ -155,11 +162,12 @@ def _train_mode(model: jit.ScriptModule, freeze_bn_stats: bool) -> None:
 
 
 def _optimizer(parameters: list[torch.nn.Parameter], config: DistillationConfig) -> torch.optim.Optimizer:
+    lr = config.lr or DEFAULT_LR[config.optimizer]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=config.weight_decay)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay)
 
 
 def _zero_masks(model: jit.ScriptModule) -> dict[str, torch.Tensor]:

