@@ -80,7 +80,8 @@ def run_search(references: list[Reference], settings: PipelineConfig, search: Se
             stopped = f"max_trials ({search.max_trials}) reached"
             break
         estimate = max(state.durations[-5:], default=0.0)
-        if state.elapsed() + estimate > state.budget:
+        # An automatic budget is only known once the first trials ran; they always run in full.
+        if state.budget_source != "pending" and state.elapsed() + estimate > state.budget:
             stopped = f"time budget ({state.budget:.0f} s) reached"
             break
         trial = queue.pop(0)
