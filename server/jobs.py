@@ -65,7 +65,12 @@ def run_forever(settings: Settings) -> None:
                 logger.exception("job runner error; retrying")
             time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
-        pass
+        # The parent's stop and PR_SET_PDEATHSIG can both arrive; the hand-back must not be cut short.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Only this runner optimizes in this store (the server holds the store's lock), so every job
+        # still optimizing is ours, including one claimed a moment before the stop, whose child
+        # had not started yet.
+        store.hand_back_jobs("interrupted by a server shutdown; re-queued")
 
 
 def _supervise(settings: Settings, store: Store, model_id: str) -> None:
@@ -79,7 +84,6 @@ def _supervise(settings: Settings, store: Store, model_id: str) -> None:
                 return
     except KeyboardInterrupt:
         stop(child)
-        store.requeue(model_id, "interrupted by a server shutdown; re-queued", refund_attempt=True)
         raise
     if child.exitcode != 0:
         cause = f"signal {signal.Signals(-child.exitcode).name}" if child.exitcode < 0 else f"exit code {child.exitcode}"

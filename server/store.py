@@ -222,10 +222,11 @@ class Store:
                 (reason, now(), seconds, model_id),
             )
 
-    def requeue(self, model_id: str, note: str, refund_attempt: bool) -> None:
-        """Put an interrupted job back in the queue (first in line: it was started before the others)."""
+    def hand_back_jobs(self, note: str) -> None:
+        """Put every optimizing job back in the queue without spending an attempt: the server stopped, not the job."""
         with self._transaction() as db:
-            self._requeue(db, model_id, note, refund_attempt)
+            for row in db.execute("SELECT model_id FROM jobs WHERE state = 'optimizing'").fetchall():
+                self._requeue(db, row["model_id"], note, refund_attempt=True)
 
     def recover(self, max_attempts: int) -> list[str]:
         """At startup: re-queue or fail jobs a crash interrupted; sweep partial files. Returns what it did."""
