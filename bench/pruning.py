@@ -8,7 +8,8 @@ Fashion-MNIST), scored on the real test labels. The calibration protocol is the 
 passes see only `--samples` training samples the model was NOT trained on (with the original's
 outputs); the test set never reaches them. Every pass runs with its default options.
 Latency: original and variant take turns in one process (optimizer_pipeline.latency), fixed
-thread count; speed-ups are ratios of medians against the float original.
+thread count, glibc malloc thresholds pinned (see `steady_allocator`); speed-ups are ratios of
+medians against the float original.
 
     python bench/pruning.py                  # writes bench/results/pruning.json
     python bench/pruning.py --models digits_cnn --amounts 0.5 --rounds 10
@@ -17,6 +18,7 @@ thread count; speed-ups are ratios of medians against the float original.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 from collections.abc import Callable
 import json
@@ -111,6 +113,20 @@ def fidelity(candidate: jit.ScriptModule, held_out: Batch) -> dict:
     return found
 
 
+def steady_allocator() -> None:
+    """Stop glibc malloc from mmapping and unmapping every large activation tensor.
+
+    By default a fresh process returns large blocks to the OS after each forward and page-faults them
+    back in on the next, which made the float digits CNN 2-3x slower than the same model timed after any
+    larger model had run in the process (that raises glibc's dynamic thresholds). Pinned thresholds give
+    every model the warm state, so speed-ups no longer depend on what ran before.
+    """
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
+    libc.mallopt(m_trim_threshold, 256 << 20)
+
+
 def speedup(original: jit.ScriptModule, candidate: jit.ScriptModule, inputs: torch.Tensor, rounds: int) -> float:
     comparison = compare_latency(lambda: original(inputs), lambda: candidate(inputs), len(inputs), warmup=3, rounds=rounds)
     return round(comparison.speedup, 2)
@@ -184,14 +200,14 @@ def synthetic(name: str, model: nn.Module, inputs: torch.Tensor, int8: bool) -> 
 
 def resnet(args) -> Subject:
     torch.manual_seed(0)
-    inputs = torch.randn(args.samples + 64, 3, 64, 64)
-    return synthetic("resnet18-shape 64x64 (synthetic)", ResNet18Shape(), inputs, int8=True)
+    model = ResNet18Shape()
+    return synthetic("resnet18-shape 64x64 (synthetic)", model, torch.randn(args.samples + 64, 3, 64, 64), int8=True)
 
 
 def encoder(args) -> Subject:
     torch.manual_seed(0)
-    tokens = torch.randint(0, 1000, (args.samples + 64, 32))
-    return synthetic("encoder d128 x2, seq 32 (synthetic)", SmallEncoder(), tokens, int8=False)
+    model = SmallEncoder()
+    return synthetic("encoder d128 x2, seq 32 (synthetic)", model, torch.randint(0, 1000, (args.samples + 64, 32)), int8=False)
 
 
 def trained_on(name: str, dataset, factory: Callable[[], nn.Module], epochs: int, args) -> Subject:
@@ -231,6 +247,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    steady_allocator()
     warnings.filterwarnings("ignore")
     started = time.time()
     rows: list[dict] = []
