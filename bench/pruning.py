@@ -8,8 +8,8 @@ Fashion-MNIST), scored on the real test labels. The calibration protocol is the 
 passes see only `--samples` training samples the model was NOT trained on (with the original's
 outputs); the test set never reaches them. Every pass runs with its default options.
 Latency: original and variant take turns in one process (optimizer_pipeline.latency), fixed
-thread count, glibc malloc thresholds pinned (see `steady_allocator`); speed-ups are ratios of
-medians against the float original.
+thread count, glibc malloc thresholds pinned as the pipeline and the server pin them
+(optimizer_pipeline/allocator.py); speed-ups are ratios of medians against the float original.
 
     python bench/pruning.py                  # writes bench/results/pruning.json
     python bench/pruning.py --models digits_cnn --amounts 0.5 --rounds 10
@@ -18,7 +18,6 @@ medians against the float original.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 from collections.abc import Callable
 import json
@@ -38,6 +37,7 @@ import data  # noqa: E402
 import models  # noqa: E402
 
 from optimizer_pipeline import jit  # noqa: E402
+from optimizer_pipeline.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.calibration import Batch  # noqa: E402
 from optimizer_pipeline.fidelity import compare_outputs  # noqa: E402
 from optimizer_pipeline.latency import compare_latency  # noqa: E402
@@ -111,20 +111,6 @@ def fidelity(candidate: jit.ScriptModule, held_out: Batch) -> dict:
     if measured.accuracy is not None:
         found |= {"accuracy": round(measured.accuracy, 4), "accuracy_original": round(measured.accuracy_original, 4)}
     return found
-
-
-def steady_allocator() -> None:
-    """Stop glibc malloc from mmapping and unmapping every large activation tensor.
-
-    By default a fresh process returns large blocks to the OS after each forward and page-faults them
-    back in on the next, which made the float digits CNN 2-3x slower than the same model timed after any
-    larger model had run in the process (that raises glibc's dynamic thresholds). Pinned thresholds give
-    every model the warm state, so speed-ups no longer depend on what ran before.
-    """
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)  # glibc's maximum
-    libc.mallopt(m_trim_threshold, 256 << 20)
 
 
 def speedup(original: jit.ScriptModule, candidate: jit.ScriptModule, inputs: torch.Tensor, rounds: int) -> float:
@@ -247,7 +233,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    steady_allocator()
+    pin_malloc_thresholds()
     warnings.filterwarnings("ignore")
     started = time.time()
     rows: list[dict] = []

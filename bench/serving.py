@@ -32,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from bench.models import ResNetSmall  # noqa: E402
 from clients import OptiserveClient  # noqa: E402
+from optimizer_pipeline.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
 from server_harness import FORCED_FREEZE, ServerProcess  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
@@ -198,6 +199,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
     args = parser.parse_args()
     torch.set_num_threads(WORKER_THREADS)
+    pin_malloc_thresholds()  # as the server's workers do, so the in-process baseline is like for like
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         server = ServerProcess(Path(folder) / "store", SERVER_ENV).start()

@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from . import jit
+from .allocator import pin_malloc_thresholds
 from .calibration import Batch, load_calibration, load_labels
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
 from .choice import choose
@@ -61,6 +62,7 @@ def optimize(
     progress: ProgressCallback | None = None,
 ) -> OptimizationResult:
     started = time.perf_counter()
+    pin_malloc_thresholds()
     notify = progress or (lambda stage, fraction: None)
     settings = parse_config(config)
     notify("loading", 0.0)

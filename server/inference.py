@@ -18,6 +18,7 @@ import litserve as ls
 import torch
 from fastapi import Response
 
+from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
 
@@ -87,6 +88,7 @@ class InferenceAPI(ls.LitAPI):
         # Ctrl-C reaches every process of the group; the main process stops the workers itself.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.settings.worker_threads)
+        pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = Store(self.settings.store)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import pytest
 import torch
 
+from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.latency import compare_latency
 
@@ -63,3 +65,10 @@ def test_slow_models_get_fewer_rounds_within_max_seconds():
     assert comparison.original.runs == 5  # 0.2 s / (2 x 20 ms) rounds, but never fewer than 5
     quick = compare_latency(lambda: None, lambda: None, batch_size=1, warmup=1, rounds=50, max_seconds=0.2)
     assert quick.original.runs == 50
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_malloc_thresholds_pin_on_glibc():
+    # The pipeline and the inference workers both rely on this; a silent no-op would skew every speed-up.
+    assert pin_malloc_thresholds()
+    assert pin_malloc_thresholds()  # idempotent
