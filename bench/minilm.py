@@ -31,12 +31,12 @@ class SentenceEncoder(torch.nn.Module):
 
 
 def sentences(count: int, seed: int = 0) -> list[str]:
-    """Real English sentences from the README/markdown files of installed Python packages."""
+    """Real English sentences from the documentation files (markdown, reStructuredText) of installed Python packages."""
     import site
 
     found: list[str] = []
     for root in site.getsitepackages():
-        for path in sorted(Path(root).glob("*/**/*.md"))[:400]:
+        for path in sorted([*Path(root).glob("*/**/*.md"), *Path(root).glob("*/**/*.rst")])[:3000]:
             text = path.read_text(errors="ignore")
             for sentence in re.split(r"(?<=[.!?])\s+", re.sub(r"[`#*\[\]()<>|_]", " ", text)):
                 words = sentence.split()

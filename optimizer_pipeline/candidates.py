@@ -26,6 +26,9 @@ from .passes import REGISTRY, PassConfig, run_pass
 from .report import CandidateReport
 from .runtimes import LoadedVariant, load_variant, runtime_of
 
+FINALISTS = 2  # candidates re-timed before the choice: the fastest and at most one runner-up
+CLOSE_CALL = 1.15  # a runner-up within this factor of the fastest could swap places with it
+
 
 @dataclass(frozen=True)
 class Reference:
@@ -174,14 +177,19 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
     built.loaded = None
 
 
-def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config: PipelineConfig, count: int = 3) -> None:
-    """Re-time the fastest qualifying candidates with twice the rounds before one is chosen.
+def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config: PipelineConfig) -> None:
+    """Re-time the fastest qualifying candidate, and a runner-up close to it, with twice the rounds.
 
-    The fastest of many noisy measurements is biased towards luck (the winner's curse); a second,
-    longer measurement of the few finalists keeps the choice honest.
+    The fastest of many noisy measurements is biased towards luck (the winner's curse), so the
+    winner's number gets a second, longer measurement, and so does any runner-up close enough to
+    swap places with it. Runners-up further behind are not re-timed: the order would not change.
     """
-    finalists = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
-    finalists = sorted(finalists, key=lambda b: b.report.speedup or 0.0, reverse=True)[:count]
+    qualifying = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
+    qualifying = sorted(qualifying, key=lambda b: b.report.speedup or 0.0, reverse=True)
+    if not qualifying:
+        return
+    fastest = qualifying[0].report.speedup or 0.0
+    finalists = [b for b in qualifying[:FINALISTS] if (b.report.speedup or 0.0) * CLOSE_CALL >= fastest]
     doubled = {"rounds": 2 * config.latency.rounds, "max_seconds": 2 * config.latency.max_seconds}
     longer = config.model_copy(update={"latency": config.latency.model_copy(update=doubled)})
     for finalist in finalists:

@@ -36,6 +36,11 @@ class Tolerance(BaseModel):
     def value(self, fidelity: Fidelity) -> float | None:
         return getattr(fidelity, self.metric)
 
+    @property
+    def best_possible(self) -> float | None:
+        """The metric's best value where it is bounded (agreement and cosine: 1.0), else None."""
+        return 1.0 if self.metric in ("agreement", "cosine") else None
+
     def accepts(self, value: float) -> bool:
         return value <= self.threshold if self.lower_is_better else value >= self.threshold
 

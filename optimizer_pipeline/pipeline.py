@@ -76,7 +76,7 @@ def optimize(
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
-            outcome = run_search(references, settings, search, notify)
+            outcome = run_search(references, settings, search, notify, started)
             built, summary = outcome.built, outcome.summary
         notify("re-timing the finalists", 0.96)
         confirm_finalists(built, references[0], settings)

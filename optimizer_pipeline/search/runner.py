@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..candidates import BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
+from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
 from ..config import PipelineConfig, Tolerance
 from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
@@ -54,12 +54,23 @@ class _State:
     misses: dict[str, float] = field(default_factory=dict)  # dominance signature -> smallest amount that missed
     ran: int = 0
     skipped: int = 0
+    latency_seconds: float = 0.0  # the longest latency measurement of one trial so far
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
+    def reserve(self) -> float:
+        """Time kept back for re-timing the finalists after the search (twice the rounds, each)."""
+        return 2 * FINALISTS * self.latency_seconds
 
-def run_search(references: list[Reference], settings: PipelineConfig, search: SearchConfig, notify: Notify) -> SearchOutcome:
+
+def run_search(
+    references: list[Reference], settings: PipelineConfig, search: SearchConfig, notify: Notify, started: float
+) -> SearchOutcome:
+    """Run trials until the space, max_trials or the time budget runs out.
+
+    The budget counts from `started` (the start of the whole optimization) and keeps back the time
+    the finalists' re-timing will take, so the run as a whole ends within it."""
     space_plans = expand_space(search.space or DEFAULT_SPACE)
     first = [Trial([parse_pass_spec(s) for s in plan], "first") for plan in (search.first or [])]
     first = [t for t in first if is_valid(t.plan)]
@@ -67,7 +78,7 @@ def run_search(references: list[Reference], settings: PipelineConfig, search: Se
     queue = _without_repeats(queue)
     builders = [PlanBuilder(reference) for reference in references]
     state = _State(
-        started=time.perf_counter(),
+        started=started,
         budget=search.time_budget_s or AUTO_BUDGET_BOUNDS[1],
         budget_source="config" if search.time_budget_s else "pending",
     )
@@ -81,7 +92,7 @@ def run_search(references: list[Reference], settings: PipelineConfig, search: Se
             break
         estimate = max(state.durations[-5:], default=0.0)
         # An automatic budget is only known once the first trials ran; they always run in full.
-        if state.budget_source != "pending" and state.elapsed() + estimate > state.budget:
+        if state.budget_source != "pending" and state.elapsed() + estimate + state.reserve() > state.budget:
             stopped = f"time budget ({state.budget:.0f} s) reached"
             break
         trial = queue.pop(0)
@@ -92,7 +103,7 @@ def run_search(references: list[Reference], settings: PipelineConfig, search: Se
             continue
         notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
         started = time.perf_counter()
-        candidate = _run_trial(trial, builders, settings)
+        candidate = _run_trial(trial, builders, settings, state)
         state.durations.append(time.perf_counter() - started)
         state.ran += 1
         built.append(candidate)
@@ -139,6 +150,14 @@ def _set_auto_budget(state: _State) -> None:
     low, high = AUTO_BUDGET_BOUNDS
     state.budget = min(high, max(low, AUTO_BUDGET_FACTOR * spent))
     state.budget_source = f"auto: {AUTO_BUDGET_FACTOR:g} x the {spent:.1f} s the first trials took, within [{low:g}, {high:g}] s"
+    # The single passes are the floor the search must never fall below, so they always run; on a
+    # model where they alone pass the cap, the budget is what they took plus the re-timing.
+    if state.budget < spent + state.reserve():
+        state.budget = spent + state.reserve()
+        state.budget_source = (
+            f"auto: the first trials alone took {spent:.1f} s, past the {high:g} s cap; they always run in full, "
+            f"so the budget is that plus {state.reserve():.1f} s for re-timing the finalists"
+        )
 
 
 def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:
@@ -147,10 +166,15 @@ def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:
     return max(by_time, by_trials)
 
 
-def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig) -> BuiltCandidate:
-    """Build and judge the plan on every fold; time it (fold 0's variant) against the original."""
+def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig, state: _State) -> BuiltCandidate:
+    """Build and judge the plan fold by fold; time it (fold 0's variant) against the original."""
     started = time.perf_counter()
-    per_fold = [build_candidate(builder, trial.name, trial.plan) for builder in builders]
+    tolerance = builders[0].reference.tolerance
+    per_fold: list[BuiltCandidate] = []
+    for builder in builders:
+        per_fold.append(build_candidate(builder, trial.name, trial.plan))
+        if per_fold[-1].report.status == "failed" or _out_of_reach(per_fold, len(builders), tolerance):
+            break
     main = per_fold[0]
     main.report.origin = trial.origin
     failure = next((b for b in per_fold if b.report.status == "failed"), None)
@@ -158,10 +182,25 @@ def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConf
         main.report.status, main.report.error, main.report.failed_pass = "failed", failure.report.error, failure.report.failed_pass
         main.archive = main.loaded = None
     else:
-        _summarize_folds(main.report, [b.report for b in per_fold], builders[0].reference.tolerance)
+        _summarize_folds(main.report, [b.report for b in per_fold], tolerance)
+        if len(per_fold) < len(builders):
+            main.report.notes.append(
+                f"stopped after {len(per_fold)} of {len(builders)} folds: the tolerance was out of reach "
+                f"even if every remaining fold scored {tolerance.best_possible:g}"
+            )
+        timing = time.perf_counter()
         measure_latency(main, builders[0].reference, settings)
+        state.latency_seconds = max(state.latency_seconds, time.perf_counter() - timing)
     main.report.seconds = round(time.perf_counter() - started, 3)
     return main
+
+
+def _out_of_reach(done: list[BuiltCandidate], folds: int, tolerance: Tolerance) -> bool:
+    """True when the mean over all folds cannot meet the tolerance, however well the rest score."""
+    values = [tolerance.value(b.report.fidelity) if b.report.fidelity else None for b in done]
+    if tolerance.best_possible is None or len(done) == folds or any(v is None for v in values):
+        return False
+    return not tolerance.accepts((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds)
 
 
 def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
