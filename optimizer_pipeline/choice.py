@@ -28,8 +28,19 @@ def choose(candidates: list[CandidateReport], config: PipelineConfig, objective:
     # Fastest wins; a near tie goes to the more faithful one: a few percent is within timing noise here.
     best_speed = max(c.speedup or 0.0 for c in qualified)
     contenders = [c for c in qualified if (c.speedup or 0.0) >= best_speed / TIE_MARGIN]
-    best = max(contenders, key=lambda c: (c.fidelity.sqnr_db if c.fidelity else 0.0, c.speedup or 0.0))
-    return _chosen(best, f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
+    best = max(contenders, key=lambda c: (_sqnr(c), c.speedup or 0.0))
+    fastest = max(qualified, key=lambda c: c.speedup or 0.0)
+    if best is fastest:
+        return _chosen(best, f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
+    return _chosen(best, (
+        f"within {TIE_MARGIN - 1:.0%} of the fastest candidate within the tolerance ({fastest.name}, {fastest.speedup:.2f}x), "
+        f"a tie at this timing noise, and more faithful: SQNR {_sqnr(best):.1f} dB against {_sqnr(fastest):.1f} dB; "
+        f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}"
+    ))
+
+
+def _sqnr(candidate: CandidateReport) -> float:
+    return candidate.fidelity.sqnr_db if candidate.fidelity else 0.0
 
 
 def config_batch(candidate: CandidateReport) -> int:

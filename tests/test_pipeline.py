@@ -14,8 +14,9 @@ import torch
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import Report, optimize
-from optimizer_pipeline.choice import TIE_MARGIN
-from optimizer_pipeline.config import DEFAULT_CANDIDATES, CandidateSpec
+from optimizer_pipeline.choice import TIE_MARGIN, choose
+from optimizer_pipeline.config import DEFAULT_CANDIDATES, CandidateSpec, PipelineConfig
+from optimizer_pipeline.report import CandidateReport, Fidelity
 from optimizer_pipeline.runtimes import load_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,3 +165,18 @@ def test_cli_optimize_explains_a_bad_model(tmp_path: Path):
     assert done.returncode == 2
     assert "not a TorchScript archive" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _qualifying(name: str, speedup: float, sqnr_db: float) -> CandidateReport:
+    fidelity = Fidelity(samples=8, outputs=[], agreement=1.0, cosine=1.0, cosine_min=1.0, sqnr_db=sqnr_db, max_abs_error=0.0)
+    return CandidateReport(name=name, plan=[], status="ok", fidelity=fidelity, speedup=speedup, meets_tolerance=True)
+
+
+def test_a_near_tie_goes_to_the_more_faithful_candidate_and_the_reason_says_so():
+    fast, faithful = _qualifying("fast", 1.37, 30.0), _qualifying("faithful", 1.34, 45.0)
+    chosen = choose([fast, faithful], PipelineConfig())
+    assert chosen.candidate == "faithful"
+    assert "within 3% of the fastest" in chosen.reason and "(fast, 1.37x)" in chosen.reason
+    clearly_faster = _qualifying("fast", 1.50, 30.0)
+    chosen = choose([clearly_faster, faithful], PipelineConfig())
+    assert chosen.candidate == "fast" and chosen.reason.startswith("fastest candidate within the tolerance")
