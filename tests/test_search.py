@@ -79,8 +79,11 @@ def test_random_search_is_seeded_has_no_repeats_and_stops_at_max_trials():
 
 def test_search_stops_within_its_time_budget():
     archive, inputs = tiny_models.cnn_bn()
-    space = {"prune": [None, {"pass": "prune_unstructured", "amount": [0.1, 0.2, 0.3, 0.4]}], "quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"]}, {"pass": "quantize_dynamic"}, {"pass": "freeze"}]}
-    config = {**FAST, "min_speedup": 0.01, "search": {"strategy": "grid", "time_budget_s": 3, "space": space}}
+    amounts = [round(0.05 * i, 2) for i in range(1, 19)]
+    prune = [None, {"pass": "prune_unstructured", "method": ["l1", "random"], "amount": amounts}]
+    space = {"prune": prune, "quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"]}, {"pass": "quantize_dynamic"}, {"pass": "freeze"}]}
+    # Every plan passes (no dominance skips), so the ~150 plans cannot all run in 3 s.
+    config = {**FAST, "min_speedup": 0.01, "tolerance": {"metric": "cosine", "threshold": 0.0}, "search": {"strategy": "grid", "time_budget_s": 3, "space": space}}
     report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
     assert report.search.stopped_because == "time budget (3 s) reached"
     assert report.search.elapsed_s <= 3 * 1.2
