@@ -181,3 +181,18 @@ def test_passes_in_the_wrong_order_fail_clearly(plan: list[str], failed_pass: st
     assert candidate.status == "failed" and candidate.failed_pass == failed_pass
     assert message in candidate.error
     assert result.report.chosen.candidate == "original"
+
+
+def test_dynamic_int8_keeps_its_most_sensitive_nodes_in_float():
+    _, exported, batch = _export("mlp")
+    gemms = [name for name, op in _op_types(exported.model).items() if op == "Gemm"]
+    spec = {"pass": "ort_quantize_dynamic", "skip_sensitive": 1}
+    fallback = run_pass(exported.model, batch, parse_pass_spec(spec))
+    ranking = fallback.details["sensitivity"]
+    # Ranked under the names quantize_dynamic gives the MatMul half of each Gemm it splits.
+    assert {node for node, _ in ranking} == {f"{name}_MatMul" for name in gemms}
+    errors = [error for _, error in ranking]
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0
+    assert fallback.details["float_nodes"] == [ranking[0][0]]
+    # One of the three MatMulIntegers is gone: that node runs in float.
+    assert fallback.details["integer_ops"] == {"MatMulInteger": len(gemms) - 1}

@@ -1,8 +1,8 @@
 """ONNX Runtime int8 quantization of an exported model: static (QDQ, calibrated) and dynamic.
 
-Static quantization can keep chosen nodes in float (`nodes_to_exclude`), and can find the nodes
-worth keeping itself (`skip_sensitive`), per node rather than per layer. Quantizing every op type
-breaks transformer encoders (shared NOTES); this is the fallback.
+Both can keep chosen nodes in float (`nodes_to_exclude`), and can find the nodes worth keeping
+themselves (`skip_sensitive`), per node rather than per layer. Quantizing every op type breaks
+transformer encoders (shared NOTES); this is the fallback.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import torch
 from onnxruntime import quantization as ortq
+from onnxruntime.quantization.onnx_model import ONNXModel
 from pydantic import Field
 
 from ..calibration import Batch
@@ -47,20 +48,20 @@ class _OrtQuantizeConfig(PassConfig):
     op_types: list[str] | None = Field(
         None, description="ONNX op types to quantize, e.g. ['MatMul', 'Gemm']; None: every type ORT quantizes"
     )
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="ONNX node names (of the exported graph) kept in float")
+    skip_sensitive: int = Field(0, ge=0, description="also keep this many of the most sensitive nodes in float")
+
+    fallback_field = "skip_sensitive"
 
 
 class OrtQuantizeStaticConfig(_OrtQuantizeConfig):
     name: Literal["ort_quantize_static"] = "ort_quantize_static"
 
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="ONNX node names kept in float (see details.int8_nodes)")
-    skip_sensitive: int = Field(0, ge=0, description="also keep this many of the most sensitive nodes in float")
     calibrate_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     # int8 activations left 3 of 4 convs of a residual block unfused (float Conv) here; uint8 fused all.
     activations: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
     calibration_batch_size: int = Field(32, ge=1)
-
-    fallback_field = "skip_sensitive"
 
 
 class OrtQuantizeDynamicConfig(_OrtQuantizeConfig):
@@ -72,37 +73,66 @@ class OrtQuantizeDynamicConfig(_OrtQuantizeConfig):
 
 @register(OrtQuantizeStaticConfig)
 def ort_quantize_static(model: OnnxModel, calibration: Batch, config: OrtQuantizeStaticConfig) -> PassOutput:
-    details: dict[str, Any] = {"calibration_samples": len(calibration)}
-    float_nodes = list(config.nodes_to_exclude)
     with _workspace(model, config.name) as (workdir, prepared):
         quantizer = _StaticQuantizer(prepared, workdir, calibration, config)
-        quantized = quantizer.quantize(nodes_to_exclude=float_nodes)
-        if config.skip_sensitive:
-            ranking = _rank_sensitive_nodes(prepared, quantizer, calibration, int8_nodes(quantized))
-            details["sensitivity"] = ranking
-            float_nodes += [node for node, _ in ranking[: config.skip_sensitive] if node not in float_nodes]
-            quantized = quantizer.quantize(nodes_to_exclude=float_nodes)
+        quantized, details = _keep_sensitive_in_float(prepared, quantizer.quantize, calibration, config, int8_nodes)
+    details["calibration_samples"] = len(calibration)
     details["int8_nodes"] = int8_nodes(quantized)
-    if float_nodes:
-        details["float_nodes"] = float_nodes
     return PassOutput(OnnxModel(quantized), details)
 
 
 @register(OrtQuantizeDynamicConfig)
 def ort_quantize_dynamic(model: OnnxModel, calibration: Batch, config: OrtQuantizeDynamicConfig) -> PassOutput:
     with _workspace(model, config.name) as (workdir, prepared):
-        output = workdir / "dynamic.onnx"
-        ortq.quantize_dynamic(
-            prepared,
-            output,
-            op_types_to_quantize=config.op_types,
-            per_channel=config.per_channel,
-            weight_type=ortq.QuantType.QInt8,
-        )
-        quantized = output.read_bytes()
+        # quantize_dynamic splits each Gemm into MatMul + Add under new names; doing that first
+        # gives nodes_to_exclude and the sensitivity ranking names that exist in the graph it quantizes.
+        graph = onnx.load(prepared)
+        ONNXModel(graph).replace_gemm_with_matmul()
+        onnx.save(graph, prepared)
+
+        def quantize(nodes_to_exclude: Sequence[str] = (), nodes_to_quantize: list[str] | None = None) -> bytes:
+            output = workdir / "dynamic.onnx"
+            ortq.quantize_dynamic(
+                prepared,
+                output,
+                op_types_to_quantize=config.op_types,
+                per_channel=config.per_channel,
+                weight_type=ortq.QuantType.QInt8,
+                nodes_to_quantize=nodes_to_quantize,
+                nodes_to_exclude=list(nodes_to_exclude),
+            )
+            return output.read_bytes()
+
+        def quantizable(_: bytes) -> list[str]:
+            # Dynamic quantization renames what it replaces, so candidates come from the float graph.
+            op_types = set(config.op_types or ortq.registry.IntegerOpsRegistry)
+            return [node.name for node in onnx.load(prepared).graph.node if node.op_type in op_types]
+
+        quantized, details = _keep_sensitive_in_float(prepared, quantize, calibration, config, quantizable)
     integer_ops = [node.op_type for node in onnx.load_from_string(quantized).graph.node if "Integer" in node.op_type]
     # Conv becomes ConvInteger, slower than float Conv on CPU (shared NOTES): make it visible.
-    return PassOutput(OnnxModel(quantized), {"integer_ops": {op: integer_ops.count(op) for op in sorted(set(integer_ops))}})
+    details["integer_ops"] = {op: integer_ops.count(op) for op in sorted(set(integer_ops))}
+    return PassOutput(OnnxModel(quantized), details)
+
+
+Quantize = Callable[..., bytes]  # (nodes_to_exclude=..., nodes_to_quantize=...) -> quantized ONNX bytes
+
+
+def _keep_sensitive_in_float(
+    prepared: Path, quantize: Quantize, calibration: Batch, config: _OrtQuantizeConfig, candidates: Callable[[bytes], list[str]]
+) -> tuple[bytes, dict[str, Any]]:
+    """Quantize, keeping `nodes_to_exclude` and then the `skip_sensitive` worst nodes in float."""
+    details: dict[str, Any] = {}
+    float_nodes = list(config.nodes_to_exclude)
+    quantized = quantize(nodes_to_exclude=float_nodes)
+    if config.skip_sensitive:
+        ranking = _rank_sensitive_nodes(prepared, quantize, calibration, candidates(quantized))
+        details["sensitivity"] = ranking
+        float_nodes += [node for node, _ in ranking[: config.skip_sensitive] if node not in float_nodes]
+        quantized = quantize(nodes_to_exclude=float_nodes)
+    if float_nodes:
+        details["float_nodes"] = float_nodes
+    return quantized, details
 
 
 @contextlib.contextmanager
@@ -169,9 +199,7 @@ class _StaticQuantizer:
         return feed_float_inputs(output.read_bytes(), set(nodes_to_exclude))
 
 
-def _rank_sensitive_nodes(
-    prepared: Path, quantizer: _StaticQuantizer, calibration: Batch, nodes: list[str]
-) -> list[tuple[str, float]]:
+def _rank_sensitive_nodes(prepared: Path, quantize: Quantize, calibration: Batch, nodes: list[str]) -> list[tuple[str, float]]:
     """(node, 1 - cosine to the float model when only that node is quantized), worst first.
 
     Alone rather than all-but-one: each node's own damage, not entangled with the others'. The same
@@ -181,6 +209,6 @@ def _rank_sensitive_nodes(
     reference = run_model(load_session(prepared.read_bytes(), threads), sample)
     ranking = []
     for node in nodes:
-        alone = load_session(quantizer.quantize(nodes_to_quantize=[node]), threads)
+        alone = load_session(quantize(nodes_to_quantize=[node]), threads)
         ranking.append((node, round(1.0 - compare_outputs(reference, run_model(alone, sample)).cosine, 8)))
     return sorted(ranking, key=lambda item: item[1], reverse=True)
