@@ -107,6 +107,17 @@ class ServerProcess:
                 parents[int(entry.name)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
         return [pid for pid, parent in parents.items() if parents.get(parent) == self.process.pid]
 
+    def job_process(self, timeout: float = 30.0) -> int:
+        """The pid of the running job's process, once it exists.
+
+        A job shows `optimizing` as soon as the runner claims it, a moment before the process starts."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.grandchildren()):
+            assert time.monotonic() < deadline, f"no job process started within {timeout} s"
+            time.sleep(0.05)
+        (pid,) = found
+        return pid
+
     def group_processes(self) -> list[str]:
         assert self.process is not None
         alive = []
