@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
 
 from optimizer_pipeline import jit
+from optimizer_pipeline.deadline import deadline
 from optimizer_pipeline.calibration import Batch
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.model_loading import run_model
@@ -119,3 +121,14 @@ def test_quantization_aware_training_gives_a_quantized_model_that_reloads(name, 
     assert "quantized::" in reloaded.graph.str() or "quantized." in reloaded.code
     assert cosine_on(reloaded, held_out) > 0.98
     assert len(result.details["loss_curve"]) >= 1
+
+
+def test_a_passed_deadline_stops_training_after_one_epoch():
+    original, calibration, _ = original_and_batches("mlp")
+    pruned = prune_structured(jit.reload(original), calibration, PruneStructuredConfig(amount=0.5)).model
+    with deadline(time.perf_counter()):
+        cut = finetune(jit.reload(pruned), calibration, FinetuneConfig(epochs=50, patience=50)).details
+    assert len(cut["loss_curve"]) == 1 and cut["cut_short"].startswith("stopped after epoch 1 of 50")
+    # Outside a deadline (as after the block), training runs its course.
+    full = finetune(jit.reload(pruned), calibration, FinetuneConfig(epochs=3, patience=50)).details
+    assert len(full["loss_curve"]) == 3 and "cut_short" not in full

@@ -81,14 +81,18 @@ def test_search_stops_within_its_time_budget():
     archive, inputs = tiny_models.cnn_bn()
     amounts = [round(0.05 * i, 2) for i in range(1, 19)]
     prune = [None, {"pass": "prune_unstructured", "method": ["l1", "random"], "amount": amounts}]
-    space = {"prune": prune, "quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"]}, {"pass": "quantize_dynamic"}, {"pass": "freeze"}]}
-    # Every plan passes (no dominance skips), so the ~150 plans cannot all run in 3 s.
+    # A fine-tuning this long would overrun the budget on its own: the deadline has to cut it short.
+    finetune = [None, {"pass": "finetune", "epochs": 5000, "patience": 5000}]
+    space = {"prune": prune, "finetune": finetune, "quantize": [{"pass": "quantize_static", "observer": ["histogram", "minmax"]}, {"pass": "quantize_dynamic"}, {"pass": "freeze"}]}
+    # Every plan passes (no dominance skips), so the ~300 plans cannot all run in 3 s.
     config = {**FAST, "min_speedup": 0.01, "tolerance": {"metric": "cosine", "threshold": 0.0}, "search": {"strategy": "grid", "time_budget_s": 3, "space": space}}
     report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
     assert report.search.stopped_because == "time budget (3 s) reached"
     assert report.search.elapsed_s <= 3 * 1.2
     assert report.seconds <= 3 * 1.2  # the whole run, finalists' re-timing included
     assert 0 < report.search.trials_run < report.search.space_size
+    finetuned = [c for c in report.candidates if "finetune" in c.name]
+    assert finetuned and any("cut_short" in c.details.get("1:finetune", {}) for c in finetuned)
 
 
 def test_folds_cross_validate_and_calibration_never_sees_the_held_out_fold():

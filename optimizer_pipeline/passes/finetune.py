@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from .. import jit
+from .. import deadline, jit
 from ..calibration import Batch
 from ..fidelity import compare_outputs
 from ..outputs import NamedOutputs, flatten_outputs, is_class_scores
@@ -81,6 +81,7 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
     generator = torch.Generator().manual_seed(config.seed)
     curve: list[dict[str, Any]] = []
     steps = 0
+    cut_short = None
     with jit.quiet_torch(), torch.random.fork_rng():
         torch.manual_seed(config.seed)  # dropout in scripted models
         before = _fidelity(model, held_out, config)
@@ -104,9 +105,12 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
                 best_loss, best_state, best_epoch = held_loss, _snapshot(model), epoch
             if epoch - best_epoch >= config.patience or steps == config.steps:
                 break
+            if deadline.passed():
+                cut_short = f"stopped after epoch {epoch} of {config.epochs}: the search's time budget ran out"
+                break
         _restore(model, best_state)
         after = _fidelity(model, held_out, config)
-    return {
+    found = {
         "loss_curve": curve,
         "best_epoch": best_epoch,
         "steps": steps,
@@ -115,6 +119,9 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
         "internal_split": {"train": len(train), "held_out": len(held_out)},
         "masked_parameters": sorted(masks),
     }
+    if cut_short:
+        found["cut_short"] = cut_short
+    return found
 
 
 def _loss(student: NamedOutputs, teacher: NamedOutputs, config: DistillationConfig) -> torch.Tensor:

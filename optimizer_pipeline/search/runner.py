@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
 from ..config import PipelineConfig, Tolerance
+from ..deadline import deadline
 from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
 from .pareto import pareto_front
@@ -58,6 +59,10 @@ class _State:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def deadline(self) -> float | None:
+        """When training inside a trial must stop; none while the first trials set an automatic budget."""
+        return None if self.budget_source == "pending" else self.started + self.budget - self.reserve()
 
     def reserve(self) -> float:
         """Time kept back for re-timing the finalists after the search (twice the rounds, each)."""
@@ -103,7 +108,8 @@ def run_search(
             continue
         notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
         started = time.perf_counter()
-        candidate = _run_trial(trial, builders, settings, state)
+        with deadline(state.deadline()):
+            candidate = _run_trial(trial, builders, settings, state)
         state.durations.append(time.perf_counter() - started)
         state.ran += 1
         built.append(candidate)
