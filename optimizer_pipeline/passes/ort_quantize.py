@@ -106,7 +106,7 @@ def ort_quantize_dynamic(model: OnnxModel, calibration: Batch, config: OrtQuanti
         def quantizable(_: bytes) -> list[str]:
             # Dynamic quantization renames what it replaces, so candidates come from the float graph.
             op_types = set(config.op_types or ortq.registry.IntegerOpsRegistry)
-            return [node.name for node in onnx.load(prepared).graph.node if node.op_type in op_types]
+            return [node.name for node in graph.graph.node if node.op_type in op_types]
 
         quantized, details = _keep_sensitive_in_float(prepared, quantize, calibration, config, quantizable)
     integer_ops = [node.op_type for node in onnx.load_from_string(quantized).graph.node if "Integer" in node.op_type]

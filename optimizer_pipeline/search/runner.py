@@ -61,7 +61,7 @@ class _State:
         return time.perf_counter() - self.started
 
     def deadline(self) -> float | None:
-        """When training inside a trial must stop; none while the first trials set an automatic budget."""
+        """When the trials must end (the budget less the re-timing reserve); none while the first trials set an automatic budget."""
         return None if self.budget_source == "pending" else self.started + self.budget - self.reserve()
 
     def reserve(self) -> float:
@@ -97,7 +97,8 @@ def run_search(
             break
         estimate = max(state.durations[-5:], default=0.0)
         # An automatic budget is only known once the first trials ran; they always run in full.
-        if state.budget_source != "pending" and state.elapsed() + estimate + state.reserve() > state.budget:
+        end = state.deadline()
+        if end is not None and time.perf_counter() + estimate > end:
             stopped = f"time budget ({state.budget:.0f} s) reached"
             break
         trial = queue.pop(0)
@@ -107,10 +108,10 @@ def run_search(
             state.skipped += 1
             continue
         notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
-        started = time.perf_counter()
+        trial_started = time.perf_counter()
         with deadline(state.deadline()):
             candidate = _run_trial(trial, builders, settings, state)
-        state.durations.append(time.perf_counter() - started)
+        state.durations.append(time.perf_counter() - trial_started)
         state.ran += 1
         built.append(candidate)
         _learn(candidate, trial, state, queue, search, settings)
@@ -201,16 +202,20 @@ def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConf
     return main
 
 
+def _fold_values(folds: list[CandidateReport], tolerance: Tolerance) -> list[float | None]:
+    return [tolerance.value(fold.fidelity) if fold.fidelity else None for fold in folds]
+
+
 def _out_of_reach(done: list[BuiltCandidate], folds: int, tolerance: Tolerance) -> bool:
     """True when the mean over all folds cannot meet the tolerance, however well the rest score."""
-    values = [tolerance.value(b.report.fidelity) if b.report.fidelity else None for b in done]
+    values = _fold_values([b.report for b in done], tolerance)
     if tolerance.best_possible is None or len(done) == folds or any(v is None for v in values):
         return False
     return not tolerance.accepts((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds)
 
 
 def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
-    values = [tolerance.value(fold.fidelity) for fold in folds]
+    values = _fold_values(folds, tolerance)
     if any(value is None for value in values):
         return  # met_by already recorded why the metric is unavailable
     report.fidelity_folds = [round(v, 6) for v in values]
