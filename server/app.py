@@ -15,7 +15,7 @@ import litserve as ls
 from fastapi import FastAPI
 from litserve.utils import WorkerSetupStatus
 
-from . import jobs
+from . import confinement, jobs
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI
@@ -25,6 +25,7 @@ from .processes import die_with_parent, interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .settings import Settings
 from .store import Store
+from .validation import ValidationLimits
 
 logger = logging.getLogger("optiserve")
 
@@ -60,7 +61,8 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         return bool(status) and all(value == WorkerSetupStatus.READY for value in status.values())
 
     install_error_handlers(app)
-    app.include_router(ManagementRoutes(ManagementPlane(store), workers_ready).router())
+    limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready).router())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings)
@@ -74,20 +76,12 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
     @asynccontextmanager
     async def lifespan(instance: FastAPI):
         die_with_parent()
-        _limit_validation_threads()
         if getattr(instance, "response_queue_id", 0) == 0:
             print(f"optiserve is up at {settings.url}  (store: {settings.store.resolve()})", flush=True)
         async with inner(instance) as state:
             yield state
 
     app.router.lifespan_context = lifespan
-
-
-def _limit_validation_threads() -> None:
-    # Upload validation runs a few samples in the API server; it must not compete with the workers.
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _manager_that_dies_with_parent() -> SyncManager:
@@ -102,6 +96,7 @@ def run_server(settings: Settings) -> int:
     store = Store(settings.store)
     for action in store.recover(settings.job_attempts):
         logger.warning("recovered job %s", action)
+    print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()

@@ -1,7 +1,8 @@
 """Management operations behind the HTTP routes: validate uploads, then read and write the store.
 
-Runs in the API-server processes. Nothing is stored unless the upload passed `inspect_upload`
-(which loads the model and runs two calibration samples through it).
+Runs in the API-server processes. Nothing is indexed unless the upload passed validation, which
+loads the model and runs two calibration samples through it in a confined child process
+(validation.py), never here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optimizer_pipeline import Report, inspect_upload
+from optimizer_pipeline import Report
 from optimizer_pipeline.report_html import render_html
 
 from .errors import ApiError, not_found
 from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
 from .store import NameTakenError, Store, new_model_id, now
+from .validation import ValidationLimits, validate_upload
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,9 @@ class Upload:
 
 
 class ManagementPlane:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, limits: ValidationLimits) -> None:
         self.store = store
+        self.limits = limits
 
     def create_model(self, upload: Upload) -> UploadAccepted:
         model_id = new_model_id()
@@ -41,17 +44,21 @@ class ManagementPlane:
         config = _parse_config(upload.config)
         if not upload.replace and self.store.has_name(name):
             raise _name_taken(name)
-        summary = inspect_upload(upload.model, upload.calibration, upload.labels, config)
-        meta = ModelMeta(
-            id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None
-        )
         files = {"original.pt": upload.model, "calibration.bin": upload.calibration}
         if upload.labels is not None:
             files["labels.bin"] = upload.labels
+        directory = self.store.stage_files(model_id, files)
         try:
-            replaced = self.store.add_model(meta, files, replace=upload.replace)
+            summary = validate_upload(directory, upload.labels is not None, config, self.limits)
+            meta = ModelMeta(
+                id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None
+            )
+            replaced = self.store.add_model(meta, replace=upload.replace)
         except NameTakenError:
             raise _name_taken(name) from None
+        finally:
+            if not self.store.exists(model_id):
+                self.store.discard_staged(model_id)
         return UploadAccepted(id=model_id, name=name, state="queued", status_url=f"/models/{model_id}", replaced=replaced)
 
     def list_models(self) -> list[ModelInfo]:
@@ -92,14 +99,17 @@ class ManagementPlane:
 
     def _name_for(self, upload: Upload, model_id: str) -> str:
         if upload.name is not None:
-            if not NAME_PATTERN.match(upload.name):
+            if not NAME_PATTERN.fullmatch(upload.name):
                 raise ApiError(
-                    422, "invalid_name", f"invalid name {upload.name!r}: use 1 to 64 characters from a-z, 0-9, '.', '_' and '-'"
+                    422,
+                    "invalid_name",
+                    f"invalid name {upload.name!r}: use 1 to 64 characters from a-z, 0-9, '.', '_' and '-', "
+                    "starting with a letter or digit",
                 )
             return upload.name
         # No name given: derive one from the file name, made unique rather than refused.
         stem = Path(upload.filename or "model").stem.lower()
-        derived = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-.")[:50] or "model"
+        derived = re.sub(r"[^a-z0-9._-]+", "-", stem).strip("-._")[:50] or "model"
         return f"{derived}-{model_id[:6]}" if self.store.has_name(derived) else derived
 
 

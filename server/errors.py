@@ -67,9 +67,13 @@ async def _api_error(request: Request, exc: ApiError) -> JsonResponse:
     return from_api_error(exc)
 
 
+def optimizer_error_code(exc: OptimizerError) -> str:
+    """'invalid_calibration' for InvalidCalibrationError: the stable code of a pipeline error."""
+    return _snake(type(exc).__name__.removesuffix("Error"))
+
+
 async def _optimizer_error(request: Request, exc: OptimizerError) -> JsonResponse:
-    code = _snake(type(exc).__name__.removesuffix("Error"))
-    return error_response(exc.http_status, code, str(exc))
+    return error_response(exc.http_status, optimizer_error_code(exc), str(exc))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JsonResponse:

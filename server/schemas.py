@@ -12,7 +12,8 @@ from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary
 JobState = Literal["queued", "optimizing", "ready", "failed"]
 VariantName = Literal["original", "optimized"]
 Runtime = Literal["torchscript", "onnxruntime"]
-NAME_PATTERN = re.compile(r"^[a-z0-9._-]{1,64}$")
+# Used with fullmatch: `$` alone would let a trailing newline through.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 # Open Inference Protocol tensor datatypes that torch can hold.
 Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"]

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     batch_timeout_ms: float = Field(2.0, gt=0, le=1000, description="how long a worker waits to fill a batch")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
     request_timeout: float = Field(60.0, gt=0, description="seconds a request may wait in the queue (504 after)")
+    validation_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an upload's validation may run (422 after)")
+    validation_memory_bytes: int = Field(
+        2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"
+    )
     log_level: str = Field("warning", pattern="^(critical|error|warning|info|debug)$", description="server log level")
 
     @property

@@ -115,14 +115,23 @@ class Store:
     def model_dir(self, model_id: str) -> Path:
         return self.models_dir / model_id
 
-    def add_model(self, meta: ModelMeta, files: dict[str, bytes], replace: bool = False) -> str | None:
-        """Write the files, then index the model with a queued job. Returns the id it replaced, if any."""
+    def stage_files(self, model_id: str, files: dict[str, bytes]) -> Path:
+        """Write an upload's files where the model will live; unindexed until `add_model` (a crash leaves a sweepable orphan)."""
+        directory = self.model_dir(model_id)
+        for filename, data in files.items():
+            atomic_write_bytes(directory / filename, data)
+        return directory
+
+    def discard_staged(self, model_id: str) -> None:
+        shutil.rmtree(self.model_dir(model_id), ignore_errors=True)
+
+    def add_model(self, meta: ModelMeta, replace: bool = False) -> str | None:
+        """Index a staged model with a queued job. Returns the id it replaced, if any."""
         if not replace and self.has_name(meta.name):
             raise NameTakenError(meta.name)
         directory = self.model_dir(meta.id)
-        for filename, data in files.items():
-            atomic_write_bytes(directory / filename, data)
         atomic_write_text(directory / "model.json", meta.model_dump_json(indent=2))
+        original_size = (directory / "original.pt").stat().st_size
         try:
             with self._transaction() as db:
                 old = db.execute("SELECT id FROM models WHERE name = ?", (meta.name,)).fetchone()
@@ -132,9 +141,9 @@ class Store:
                     db.execute("DELETE FROM models WHERE id = ?", (old["id"],))
                 db.execute("INSERT INTO models (id, name, meta) VALUES (?, ?, ?)", (meta.id, meta.name, meta.model_dump_json()))
                 db.execute("INSERT INTO jobs (model_id, state, queued_at) VALUES (?, 'queued', ?)", (meta.id, now()))
-                self._put_variant(db, meta.id, "original", "torchscript", "original.pt", len(files["original.pt"]))
+                self._put_variant(db, meta.id, "original", "torchscript", "original.pt", original_size)
         except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
+            self.discard_staged(meta.id)
             raise
         if old is not None:
             shutil.rmtree(self.model_dir(old["id"]), ignore_errors=True)

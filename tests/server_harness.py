@@ -118,6 +118,19 @@ class ServerProcess:
         (pid,) = found
         return pid
 
+    def forked_children(self) -> list[int]:
+        """Direct children that run the main program itself (forked: the API servers, LitServe's manager)."""
+        assert self.process is not None
+        own = Path(f"/proc/{self.process.pid}/cmdline").read_bytes()
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes() == own and _parent(entry) == self.process.pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
     def group_processes(self) -> list[str]:
         assert self.process is not None
         alive = []
@@ -168,6 +181,11 @@ def server_fixture(env: dict[str, str] | None = None):
             assert not leftovers, f"processes left after SIGTERM: {leftovers}"
 
     return fixture
+
+
+def _parent(proc_entry: Path) -> int:
+    status = (proc_entry / "status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
 
 
 # ---- raw-HTTP helpers ----
