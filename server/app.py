@@ -18,8 +18,8 @@ from litserve.utils import WorkerSetupStatus
 from . import confinement, jobs
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
-from .inference import CompareAPI, PredictAPI
-from .limits import BodySizeLimitMiddleware
+from .inference import CompareAPI, PredictAPI, is_inference_path
+from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .metrics import RequestMetricsMiddleware
 from .processes import die_with_parent, interrupt_on_sigterm
 from .routes import ManagementRoutes
@@ -64,6 +64,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready).router())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings)
     return server

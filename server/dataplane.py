@@ -92,6 +92,12 @@ class ManagementPlane:
             raise ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant (state: {info.state})")
         return info, self.store.model_dir(info.id) / found.filename
 
+    def reset_health(self, ref: str) -> ModelInfo:
+        """Serve a model marked unhealthy again (after its timeouts were looked into)."""
+        info = self.model(ref)
+        self.store.reset_health(info.id)
+        return self.model(info.id)
+
     def delete(self, ref: str) -> Deleted:
         info = self.model(ref)
         self.store.delete(info.id)

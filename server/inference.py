@@ -22,8 +22,9 @@ from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
 
-from . import metrics
+from . import confinement, metrics
 from .errors import ApiError, JsonResponse, error_body, not_found
+from .forward_guard import ForwardGuard, ForwardTimeout
 from .processes import die_with_parent
 from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
@@ -90,7 +91,11 @@ class InferenceAPI(ls.LitAPI):
         torch.set_num_threads(self.settings.worker_threads)
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = Store(self.settings.store)
+        # Workers write only metrics and the index; what they read is not confined (models, libraries).
+        writable = (self.settings.metrics_dir.resolve(), *self.store.index_files())
+        confinement.apply(confinement.Confinement(writable=writable))
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
+        self.guard = ForwardGuard(self.settings.forward_timeout)
 
     def batch(self, inputs: list) -> list:
         return list(inputs)
@@ -126,10 +131,20 @@ class InferenceAPI(ls.LitAPI):
     # ---- one group: requests for the same model (and variant) ----
 
     def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
+        if self.guard.retiring:
+            raise ApiError(503, "worker_restarting", "the inference worker is restarting after a forward call ran past its limit; retry")
         info = self._lookup(ref)
-        models = {name: self._load(info, name) for name in self._variants(info, variant)}
-        decoded = self._decode(info, pending)
-        runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
+        try:
+            models = {name: self._load(info, name) for name in self._variants(info, variant)}
+            decoded = self._decode(info, pending)
+            runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
+        except ForwardTimeout as exc:
+            self.store.record_timeout(info.id, str(exc), self.settings.unhealthy_after)
+            raise ApiError(
+                504,
+                "model_timeout",
+                f"model {info.name!r}: {exc} (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving",
+            ) from None
         for item in decoded:
             if item.outcome is None:
                 item.outcome = self._respond(info, item, runs)
@@ -144,6 +159,10 @@ class InferenceAPI(ls.LitAPI):
         info = self.store.get(ref)
         if info is None:
             raise not_found(ref)
+        if not info.health.healthy:
+            raise ApiError(
+                503, "model_unhealthy", f"model {info.name!r} is marked unhealthy: {info.health.reason}; replace it, or POST /models/{info.id}/reset"
+            )
         return info
 
     def _load(self, info: ModelInfo, variant_name: str) -> RunVariant:
@@ -153,7 +172,10 @@ class InferenceAPI(ls.LitAPI):
         path = self.store.model_dir(info.id) / variant.filename
         if not path.exists():
             raise not_found(info.id)  # deleted between the lookup and now
-        return self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
+        # Loading warms the model up with a forward call, which gets the same hard limit.
+        return self.guard.run(
+            lambda: self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
+        )
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
@@ -173,6 +195,10 @@ class InferenceAPI(ls.LitAPI):
             except TensorDecodeError as exc:
                 item.outcome = Outcome(422, error_body(422, "invalid_input", str(exc)), info.name)
                 continue
+            except Exception as exc:  # whatever a request holds, it fails that request alone
+                message = f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
+                item.outcome = Outcome(422, error_body(422, "invalid_input", message), info.name)
+                continue
             decoded.append(item)
         return decoded
 
@@ -186,6 +212,8 @@ class InferenceAPI(ls.LitAPI):
         for group in by_signature.values():
             try:
                 self._forward(info, variant_name, model, group, ran)
+            except ForwardTimeout:
+                raise  # retrying one by one would wait out the limit again per request
             except Exception as exc:
                 if len(group) == 1:
                     group[0].outcome = _forward_failed(info, group[0], exc)
@@ -193,6 +221,8 @@ class InferenceAPI(ls.LitAPI):
                 for item in group:  # isolate the request that breaks the model
                     try:
                         self._forward(info, variant_name, model, [item], ran)
+                    except ForwardTimeout:
+                        raise
                     except Exception as single_exc:
                         item.outcome = _forward_failed(info, item, single_exc)
         return ran
@@ -201,7 +231,7 @@ class InferenceAPI(ls.LitAPI):
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
         runtime = info.variant(variant_name).runtime
         started = time.perf_counter()
-        outputs = model(inputs)
+        outputs = self.guard.run(lambda: model(inputs))
         seconds = time.perf_counter() - started
         metrics.FORWARD_SECONDS.labels(info.name, variant_name, runtime).observe(seconds)
         metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
@@ -255,6 +285,11 @@ class CompareAPI(InferenceAPI):
             fidelity=compare_outputs(outputs["original"], outputs["optimized"]),
         )
         return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, "both")
+
+
+def is_inference_path(path: str) -> bool:
+    """Routes that run model code, and so get the arrival-to-answer deadline."""
+    return path in (PredictAPI.endpoint, CompareAPI.endpoint)
 
 
 def _error(error: ApiError) -> Outcome:

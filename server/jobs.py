@@ -13,13 +13,16 @@ import logging
 import multiprocessing
 import os
 import signal
+import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
 from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
 
+from . import confinement
 from .metrics import OPTIMIZATION_SECONDS
 from .processes import die_with_parent, interrupt_on_sigterm
 from .schemas import VariantInfo
@@ -76,11 +79,21 @@ def run_forever(settings: Settings) -> None:
 def _supervise(settings: Settings, store: Store, model_id: str) -> None:
     child = _fork.Process(target=run_job, args=(settings, model_id), name=f"optiserve-job-{model_id}")
     child.start()
+    deadline = time.monotonic() + settings.job_timeout
     try:
         while child.is_alive():
-            child.join(1.0)
+            child.join(min(1.0, max(deadline - time.monotonic(), 0.0)))
             if child.is_alive() and not store.exists(model_id):  # deleted or replaced: stop wasting CPU
                 stop(child)
+                return
+            if child.is_alive() and time.monotonic() >= deadline:
+                stop(child)
+                # Failed, not handed back: a job that hangs would hang again on every retry.
+                store.fail_job(
+                    model_id,
+                    f"the optimization ran past its time limit of {settings.job_timeout:g} s (OPTISERVE_JOB_TIMEOUT) and was "
+                    "stopped; the original model keeps serving",
+                )
                 return
     except KeyboardInterrupt:
         stop(child)
@@ -102,6 +115,8 @@ def run_job(settings: Settings, model_id: str) -> None:
     if info is None:
         return
     directory = store.model_dir(model_id)
+    writable = (directory, settings.metrics_dir.resolve(), Path(tempfile.gettempdir()), *store.index_files())
+    confinement.apply(confinement.Confinement(writable=writable, memory_bytes=settings.job_memory_bytes))
     config = dict(info.config or {})
     config["threads"] = min(config.get("threads") or settings.job_threads, settings.job_threads)
     started = time.perf_counter()

@@ -1,6 +1,10 @@
-"""Request body limit, enforced before a large upload is read into memory."""
+"""Request limits enforced in the API server: body size before a large upload is read into memory,
+and the deadline from a request's arrival to its answer."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,3 +43,34 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class DeadlineMiddleware:
+    """504 for a request not answered within `seconds` of its arrival, wherever the time went.
+
+    LitServe's own timeout covers only the wait in its queue; a forward that runs long, or a worker
+    that died with the request, would otherwise keep the client waiting forever.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float, applies: Callable[[str], bool]) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.applies = applies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, watch_start), self.seconds)
+        except asyncio.TimeoutError:
+            if not started:
+                message = f"no answer within {self.seconds:g} s of arrival (OPTISERVE_REQUEST_TIMEOUT); retry later"
+                await error_response(504, "request_timeout", message)(scope, receive, send)

@@ -36,6 +36,7 @@ class ManagementRoutes:
             ("GET", "/models/{model_id}/report.html", self.get_report_html, None, 200),
             ("GET", "/models/{model_id}/variants/{variant}", self.download_variant, None, 200),
             ("DELETE", "/models/{model_id}", self.delete_model, Deleted, 200),
+            ("POST", "/models/{model_id}/reset", self.reset_model, ModelInfo, 200),
             ("GET", "/health", self.health, ServiceStatus, 200),
             ("GET", "/ready", self.ready, ServiceStatus, 200),
             ("GET", "/metrics", self.metrics, None, 200),
@@ -83,6 +84,9 @@ class ManagementRoutes:
 
     async def delete_model(self, model_id: str) -> Deleted:
         return await run_in_threadpool(self.plane.delete, model_id)
+
+    async def reset_model(self, model_id: str) -> ModelInfo:
+        return await run_in_threadpool(self.plane.reset_health, model_id)
 
     async def health(self) -> ServiceStatus:
         return ServiceStatus(status="ok")

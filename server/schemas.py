@@ -65,9 +65,16 @@ class JobStatus(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class Health(BaseModel):
+    healthy: bool = True
+    reason: str | None = Field(None, description="why the model stopped serving (503) until it is reset or replaced")
+    timeouts: int = Field(0, description="forward calls that ran past the hard limit (OPTISERVE_FORWARD_TIMEOUT)")
+
+
 class ModelInfo(ModelMeta, JobStatus):
     variants: list[VariantInfo]
     default_variant: VariantName = Field(description="what /predict serves when no variant is asked for")
+    health: Health = Field(default_factory=Health)
 
     def variant(self, name: str) -> VariantInfo | None:
         return next((v for v in self.variants if v.name == name), None)

@@ -24,12 +24,20 @@ class Settings(BaseSettings):
     )
     job_threads: int = Field(1, ge=1, le=256, description="torch threads of the background optimization job")
     job_nice: int = Field(10, ge=0, le=19, description="CPU niceness of optimization jobs, so serving keeps priority")
+    job_timeout: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="wall-clock limit of one optimization job; past it the job fails (not retried)"
+    )
+    job_memory_bytes: int = Field(16 * 2**30, ge=256 * 2**20, description="memory one optimization job may map beyond torch itself")
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     batch_timeout_ms: float = Field(2.0, gt=0, le=1000, description="how long a worker waits to fill a batch")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
-    request_timeout: float = Field(60.0, gt=0, description="seconds a request may wait in the queue (504 after)")
+    request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
+    forward_timeout: float = Field(
+        30.0, gt=0, le=3600, description="hard limit of one forward call; past it the worker is restarted and its requests get 504"
+    )
+    unhealthy_after: int = Field(3, ge=1, le=1000, description="forward timeouts after which a model answers 503 until reset")
     validation_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an upload's validation may run (422 after)")
     validation_memory_bytes: int = Field(
         2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"

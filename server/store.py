@@ -23,7 +23,7 @@ from pathlib import Path
 from optimizer_pipeline.files import atomic_write_bytes, atomic_write_text
 from optimizer_pipeline.report import Chosen
 
-from .schemas import JobStatus, ModelInfo, ModelMeta, VariantInfo
+from .schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     optimization_seconds REAL,
     chosen TEXT,
     notes TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS health (
+    model_id TEXT PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+    timeouts INTEGER NOT NULL DEFAULT 0,
+    unhealthy TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, queued_at);
 CREATE TABLE IF NOT EXISTS variants (
@@ -110,6 +115,11 @@ class Store:
             raise
         connection.execute("COMMIT")
 
+    def index_files(self) -> tuple[Path, ...]:
+        """The SQLite files a process that reads or writes the index needs to write (WAL mode)."""
+        self._connection()  # they exist once a connection is open; the server's main process keeps one
+        return tuple(Path(f"{self.index_path}{suffix}") for suffix in ("", "-wal", "-shm"))
+
     # ---- models ----
 
     def model_dir(self, model_id: str) -> Path:
@@ -154,7 +164,8 @@ class Store:
         """Look a model up by id or by name."""
         db = self._connection()
         row = db.execute(
-            f"SELECT m.id, m.meta, {JOB_COLUMNS} FROM models m JOIN jobs j ON j.model_id = m.id "
+            f"SELECT m.id, m.meta, {JOB_COLUMNS}, COALESCE(h.timeouts, 0) AS timeouts, h.unhealthy "
+            "FROM models m JOIN jobs j ON j.model_id = m.id LEFT JOIN health h ON h.model_id = m.id "
             "WHERE m.id = ? OR m.name = ?",
             (ref, ref),
         ).fetchone()
@@ -181,6 +192,28 @@ class Store:
 
     def has_name(self, name: str) -> bool:
         return self._connection().execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None
+
+    # ---- health ----
+
+    def record_timeout(self, model_id: str, reason: str, unhealthy_after: int) -> bool:
+        """Count a forward call that hit the hard limit; at `unhealthy_after` the model stops serving. True if it just did."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO health (model_id, timeouts) VALUES (?, 1) "
+                "ON CONFLICT(model_id) DO UPDATE SET timeouts = timeouts + 1",
+                (model_id,),
+            )
+            timeouts = db.execute("SELECT timeouts FROM health WHERE model_id = ?", (model_id,)).fetchone()["timeouts"]
+            if timeouts < unhealthy_after:
+                return False
+            marked = f"{timeouts} forward calls ran past the time limit, the last: {reason} (at {now()})"
+            return db.execute(
+                "UPDATE health SET unhealthy = ? WHERE model_id = ? AND unhealthy IS NULL", (marked, model_id)
+            ).rowcount > 0
+
+    def reset_health(self, model_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM health WHERE model_id = ?", (model_id,))
 
     # ---- jobs ----
 
@@ -315,4 +348,5 @@ def _model_info(row: sqlite3.Row, variants: list[sqlite3.Row]) -> ModelInfo:
     )
     variant_infos = [VariantInfo(**dict(v)) for v in variants]
     default = "optimized" if any(v.name == "optimized" for v in variant_infos) else "original"
-    return ModelInfo(**meta.model_dump(), **job.model_dump(), variants=variant_infos, default_variant=default)
+    health = Health(healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"])
+    return ModelInfo(**meta.model_dump(), **job.model_dump(), variants=variant_infos, default_variant=default, health=health)

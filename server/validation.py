@@ -96,7 +96,7 @@ def _validate_in_child(sender: Connection, directory: Path, has_labels: bool, co
     _silence_output()  # TorchScript can print; what it prints must not reach the server log
     import torch
 
-    from optimizer_pipeline import OptimizerError, inspect_upload
+    from optimizer_pipeline import inspect_upload
 
     torch.set_num_threads(1)
     confinement.apply(
@@ -112,16 +112,29 @@ def _validate_in_child(sender: Connection, directory: Path, has_labels: bool, co
             config,
         )
         sender.send(("ok", summary.model_dump_json()))
-    except OptimizerError as exc:
-        sender.send(("error", (exc.http_status, optimizer_error_code(exc), str(exc))))
-    except (MemoryError, RuntimeError) as exc:
-        if isinstance(exc, MemoryError) or "allocate" in str(exc):
-            message = f"the model needs more than {limits.memory_bytes >> 20} MiB to run two calibration samples (OPTISERVE_VALIDATION_MEMORY_BYTES)"
-            sender.send(("error", (422, "validation_memory", message)))
-        else:
-            sender.send(("error", (422, "invalid_model", f"the model could not be validated: {str(exc).strip()[-500:]}")))
     except Exception as exc:
-        sender.send(("error", (422, "invalid_model", f"the model could not be validated ({type(exc).__name__}: {exc})"[:600])))
+        sender.send(("error", _describe_failure(exc, limits)))
+
+
+def _describe_failure(exc: Exception, limits: ValidationLimits) -> tuple[int, str, str]:
+    """(status, code, message) of a failed validation."""
+    from optimizer_pipeline import OptimizerError
+
+    if _out_of_memory(exc):
+        cap = limits.memory_bytes >> 20
+        return 422, "validation_memory", f"the model needs more than {cap} MiB to run two calibration samples (OPTISERVE_VALIDATION_MEMORY_BYTES)"
+    if isinstance(exc, OptimizerError):
+        return exc.http_status, optimizer_error_code(exc), str(exc)
+    return 422, "invalid_model", f"the model could not be validated ({type(exc).__name__}: {str(exc).strip()[-500:]})"
+
+
+def _out_of_memory(exc: BaseException | None) -> bool:
+    # The pipeline wraps a forward's failure in its own error; the allocator's is in the chain.
+    while exc is not None:
+        if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _silence_output() -> None:

@@ -49,7 +49,7 @@ class AllocatesGiB(nn.Module):
         self.net = MLP()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ballast = torch.ones(2**28)  # 2**28 float32 = 1 GiB
+        ballast = torch.ones(268435456)  # 2**28 float32 = 1 GiB
         return self.net(x) + ballast[0] - 1.0
 
 

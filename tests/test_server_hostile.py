@@ -47,3 +47,65 @@ def test_validation_never_runs_model_code_in_the_api_server(server):
     # 1 GiB allocated once inside an API server would show here; validation children come and go.
     assert api_server_rss_kib(server) < 900 * 1024
     assert predict(server.url, "healthy", MLP_INPUTS[0][:2]).status_code == 200
+
+
+# ---- deadlines: a forward that never returns costs its own requests, nothing else ----
+
+timeouts = server_fixture(
+    {
+        "OPTISERVE_FORWARD_TIMEOUT": "3",
+        "OPTISERVE_REQUEST_TIMEOUT": "60",
+        "OPTISERVE_UNHEALTHY_AFTER": "2",
+        "OPTISERVE_JOB_TIMEOUT": "15",
+    }
+)
+
+
+def predict_until_answered(url: str, model: str, inputs, attempts: int = 200) -> requests.Response:
+    """A request that retries while a restarted worker comes back (503 worker_restarting / connection to a busy queue)."""
+    for _ in range(attempts):
+        response = predict(url, model, inputs)
+        if response.status_code != 503 or response.json()["error"]["code"] != "worker_restarting":
+            return response
+    return response
+
+
+def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep_serving(timeouts):
+    url = timeouts.url
+    assert upload(url, MLP_ARCHIVE, MLP_INPUTS, name="steady", config=FORCED_FREEZE).status_code == 202
+    archive = hostile_models.archive(hostile_models.LoopsOnMarker())
+    accepted = upload(url, archive, hostile_models.inputs(), name="trap", config=FORCED_FREEZE)
+    assert accepted.status_code == 202, accepted.text
+    poisoned = hostile_models.inputs(1)[0].clone()
+    poisoned[0, 0] = 12345.0
+
+    first = predict(url, "trap", poisoned, variant="original")
+    assert first.status_code == 504, first.text
+    assert first.json()["error"]["code"] == "model_timeout" and "3 s" in first.json()["error"]["message"]
+    steady = predict_until_answered(url, "steady", MLP_INPUTS[0][:2])
+    assert steady.status_code == 200, steady.text
+
+    second = predict_until_answered(url, "trap", poisoned)
+    assert second.status_code == 504, second.text
+    status = requests.get(f"{url}/models/trap", timeout=10).json()
+    assert status["health"]["healthy"] is False and status["health"]["timeouts"] == 2
+    assert "time limit" in status["health"]["reason"]
+
+    refused = predict_until_answered(url, "trap", hostile_models.inputs(1)[0])
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unhealthy", refused.text
+    assert predict_until_answered(url, "steady", MLP_INPUTS[0][:2]).status_code == 200
+
+    reset = requests.post(f"{url}/models/trap/reset", timeout=10)
+    assert reset.status_code == 200 and reset.json()["health"]["healthy"] is True
+    assert predict_until_answered(url, "trap", hostile_models.inputs(1)[0]).status_code == 200
+
+
+def test_a_job_that_hangs_fails_at_its_time_limit_and_is_not_retried(timeouts, tmp_path):
+    # Passes validation (two samples), then hangs on the pipeline's first larger batch.
+    archive = hostile_models.archive(hostile_models.LoopsAboveBatch(limit=2))
+    accepted = upload(timeouts.url, archive, hostile_models.inputs(16), name="slowjob")
+    assert accepted.status_code == 202, accepted.text
+    status = wait_for(timeouts.url, accepted.json()["id"], timeout=120)
+    assert status["state"] == "failed", status
+    assert "time limit of 15 s" in status["error"]
+    assert predict(timeouts.url, "slowjob", hostile_models.inputs(2)[0]).status_code == 200
