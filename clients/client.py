@@ -34,10 +34,13 @@ class OptiserveError(Exception):
 
 
 class OptiserveClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0) -> None:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 60.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        key = api_key or find_api_key()
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
         # Responses are mostly base64 or small JSON: gzip would cost server CPU and save little.
         self.session.headers["Accept-Encoding"] = "identity"
 
@@ -130,6 +133,17 @@ class OptiserveClient:
         if response.status_code >= 400:
             raise _error_from(response)
         return response.content if raw else response.json()
+
+
+def find_api_key() -> str | None:
+    """OPTISERVE_API_KEY, or else the key a local server generated in its store (OPTISERVE_STORE, default ./store)."""
+    if os.environ.get("OPTISERVE_API_KEY"):
+        return os.environ["OPTISERVE_API_KEY"]
+    path = Path(os.environ.get("OPTISERVE_STORE", "store")) / "api-key"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _file_part(source: FileLike, default_name: str) -> tuple[str, bytes | IO[bytes]]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from litserve.utils import WorkerSetupStatus
 
 from . import confinement, jobs
+from .auth import BearerKey
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
@@ -43,6 +44,10 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         # Both APIs share batch/unbatch code; /compare deliberately runs unbatched (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
         apis = [PredictAPI(settings), CompareAPI(settings)]
+    guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
+    if guard and settings.auth_inference:
+        for api in apis:
+            api.authorize = guard  # LitServe's hook: a FastAPI dependency of the API's route
     server = ls.LitServer(
         apis,
         accelerator="cpu",
@@ -62,7 +67,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
 
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready).router())
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready, guard).router())
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections

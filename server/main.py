@@ -14,23 +14,23 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
+from .auth import resolve_key
 from .settings import Settings
 
 FLAG_TYPES = {int: int, float: float, str: str, Path: Path}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting (--store, --workers, ...); unset flags fall back to OPTISERVE_* or defaults."""
+    """One flag per setting (--store, --workers, --auth/--no-auth, ...); unset flags fall back to OPTISERVE_* or defaults."""
     for name, field in Settings.model_fields.items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            type=FLAG_TYPES.get(field.annotation, str),
-            default=None,
-            help=f"{field.description or name} (env OPTISERVE_{name.upper()})",
-        )
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description or name} (env OPTISERVE_{name.upper()})"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=FLAG_TYPES.get(field.annotation, str), default=None, help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -48,6 +48,13 @@ def serve(settings: Settings) -> int:
     from .app import run_server  # only now: it creates the Prometheus metrics
 
     print(f"optiserve starting on {settings.url}  (store: {settings.store.resolve()})", flush=True)
+    if settings.auth:
+        key, origin = resolve_key(settings.api_key.get_secret_value() if settings.api_key else None, settings.store)
+        settings = settings.model_copy(update={"api_key": SecretStr(key)})
+        scope = "management and inference routes" if settings.auth_inference else "management routes"
+        print(f"API key {origin}; {scope} need 'Authorization: Bearer <key>'", flush=True)
+    else:
+        print("auth is OFF: anyone who reaches the port can upload, replace and delete models", flush=True)
     return run_server(settings)
 
 

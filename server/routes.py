@@ -8,41 +8,47 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from . import metrics
+from .auth import BearerKey
 from .dataplane import ManagementPlane, Upload
 from .errors import ApiError, JsonResponse
 from .schemas import Deleted, ErrorBody, ModelInfo, ModelList, ServiceStatus, UploadAccepted
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 404, 409, 413, 422)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422)}
 
 
 class ManagementRoutes:
-    def __init__(self, plane: ManagementPlane, workers_ready: Callable[[], bool]) -> None:
+    def __init__(self, plane: ManagementPlane, workers_ready: Callable[[], bool], guard: BearerKey | None) -> None:
         self.plane = plane
         self.workers_ready = workers_ready
+        self.guard = guard
 
     def router(self) -> APIRouter:
         router = APIRouter(default_response_class=JsonResponse, responses=ERRORS)
+        # The last column: does the route change a model or hand out its files (so it needs the key)?
         table = [
-            ("POST", "/models", self.create_model, UploadAccepted, 202),
-            ("GET", "/models", self.list_models, ModelList, 200),
-            ("GET", "/models/{model_id}", self.get_model, ModelInfo, 200),
-            ("GET", "/models/{model_id}/report", self.get_report, None, 200),
-            ("GET", "/models/{model_id}/report.html", self.get_report_html, None, 200),
-            ("GET", "/models/{model_id}/variants/{variant}", self.download_variant, None, 200),
-            ("DELETE", "/models/{model_id}", self.delete_model, Deleted, 200),
-            ("POST", "/models/{model_id}/reset", self.reset_model, ModelInfo, 200),
-            ("GET", "/health", self.health, ServiceStatus, 200),
-            ("GET", "/ready", self.ready, ServiceStatus, 200),
-            ("GET", "/metrics", self.metrics, None, 200),
+            ("POST", "/models", self.create_model, UploadAccepted, 202, True),
+            ("GET", "/models", self.list_models, ModelList, 200, False),
+            ("GET", "/models/{model_id}", self.get_model, ModelInfo, 200, False),
+            ("GET", "/models/{model_id}/report", self.get_report, None, 200, False),
+            ("GET", "/models/{model_id}/report.html", self.get_report_html, None, 200, False),
+            ("GET", "/models/{model_id}/variants/{variant}", self.download_variant, None, 200, True),
+            ("DELETE", "/models/{model_id}", self.delete_model, Deleted, 200, True),
+            ("POST", "/models/{model_id}/reset", self.reset_model, ModelInfo, 200, True),
+            ("GET", "/health", self.health, ServiceStatus, 200, False),
+            ("GET", "/ready", self.ready, ServiceStatus, 200, False),
+            ("GET", "/metrics", self.metrics, None, 200, False),
         ]
-        for method, path, handler, response_model, status in table:
-            router.add_api_route(path, handler, methods=[method], response_model=response_model, status_code=status)
+        for method, path, handler, response_model, status, needs_key in table:
+            dependencies = [Depends(self.guard)] if needs_key and self.guard else None
+            router.add_api_route(
+                path, handler, methods=[method], response_model=response_model, status_code=status, dependencies=dependencies
+            )
         return router
 
     async def create_model(

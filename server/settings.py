@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,7 +42,17 @@ class Settings(BaseSettings):
     validation_memory_bytes: int = Field(
         2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"
     )
+    auth: bool = Field(True, description="require 'Authorization: Bearer <key>' on routes that change models")
+    auth_inference: bool = Field(False, description="require the key on inference routes as well")
+    insecure: bool = Field(False, description="allow auth off on a non-loopback host")
+    api_key: SecretStr | None = Field(None, description="the API key; default: <store>/api-key, generated at first start")
     log_level: str = Field("warning", pattern="^(critical|error|warning|info|debug)$", description="server log level")
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if not self.auth and self.host not in ("127.0.0.1", "::1") and not self.insecure:
+            raise ValueError(f"auth is off on host {self.host}, reachable from other machines: pass --insecure to mean it")
+        return self
 
     @property
     def url(self) -> str:

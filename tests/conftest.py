@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from server_harness import API_KEY
+
+# The servers the tests start use this key; the client and the CLI find it here, as a user's would.
+os.environ["OPTISERVE_API_KEY"] = API_KEY
 
 # Few timing rounds: tests check correctness, benchmarks (bench/) measure speed. Two warm-up calls
 # let TorchScript's profiling executor finish optimizing before anything is timed.

@@ -28,7 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 FAST_LATENCY = {"latency": {"rounds": 3, "warmup": 1}}
 # A plan that always yields an optimized variant (freeze is exact; force serves it even if not faster).
 FORCED_FREEZE = {"plan": [{"pass": "freeze"}], "force": True, **FAST_LATENCY}
+API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 TEST_ENV = {
+    "OPTISERVE_API_KEY": API_KEY,
     "OPTISERVE_WORKER_THREADS": "1",
     "OPTISERVE_MAX_BATCH_SIZE": "8",
     "OPTISERVE_BATCH_TIMEOUT_MS": "5",
@@ -95,7 +98,8 @@ class ServerProcess:
         assert not leftovers, leftovers
 
     def grandchildren(self) -> list[int]:
-        """Processes whose parent is a child of the main process (the job runner's job process)."""
+        """Processes whose parent is a child of the main process: the job runner's job process (the
+        validation forkserver, an API server's child, is left out)."""
         assert self.process is not None
         parents = {}
         for entry in Path("/proc").iterdir():
@@ -105,7 +109,9 @@ class ServerProcess:
                 except OSError:
                     continue
                 parents[int(entry.name)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        return [pid for pid, parent in parents.items() if parents.get(parent) == self.process.pid]
+        return [
+            pid for pid, parent in parents.items() if parents.get(parent) == self.process.pid and not _is_forkserver(pid)
+        ]
 
     def job_process(self, timeout: float = 30.0) -> int:
         """The pid of the running job's process, once it exists.
@@ -183,6 +189,13 @@ def server_fixture(env: dict[str, str] | None = None):
     return fixture
 
 
+def _is_forkserver(pid: int) -> bool:
+    try:
+        return b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _parent(proc_entry: Path) -> int:
     status = (proc_entry / "status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
@@ -198,7 +211,7 @@ def upload(url: str, archive: bytes, inputs: tuple, name: str | None = None, con
     if config is not None:
         data["config"] = json.dumps(config)
     files = {"model": ("model.pt", archive), "calibration": ("calibration.pt", tiny_models.calibration_bytes(inputs))}
-    return requests.post(url + "/models", files=files, data=data, timeout=60)
+    return requests.post(url + "/models", files=files, data=data, headers=AUTH, timeout=60)
 
 
 def wait_for(url: str, model_id: str, states: tuple[str, ...] = ("ready", "failed"), timeout: float = 120.0) -> dict:

@@ -12,7 +12,7 @@ import requests
 import torch
 
 import tiny_models
-from server_harness import FORCED_FREEZE, TEST_ENV, predict, server_fixture, upload
+from server_harness import AUTH, FORCED_FREEZE, TEST_ENV, predict, server_fixture, upload
 
 server = server_fixture()
 MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
@@ -51,7 +51,7 @@ def post_upload(url: str, model: bytes, calibration: bytes, labels: bytes | None
     files = {"model": ("model.pt", model), "calibration": ("calibration.pt", calibration)}
     if labels is not None:
         files["labels"] = ("labels.pt", labels)
-    return requests.post(url + "/models", files=files, data=form, timeout=60)
+    return requests.post(url + "/models", files=files, data=form, headers=AUTH, timeout=60)
 
 
 CALIBRATION = tiny_models.calibration_bytes(MLP_INPUTS)
@@ -95,7 +95,7 @@ def test_bad_upload_is_refused_with_a_message_and_nothing_is_stored(server, heal
 
 
 def test_upload_missing_a_part_is_422(server, healthy):
-    answer = requests.post(server.url + "/models", files={"model": ("m.pt", MLP_ARCHIVE)})
+    answer = requests.post(server.url + "/models", files={"model": ("m.pt", MLP_ARCHIVE)}, headers=AUTH)
     assert_error(answer, 422, "invalid_request", "calibration")
 
 
@@ -146,4 +146,4 @@ def test_bad_prediction_request_is_4xx_and_others_keep_serving(server, healthy, 
     ],
 )
 def test_management_errors_share_the_error_shape(server, healthy, method, path, status, code):
-    assert_error(requests.request(method, server.url + path), status, code)
+    assert_error(requests.request(method, server.url + path, headers=AUTH), status, code)

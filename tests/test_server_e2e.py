@@ -15,7 +15,7 @@ import requests
 import torch
 
 import tiny_models
-from server_harness import FAST_LATENCY, FORCED_FREEZE, metric_value, predict, server_fixture, upload, wait_for
+from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, metric_value, predict, server_fixture, upload, wait_for
 
 server = server_fixture()
 
@@ -181,13 +181,13 @@ def test_listing_report_download_replace_and_delete(server):
     page = requests.get(f"{server.url}/models/lifecycle/report.html")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "<svg" in page.text and "Served:</b> freeze" in page.text
-    original = requests.get(f"{server.url}/models/{model_id}/variants/original")
+    original = requests.get(f"{server.url}/models/{model_id}/variants/original", headers=AUTH)
     assert original.status_code == 200 and original.content == archive
-    optimized = requests.get(f"{server.url}/models/{model_id}/variants/optimized").content
+    optimized = requests.get(f"{server.url}/models/{model_id}/variants/optimized", headers=AUTH).content
     x = inputs[0][:2]
     torch.testing.assert_close(reference_outputs(optimized, x)[0], reference_outputs(archive, x)[0], rtol=1e-4, atol=1e-5)
 
-    assert requests.delete(f"{server.url}/models/{model_id}").status_code == 200
+    assert requests.delete(f"{server.url}/models/{model_id}", headers=AUTH).status_code == 200
     assert requests.get(f"{server.url}/models/{model_id}").status_code == 404
     gone = predict(server.url, "lifecycle", x)
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"

@@ -3,11 +3,12 @@ must get a clear 4xx or a bounded failure while every other model keeps serving.
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 import hostile_models
 import tiny_models
-from server_harness import FORCED_FREEZE, predict, server_fixture, upload, wait_for
+from server_harness import API_KEY, AUTH, FORCED_FREEZE, predict, running, server_fixture, upload, wait_for
 
 server = server_fixture({"OPTISERVE_VALIDATION_TIMEOUT": "5", "OPTISERVE_VALIDATION_MEMORY_BYTES": str(256 * 2**20)})
 MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
@@ -95,7 +96,7 @@ def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unhealthy", refused.text
     assert predict_until_answered(url, "steady", MLP_INPUTS[0][:2]).status_code == 200
 
-    reset = requests.post(f"{url}/models/trap/reset", timeout=10)
+    reset = requests.post(f"{url}/models/trap/reset", headers=AUTH, timeout=10)
     assert reset.status_code == 200 and reset.json()["health"]["healthy"] is True
     assert predict_until_answered(url, "trap", hostile_models.inputs(1)[0]).status_code == 200
 
@@ -109,3 +110,60 @@ def test_a_job_that_hangs_fails_at_its_time_limit_and_is_not_retried(timeouts, t
     assert status["state"] == "failed", status
     assert "time limit of 15 s" in status["error"]
     assert predict(timeouts.url, "slowjob", hostile_models.inputs(2)[0]).status_code == 200
+
+
+# ---- auth: on by default for routes that change models ----
+
+
+def test_management_routes_need_the_key_and_inference_stays_open(server):
+    assert upload(server.url, MLP_ARCHIVE, MLP_INPUTS, name="guarded", config=FORCED_FREEZE).status_code == 202
+    files = {"model": ("m.pt", MLP_ARCHIVE), "calibration": ("c.pt", tiny_models.calibration_bytes(MLP_INPUTS))}
+    attempts = [
+        ("POST", "/models", {"files": files, "data": {"name": "guarded", "replace": "true"}}),
+        ("DELETE", "/models/guarded", {}),
+        ("GET", "/models/guarded/variants/original", {}),
+        ("POST", "/models/guarded/reset", {}),
+    ]
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": "Basic " + API_KEY}):
+        for method, path, kwargs in attempts:
+            response = requests.request(method, server.url + path, headers=headers, timeout=30, **kwargs)
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["error"]["code"] == "unauthorized"
+    assert requests.get(server.url + "/models/guarded", timeout=10).status_code == 200
+    assert predict(server.url, "guarded", MLP_INPUTS[0][:2]).status_code == 200
+
+
+def test_without_a_configured_key_the_server_generates_one_in_the_store_and_the_client_finds_it(tmp_path, monkeypatch):
+    from clients.client import OptiserveClient
+
+    store = tmp_path / "store"
+    with running(store, {"OPTISERVE_API_KEY": ""}) as server:
+        key_file = store / "api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        key = key_file.read_text().strip()
+        assert len(key) >= 32 and key != API_KEY
+        monkeypatch.delenv("OPTISERVE_API_KEY")
+        monkeypatch.setenv("OPTISERVE_STORE", str(store))
+        client = OptiserveClient(server.url)
+        accepted = client.upload(MLP_ARCHIVE, tiny_models.calibration_bytes(MLP_INPUTS), name="keyed")
+        client.delete(accepted.id)
+        assert upload(server.url, MLP_ARCHIVE, MLP_INPUTS, name="stranger").status_code == 401
+
+
+def test_auth_inference_guards_the_inference_routes_too(tmp_path):
+    with running(tmp_path / "store", {"OPTISERVE_AUTH_INFERENCE": "true"}) as server:
+        assert upload(server.url, MLP_ARCHIVE, MLP_INPUTS, name="private", config=FORCED_FREEZE).status_code == 202
+        body = {"model": "private", "inputs": [MLP_INPUTS[0][:2].tolist()]}
+        assert requests.post(server.url + "/predict", json=body, timeout=30).status_code == 401
+        assert requests.post(server.url + "/predict", json=body, headers=AUTH, timeout=30).status_code == 200
+
+
+def test_auth_off_on_a_public_interface_needs_insecure():
+    from pydantic import ValidationError
+
+    from server.settings import Settings
+
+    with pytest.raises(ValidationError, match="--insecure"):
+        Settings(host="0.0.0.0", auth=False)
+    assert Settings(host="0.0.0.0", auth=False, insecure=True).auth is False
+    assert Settings(host="127.0.0.1", auth=False).auth is False

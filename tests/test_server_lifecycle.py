@@ -7,7 +7,7 @@ import pytest
 import requests
 
 import tiny_models
-from server_harness import FORCED_FREEZE, ServerProcess, metric_value, predict, running, upload, wait_for
+from server_harness import AUTH, FORCED_FREEZE, ServerProcess, metric_value, predict, running, upload, wait_for
 
 # Thousands of timing rounds: the job is still optimizing when the test stops the server.
 SLOW = {"latency": {"rounds": 5000, "warmup": 1}}
@@ -69,7 +69,7 @@ def test_kill_9_during_optimization_then_restarts_lose_nothing(tmp_path):
         assert "interrupted by a server shutdown" in status["notes"][-1]
         with pytest.raises(RuntimeError, match="another optiserve server is using the store"):
             ServerProcess(store).start()
-        assert requests.delete(f"{fourth.url}/models/graceful").status_code == 200
+        assert requests.delete(f"{fourth.url}/models/graceful", headers=AUTH).status_code == 200
         metrics = requests.get(fourth.url + "/metrics").text
         assert metric_value(metrics, "optiserve_jobs", state="failed") == 1
         assert metric_value(metrics, "optiserve_jobs", state="ready") == 1
