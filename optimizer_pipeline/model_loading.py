@@ -13,6 +13,7 @@ import torch
 from . import jit
 from .calibration import Batch
 from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputError
+from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
 
 HOW_TO_EXPORT = (
@@ -22,15 +23,20 @@ HOW_TO_EXPORT = (
 
 
 def load_model(source: bytes | str | Path) -> jit.ScriptModule:
-    """Load a TorchScript archive (path or bytes), or raise InvalidModelError saying what it is instead."""
+    """Load a TorchScript archive (path or bytes), or raise InvalidModelError saying what it is instead.
+
+    Its code is vetted (model_ops.py) before any of it runs; UnsafeModelError refuses it otherwise."""
     data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     data = bytes(data)
     if not data:
         raise InvalidModelError("the model file is empty. " + HOW_TO_EXPORT)
+    check_archive_code(data)
     try:
-        return jit.load_archive(data)
+        module = jit.load_archive(data)
     except Exception as exc:
         raise InvalidModelError(_diagnose(data, exc)) from None
+    check_model_ops(module)
+    return module
 
 
 def _diagnose(data: bytes, exc: Exception) -> str:
