@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from . import jit
-from .calibration import Batch
+from .calibration import Batch, check_labels_fit
 from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputError
+from .fidelity import first_class_scores
 from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
 
@@ -99,7 +100,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
     """Run a few samples through the model; raise a typed error if the calibration does not fit.
 
     Returns the outputs of those samples. Checks: forward runs, outputs are tensors with the batch as
-    their first dimension, and every value is finite.
+    their first dimension, every value is finite, and labels (if any) are ids of the classes scored.
     """
     sample = batch.head(min(sample_count, len(batch)))
     try:
@@ -122,4 +123,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
                 f"output {name!r} contains NaN or Inf on the calibration inputs; check the model and the "
                 f"input scaling (e.g. normalisation) of the calibration batch"
             )
+    scores = first_class_scores(outputs)
+    if batch.labels is not None and scores is not None:
+        check_labels_fit(batch.labels, dict(outputs)[scores].shape[1], scores)
     return outputs
