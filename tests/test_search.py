@@ -13,7 +13,6 @@ from optimizer_pipeline.config import Tolerance
 from optimizer_pipeline.passes import parse_pass_spec
 from optimizer_pipeline.references import make_references
 from optimizer_pipeline.report import CandidateReport
-from optimizer_pipeline.report_html import render_html
 from optimizer_pipeline.search.pareto import pareto_front
 from optimizer_pipeline.search.runner import run_search
 from optimizer_pipeline.search.space import expand_space, is_valid
@@ -151,20 +150,6 @@ def test_pareto_front_keeps_only_undominated_trials():
     trials = [trial("fast-rough", 4.0, 0.95), trial("slow-exact", 1.2, 1.0), trial("dominated", 1.1, 0.97), trial("middle", 2.0, 0.99)]
     front = pareto_front(trials, Tolerance(metric="cosine", threshold=0.99))
     assert front == ["fast-rough", "middle", "slow-exact"]
-
-
-def test_report_html_is_self_contained_and_plots_every_measured_trial():
-    archive, inputs = tiny_models.cnn_bn()
-    config = {**FAST, "search": {"strategy": "grid", "space": {"quantize": [{"pass": "freeze"}, {"pass": "quantize_dynamic"}]}}}
-    report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
-    page = render_html(report)
-    assert page.startswith("<!doctype html>") and "<svg" in page
-    assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    measured = [c for c in report.candidates if c.status == "ok"]
-    assert page.count("<circle") == len(measured) + 1  # + the original
-    assert "budget: agreement 0.99" in page
-    for candidate in report.candidates:
-        assert candidate.name in page
 
 
 def test_objective_size_picks_the_smallest_qualifying_variant():

@@ -107,7 +107,7 @@ def run_search(
         # An automatic budget is only known once the first trials ran; they always run in full.
         end = state.deadline()
         if end is not None and clock() + estimate > end:
-            stopped = f"time budget ({state.budget:.0f} s) reached"
+            stopped = "the next trial would not fit in the time budget"  # the budget itself is stated once, in time_budget_s
             break
         trial = queue.pop(0)
         reason = _dominated(trial.plan, state.misses)
