@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,9 @@ from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputE
 from .fidelity import first_class_scores
 from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
+
+# The line a TorchScript interpreter error ends with, after its tracebacks: the real cause.
+_CAUSE = re.compile(r"^[\w.]+(?:Error|Exception): ", re.MULTILINE)
 
 HOW_TO_EXPORT = (
     "Export it with `torch.jit.save(torch.jit.trace(model.eval(), example_inputs), 'model.pt')` "
@@ -83,6 +87,16 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
+def _cause(exc: Exception) -> str:
+    """What went wrong inside a model call: for a TorchScript error, its last `...Error: ...` line(s)
+    (the op's own message, e.g. the shapes it got), not the interpreter's generic first line."""
+    text = str(exc)
+    starts = [match.start() for match in _CAUSE.finditer(text)] if "TorchScript" in text else []
+    if not starts:
+        return _first_line(exc)
+    return " ".join(text[starts[-1] :].split())[:300]
+
+
 def run_model(model: Callable[..., Any], batch: Batch, chunk_size: int = 256) -> NamedOutputs:
     """Forward the whole batch (in chunks, to bound memory) and return named outputs.
 
@@ -109,7 +123,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
     except Exception as exc:
         raise InvalidCalibrationError(
             f"the model failed on the calibration inputs (shapes given: {sample.describe()}; the model's "
-            f"forward takes {jit.forward_argument_names(model)}): {_first_line(exc)}"
+            f"forward takes {jit.forward_argument_names(model)}): {_cause(exc)}"
         ) from None
     outputs = flatten_outputs(raw)
     for name, tensor in outputs:

@@ -76,6 +76,16 @@ def test_calibration_of_the_wrong_shape_reports_model_error_and_shapes(cnn):
         inspect_upload(cnn[0], _saved(torch.randn(8, 5, 16, 16)))
 
 
+def test_a_failing_forward_reports_the_real_torchscript_error_and_the_expected_signature():
+    archive, inputs = tiny_models.mlp()  # Linear(16, 64) first
+    with pytest.raises(InvalidCalibrationError) as failed:
+        inspect_upload(archive, _saved(torch.randn(8, 7)))
+    message = str(failed.value)
+    assert "mat1 and mat2 shapes cannot be multiplied (2x7 and 16x64)" in message
+    assert "shapes given: (2, 7) float32; the model's forward takes ['x']" in message
+    assert "The following operation failed" not in message
+
+
 def test_wrong_number_of_inputs():
     archive, inputs = tiny_models.two_inputs()
     with pytest.raises(InvalidCalibrationError, match=r"takes 2 input\(s\) \['image', 'meta'\]"):
