@@ -1,20 +1,25 @@
-"""`optiserve serve | upload | models | status | report`: run the server, or talk to one over HTTP."""
+"""`optiserve serve | upload | models | status | report | predict | delete`: run the server, or talk to one over HTTP."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
+from .cli_errors import CliError, reporting_errors
 from .client import OptiserveClient, OptiserveError
-from .models import ModelStatus
+from .exit_codes import ExitCode
+from .status_summary import status_summary
+from .tensor_files import describe_prediction, prediction_json, read_inputs, save_outputs
 
 DEFAULT_URL = os.environ.get("OPTISERVE_URL", "http://127.0.0.1:8000")
+DEFAULT_TIMEOUT_S = 60.0
+
+ClientHandler = Callable[[argparse.Namespace, OptiserveClient], int]
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,9 +35,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _client_parser(commands, "models", "list the server's models", _models)
     status = _client_parser(commands, "status", "show one model's state, variants and chosen candidate", _status)
     status.add_argument("model_id", help="model id or name")
+    status.add_argument("--json", action="store_true", help="print the server's status JSON")
     report = _client_parser(commands, "report", "show a model's optimization report", _report)
     report.add_argument("model_id", help="model id or name")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
+    predict = _client_parser(commands, "predict", "run a model on inputs from a file; print or save its outputs", _predict)
+    predict.add_argument("model_id", help="model id or name")
+    predict.add_argument("inputs", type=Path, metavar="FILE",
+                         help="one input per model input: .pt (torch.save of a tensor or tuple of tensors), .npy, or .npz (arrays in saved order)")
+    predict.add_argument("--variant", choices=("original", "optimized"), help="default: the one the server serves")
+    shown = predict.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print every output in full as JSON")
+    shown.add_argument("--out", type=Path, help="save the outputs to this .npz file, one array per output name")
+    delete = _client_parser(commands, "delete", "delete a model, its variants and its report", _delete)
+    delete.add_argument("model_id", help="model id or name")
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -40,39 +56,66 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser("serve", help="run the optiserve server (LitServe) on a local model store")
     add_serve_arguments(parser)
-    parser.set_defaults(handler=_serve)
+    parser.set_defaults(handler=reporting_errors(_serve))
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from server.main import serve, settings_from_args
 
-    return serve(settings_from_args(args))
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(ExitCode.INPUT, f"invalid server setting (flag or OPTISERVE_* variable): {problems}") from exc
+    return serve(settings)
 
 
-def _client_parser(commands: argparse._SubParsersAction, name: str, help_text: str, handler: Callable[[argparse.Namespace, OptiserveClient], int]) -> argparse.ArgumentParser:
+def _client_parser(commands: argparse._SubParsersAction, name: str, help_text: str, handler: ClientHandler) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text)
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"server URL (env OPTISERVE_URL; default {DEFAULT_URL})")
-    parser.set_defaults(handler=lambda args: _with_client(args, handler))
+    parser.add_argument("--url", type=_server_url, default=DEFAULT_URL, help=f"server URL (env OPTISERVE_URL; default {DEFAULT_URL})")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT_S:g})")
+    parser.set_defaults(handler=reporting_errors(lambda args: _with_client(args, handler)))
     return parser
 
 
-def _with_client(args: argparse.Namespace, handler: Callable[[argparse.Namespace, OptiserveClient], int]) -> int:
+def _server_url(text: str) -> str:
+    # Checked here so that a typo is a usage error, not a confusing failure inside requests.
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL such as http://127.0.0.1:8000")
+    return text
+
+
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return seconds
+
+
+def _with_client(args: argparse.Namespace, handler: ClientHandler) -> int:
+    """Run a command against the server; its failures become server or network errors."""
     try:
-        return handler(args, OptiserveClient(args.url))
+        return handler(args, OptiserveClient(args.url, timeout=args.timeout))
     except OptiserveError as exc:
-        print(f"error: {exc.status}: {exc.message}", file=sys.stderr)
-        return 1
-    except requests.ConnectionError:
-        print(f"error: cannot reach an optiserve server at {args.url} (start one with `optiserve serve`)", file=sys.stderr)
-        return 1
+        raise CliError(ExitCode.SERVER, f"the server answered {exc}") from exc
+    # Timeout first: a connect timeout is both a Timeout and a ConnectionError.
+    except requests.Timeout as exc:
+        raise CliError(ExitCode.NETWORK, f"{args.url} did not answer within {args.timeout:g} s (a busy server or a slow model: try a larger --timeout)") from exc
+    except requests.ConnectionError as exc:
+        raise CliError(ExitCode.NETWORK, f"cannot reach an optiserve server at {args.url} (start one with `optiserve serve`, or point --url / OPTISERVE_URL at one)") from exc
+    except requests.RequestException as exc:
+        raise CliError(ExitCode.NETWORK, f"talking to {args.url} failed: {exc}") from exc
 
 
 def _upload(args: argparse.Namespace, client: OptiserveClient) -> int:
     accepted = client.upload(args.model, args.calibration, labels=args.labels, config=args.config, name=args.name, replace=args.replace)
     print(f"uploaded {accepted.name} (id {accepted.id}); the original serves now; status: {args.url}{accepted.status_url}")
     if args.wait:
-        _print_status(client.wait(accepted.id))
-    return 0
+        print(status_summary(client.wait(accepted.id)))
+    return ExitCode.OK
 
 
 def _models(args: argparse.Namespace, client: OptiserveClient) -> int:
@@ -83,12 +126,13 @@ def _models(args: argparse.Namespace, client: OptiserveClient) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
+    return ExitCode.OK
 
 
 def _status(args: argparse.Namespace, client: OptiserveClient) -> int:
-    _print_status(client.model(args.model_id))
-    return 0
+    model = client.model(args.model_id)
+    print(model.model_dump_json(indent=2) if args.json else status_summary(model))
+    return ExitCode.OK
 
 
 def _report(args: argparse.Namespace, client: OptiserveClient) -> int:
@@ -99,17 +143,20 @@ def _report(args: argparse.Namespace, client: OptiserveClient) -> int:
         from optimizer_pipeline.report_table import format_report
 
         print(format_report(report))
-    return 0
+    return ExitCode.OK
 
 
-def _print_status(model: ModelStatus) -> None:
-    progress = f" ({model.stage}, {model.progress:.0%})" if model.state == "optimizing" else ""
-    print(f"{model.name} (id {model.id}): {model.state}{progress}; serves {model.default_variant} by default")
-    for variant in model.variants:
-        print(f"  {variant.name}: {variant.runtime}, {variant.size_bytes} bytes")
-    if model.chosen is not None:
-        print(f"  chosen: {model.chosen.candidate}: {model.chosen.reason}")
-        if model.chosen.fidelity is not None:
-            print("  fidelity: " + json.dumps(model.chosen.fidelity.model_dump(exclude_none=True)))
-    if model.error:
-        print(f"  optimization failed: {model.error}")
+def _predict(args: argparse.Namespace, client: OptiserveClient) -> int:
+    prediction = client.predict(args.model_id, *read_inputs(args.inputs), variant=args.variant)
+    if args.out:
+        save_outputs(prediction, args.out)
+        print(f"wrote {', '.join(prediction.outputs)} to {args.out} ({prediction.model}, {prediction.variant})")
+    else:
+        print(prediction_json(prediction) if args.json else describe_prediction(prediction))
+    return ExitCode.OK
+
+
+def _delete(args: argparse.Namespace, client: OptiserveClient) -> int:
+    client.delete(args.model_id)
+    print(f"deleted {args.model_id}")
+    return ExitCode.OK

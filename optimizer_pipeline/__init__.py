@@ -12,8 +12,10 @@ from .errors import (
     InvalidModelError,
     NonFiniteOutputError,
     OptimizerError,
+    UnsafeModelError,
 )
 from .model_loading import load_model
+from .model_ops import check_model_ops
 from .pipeline import inspect_upload, optimize, parse_config
 from .report import Report
 from .variants import OptimizationResult, Variant
@@ -29,7 +31,9 @@ __all__ = [
     "PipelineConfig",
     "Report",
     "Tolerance",
+    "UnsafeModelError",
     "Variant",
+    "check_model_ops",
     "inspect_upload",
     "load_model",
     "optimize",

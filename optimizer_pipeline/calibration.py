@@ -99,6 +99,17 @@ def load_labels(source: bytes | str | Path, batch_size: int) -> torch.Tensor:
     return value.to(torch.int64)
 
 
+def check_labels_fit(labels: torch.Tensor, class_count: int, output_name: str) -> None:
+    """Labels are indices into the model's class scores: each must be in [0, class_count)."""
+    largest = int(labels.max())
+    if largest >= class_count:
+        raise InvalidLabelsError(
+            f"label {largest} is out of range: the model's output {output_name!r} scores {class_count} classes, so "
+            f"labels must be class ids from 0 to {class_count - 1}; check that the labels belong to this model and "
+            f"are 0-based"
+        )
+
+
 def _read(source: bytes | str | Path) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)

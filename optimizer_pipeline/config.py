@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
+from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .report import Fidelity
 from .search.settings import SearchConfig
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
+# Tagged, so that a bad search object is reported as such and not also as "should be 'auto'".
+SearchSetting = Annotated[
+    Annotated[SearchConfig, Tag("settings")] | Annotated[Literal["auto"], Tag("auto")],
+    Discriminator(lambda value: "auto" if isinstance(value, str) else "settings"),
+]
 
 # The built-in candidate set when the config names no plan.
 DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
@@ -24,7 +30,7 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
 
 
 class Tolerance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
     threshold: float
@@ -58,40 +64,40 @@ class Tolerance(BaseModel):
 
 
 class LatencyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     warmup: int = Field(3, ge=0, le=100)
     rounds: int = Field(20, ge=3, le=10_000, description="timed calls per model; original and candidate alternate")
     max_seconds: float = Field(
-        5.0, gt=0, description="time one comparison may take; slow models get fewer rounds (at least 5)"
+        5.0, gt=0, le=MAX_TIMING_SECONDS, description="time one comparison may take; slow models get fewer rounds (at least 5)"
     )
 
 
 class CandidateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
-    plan: list[PassSpec] = Field(min_length=1)
+    plan: list[PassSpec] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
 
     def display_name(self) -> str:
         return self.name or " → ".join(step.label() for step in self.plan)
 
 
 class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    plan: list[PassSpec] | None = Field(None, description="one explicit plan; replaces the default candidates")
-    candidates: list[CandidateSpec] | None = Field(None, description="several plans to measure against each other")
-    search: SearchConfig | Literal["auto"] | None = Field(None, description="search a space of plans instead")
+    plan: list[PassSpec] | None = Field(None, max_length=MAX_PLAN_STEPS, description="one explicit plan; replaces the default candidates")
+    candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")
+    search: SearchSetting | None = Field(None, description="search a space of plans instead")
     tolerance: Tolerance | None = Field(
         None, description="default: agreement ≥ 0.99 for class-score outputs, else cosine ≥ 0.99"
     )
-    batch_size: int | None = Field(None, ge=1, description="target batch size; default min(32, calibration size)")
+    batch_size: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, description="target batch size; default min(32, calibration size)")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads while measuring; default: all")
     force: bool = Field(False, description="serve the explicit plan even if it misses the tolerance")
-    min_speedup: float = Field(1.05, gt=0, description="a candidate must be at least this much faster")
+    min_speedup: float = Field(1.05, gt=0, le=MAX_SPEEDUP, description="a candidate must be at least this much faster")
     holdout_fraction: float = Field(0.25, gt=0, lt=1, description="calibration share held out for fidelity")
-    seed: int = 0
+    seed: Seed = 0
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
     @model_validator(mode="after")

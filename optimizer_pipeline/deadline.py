@@ -9,17 +9,19 @@ the epoch in which the deadline passed, keeping its best weights so far.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-_deadline: ContextVar[float | None] = ContextVar("optiserve_deadline", default=None)
+Clock = Callable[[], float]
+
+_deadline: ContextVar[tuple[float, Clock] | None] = ContextVar("optiserve_deadline", default=None)
 
 
 @contextmanager
-def deadline(at: float | None) -> Iterator[None]:
-    """Run the block with a deadline (a `time.perf_counter()` value; None for none)."""
-    token = _deadline.set(at)
+def deadline(at: float | None, clock: Clock = time.perf_counter) -> Iterator[None]:
+    """Run the block with a deadline (a value of `clock`; None for none). Tests pass a clock of their own."""
+    token = _deadline.set(None if at is None else (at, clock))
     try:
         yield
     finally:
@@ -27,5 +29,5 @@ def deadline(at: float | None) -> Iterator[None]:
 
 
 def passed() -> bool:
-    at = _deadline.get()
-    return at is not None and time.perf_counter() >= at
+    current = _deadline.get()
+    return current is not None and current[1]() >= current[0]

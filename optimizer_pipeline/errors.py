@@ -13,6 +13,12 @@ class InvalidModelError(OptimizerError):
     http_status = 422
 
 
+class UnsafeModelError(InvalidModelError):
+    """The model holds code optiserve does not run: an op outside the vetted set (model_ops.py)."""
+
+    http_status = 422
+
+
 class InvalidCalibrationError(OptimizerError):
     """The calibration batch cannot be read, or does not fit the model."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +12,14 @@ from typing import Any
 import torch
 
 from . import jit
-from .calibration import Batch
+from .calibration import Batch, check_labels_fit
 from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputError
+from .fidelity import first_class_scores
+from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
+
+# The line a TorchScript interpreter error ends with, after its tracebacks: the real cause.
+_CAUSE = re.compile(r"^[\w.]+(?:Error|Exception): ", re.MULTILINE)
 
 HOW_TO_EXPORT = (
     "Export it with `torch.jit.save(torch.jit.trace(model.eval(), example_inputs), 'model.pt')` "
@@ -22,15 +28,20 @@ HOW_TO_EXPORT = (
 
 
 def load_model(source: bytes | str | Path) -> jit.ScriptModule:
-    """Load a TorchScript archive (path or bytes), or raise InvalidModelError saying what it is instead."""
+    """Load a TorchScript archive (path or bytes), or raise InvalidModelError saying what it is instead.
+
+    Its code is vetted (model_ops.py) before any of it runs; UnsafeModelError refuses it otherwise."""
     data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     data = bytes(data)
     if not data:
         raise InvalidModelError("the model file is empty. " + HOW_TO_EXPORT)
+    check_archive_code(data)
     try:
-        return jit.load_archive(data)
+        module = jit.load_archive(data)
     except Exception as exc:
         raise InvalidModelError(_diagnose(data, exc)) from None
+    check_model_ops(module)
+    return module
 
 
 def _diagnose(data: bytes, exc: Exception) -> str:
@@ -76,6 +87,16 @@ def _first_line(exc: Exception) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
+def _cause(exc: Exception) -> str:
+    """What went wrong inside a model call: for a TorchScript error, its last `...Error: ...` line(s)
+    (the op's own message, e.g. the shapes it got), not the interpreter's generic first line."""
+    text = str(exc)
+    starts = [match.start() for match in _CAUSE.finditer(text)] if "TorchScript" in text else []
+    if not starts:
+        return _first_line(exc)
+    return " ".join(text[starts[-1] :].split())[:300]
+
+
 def run_model(model: Callable[..., Any], batch: Batch, chunk_size: int = 256) -> NamedOutputs:
     """Forward the whole batch (in chunks, to bound memory) and return named outputs.
 
@@ -93,7 +114,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
     """Run a few samples through the model; raise a typed error if the calibration does not fit.
 
     Returns the outputs of those samples. Checks: forward runs, outputs are tensors with the batch as
-    their first dimension, and every value is finite.
+    their first dimension, every value is finite, and labels (if any) are ids of the classes scored.
     """
     sample = batch.head(min(sample_count, len(batch)))
     try:
@@ -102,7 +123,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
     except Exception as exc:
         raise InvalidCalibrationError(
             f"the model failed on the calibration inputs (shapes given: {sample.describe()}; the model's "
-            f"forward takes {jit.forward_argument_names(model)}): {_first_line(exc)}"
+            f"forward takes {jit.forward_argument_names(model)}): {_cause(exc)}"
         ) from None
     outputs = flatten_outputs(raw)
     for name, tensor in outputs:
@@ -116,4 +137,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
                 f"output {name!r} contains NaN or Inf on the calibration inputs; check the model and the "
                 f"input scaling (e.g. normalisation) of the calibration batch"
             )
+    scores = first_class_scores(outputs)
+    if batch.labels is not None and scores is not None:
+        check_labels_fit(batch.labels, dict(outputs)[scores].shape[1], scores)
     return outputs

@@ -22,8 +22,9 @@ from .errors import InvalidConfigError
 from .fidelity import accuracy, first_class_scores
 from .model_loading import check_model_accepts, load_model, run_model
 from .references import make_references
+from .search.pareto import pareto_front
 from .search.runner import run_search
-from .report import CalibrationSummary, ModelSummary, Report
+from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path
@@ -60,7 +61,9 @@ def optimize(
     config: PipelineConfig | dict[str, Any] | str | None = None,
     labels: Source | None = None,
     progress: ProgressCallback | None = None,
+    name: str | None = None,
 ) -> OptimizationResult:
+    """`name` is what the report calls the model (the upload's name); the report falls back to its class."""
     started = time.perf_counter()
     pin_malloc_thresholds()
     notify = progress or (lambda stage, fraction: None)
@@ -83,13 +86,17 @@ def optimize(
     reference = references[0]
     notify("choosing", 0.97)
     candidates = [b.report for b in built]
+    if summary is not None:
+        summary.pareto = pareto_front(candidates, reference.tolerance)  # re-timing may have moved trials off it
     chosen = choose(candidates, settings, search.objective if search else "latency")
     report = Report(
+        version=REPORT_VERSION,
         torch_version=torch.__version__,
         threads=threads,
         batch_size=reference.timing_batches[-1].inputs[0].shape[0],
         tolerance=reference.tolerance.model_dump(),
         min_speedup=settings.min_speedup,
+        model_name=name,
         model=_summarize(original, batch, len(original_bytes)),
         calibration=CalibrationSummary(
             samples=len(batch),
@@ -143,6 +150,7 @@ def _baseline_accuracy(reference: Reference) -> float | None:
 def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> ModelSummary:
     outputs = check_model_accepts(module, batch)
     return ModelSummary(
+        class_name=module.original_name,
         inputs=jit.forward_argument_names(module),
         input_shapes=[list(t.shape[1:]) for t in batch.inputs],
         input_dtypes=[str(t.dtype).removeprefix("torch.") for t in batch.inputs],

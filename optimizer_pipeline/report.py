@@ -75,6 +75,7 @@ class CandidateReport(BaseModel):
 
 
 class ModelSummary(BaseModel):
+    class_name: str | None = Field(None, description="the TorchScript module's class; absent before report version 2")
     inputs: list[str]
     input_shapes: list[list[int]]
     input_dtypes: list[str]
@@ -111,17 +112,25 @@ class SearchSummary(BaseModel):
     budget_source: str = Field(description="'config', or how the automatic budget was derived")
     elapsed_s: float
     stopped_because: str
-    pareto: list[str] = Field(description="trial names on the speed-up / fidelity Pareto front")
+    pareto: list[str] = Field(
+        description="trial names on the speed-up / fidelity Pareto front, from the final (re-timed) figures since "
+        "version 2; version 1 used each trial's first timing"
+    )
     fallback_note: str | None = None
 
 
+REPORT_VERSION = 2  # 1: before model_name and class_name; read with those absent
+
+
 class Report(BaseModel):
+    version: int = Field(1, description="report schema version; files without one are version 1")
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     torch_version: str
     threads: int
     batch_size: int
     tolerance: dict[str, Any]
     min_speedup: float
+    model_name: str | None = Field(None, description="the name the model was uploaded under, when given")
     model: ModelSummary
     calibration: CalibrationSummary
     baseline_accuracy: float | None = None

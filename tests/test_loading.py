@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import warnings
 
 import numpy as np
@@ -18,8 +19,11 @@ from optimizer_pipeline import (
     NonFiniteOutputError,
     inspect_upload,
     load_model,
+    parse_config,
 )
 from optimizer_pipeline.calibration import load_calibration, load_labels
+from optimizer_pipeline.config import DEFAULT_CANDIDATES
+from optimizer_pipeline.search.space import DEFAULT_SPACE
 
 
 def _saved(value) -> bytes:
@@ -70,6 +74,16 @@ def test_exported_program_is_recognised(tmp_path):
 def test_calibration_of_the_wrong_shape_reports_model_error_and_shapes(cnn):
     with pytest.raises(InvalidCalibrationError, match=r"shapes given: \(2, 5, 16, 16\)"):
         inspect_upload(cnn[0], _saved(torch.randn(8, 5, 16, 16)))
+
+
+def test_a_failing_forward_reports_the_real_torchscript_error_and_the_expected_signature():
+    archive, inputs = tiny_models.mlp()  # Linear(16, 64) first
+    with pytest.raises(InvalidCalibrationError) as failed:
+        inspect_upload(archive, _saved(torch.randn(8, 7)))
+    message = str(failed.value)
+    assert "mat1 and mat2 shapes cannot be multiplied (2x7 and 16x64)" in message
+    assert "shapes given: (2, 7) float32; the model's forward takes ['x']" in message
+    assert "The following operation failed" not in message
 
 
 def test_wrong_number_of_inputs():
@@ -147,6 +161,80 @@ def test_bad_config_names_the_field(cnn):
         inspect_upload(cnn[0], calibration, config='{"tolerance": {"metric": "vibes", "threshold": 1}}')
     with pytest.raises(InvalidConfigError, match="amount"):
         inspect_upload(cnn[0], calibration, config={"plan": [{"pass": "prune_unstructured", "amount": 1.5}]})
+
+
+TOO_LARGE = [
+    {"plan": [{"pass": "finetune", "epochs": 1e9}]},
+    {"plan": [{"pass": "finetune", "patience": 10**6}]},
+    {"plan": [{"pass": "finetune", "steps": 10**9}]},
+    {"plan": [{"pass": "finetune", "batch_size": 10**6}]},
+    {"plan": [{"pass": "finetune", "lr": 1e6}]},
+    {"plan": [{"pass": "quantize_qat", "epochs": 10**6}]},
+    {"plan": [{"pass": "quantize_static", "calibration_batch_size": 10**6}]},
+    {"plan": [{"pass": "quantize_static", "skip_sensitive": 10**6}]},
+    {"plan": [{"pass": "prune_unstructured", "seed": 2**70}]},
+    {"plan": [{"pass": "freeze"}] * 21},
+    {"candidates": [{"plan": [{"pass": "freeze"}]}] * 101},
+    {"search": {"max_trials": 10**9}},
+    {"search": {"time_budget_s": 1e9}},
+    {"search": {"folds": 1000}},
+    {"search": {"first": [[{"pass": "freeze"}]] * 101}},
+    {"latency": {"rounds": 10**9}},
+    {"latency": {"warmup": 10**9}},
+    {"latency": {"max_seconds": 1e9}},
+    {"batch_size": 10**9},
+    {"min_speedup": 1e9},
+    {"seed": -1},
+]
+
+
+@pytest.mark.parametrize("config", TOO_LARGE, ids=lambda config: json.dumps(config)[:60])
+def test_every_config_number_has_a_maximum(config):
+    with pytest.raises(InvalidConfigError, match="less than or equal to|greater than or equal to|at most"):
+        parse_config(config)
+
+
+def test_a_search_space_that_expands_past_the_plan_limit_is_refused():
+    amounts = [round(0.01 * i, 2) for i in range(1, 31)]
+    stage = [None, {"pass": "prune_unstructured", "amount": amounts}]
+    with pytest.raises(InvalidConfigError, match=r"search\.settings\.space: .*expands to up to 29791 plans; at most 10000"):
+        parse_config({"search": {"space": {"a": stage, "b": stage, "c": stage}}})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        '{"tolerance": {"metric": "cosine", "threshold": "NaN"}}',
+        '{"tolerance": {"metric": "sqnr_db", "threshold": Infinity}}',
+        '{"tolerance": {"metric": "accuracy_drop", "threshold": -Infinity}}',
+        '{"min_speedup": NaN}',
+        '{"plan": [{"pass": "finetune", "lr": NaN}]}',
+        '{"search": {"space": {"finetune": [{"pass": "finetune", "temperature": ["Infinity"]}]}}}',
+    ],
+)
+def test_nan_or_inf_is_refused(cnn, config):
+    with pytest.raises(InvalidConfigError, match="finite number"):
+        inspect_upload(cnn[0], tiny_models.calibration_bytes(cnn[1]), config=config)
+
+
+def test_a_malformed_search_space_is_a_config_error():
+    with pytest.raises(InvalidConfigError, match="a stage option is null, a pass spec"):
+        parse_config({"search": {"space": {"prune": [5]}}})
+    with pytest.raises(InvalidConfigError, match="unknown pass 'sharpen'"):
+        parse_config({"search": {"first": [[{"pass": "sharpen"}]]}})
+
+
+def test_the_built_in_plans_are_within_the_limits():
+    parse_config({"search": {"space": DEFAULT_SPACE, "first": DEFAULT_CANDIDATES}})
+
+
+def test_labels_must_be_ids_of_the_models_classes(cnn):
+    archive, inputs = cnn  # 10 class scores
+    calibration = tiny_models.calibration_bytes(inputs)
+    too_high = torch.arange(len(inputs[0])) % 11
+    with pytest.raises(InvalidLabelsError, match=r"label 10 is out of range: the model's output 'output' scores 10 classes, so labels must be class ids from 0 to 9"):
+        inspect_upload(archive, calibration, labels=_saved(too_high))
+    inspect_upload(archive, calibration, labels=_saved(torch.arange(len(inputs[0])) % 10))
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -24,6 +24,7 @@ class PassConfig(BaseModel):
     # Subclasses redeclare `name` as a Literal; the generator keeps its JSON key "pass" there too.
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         populate_by_name=True,
         frozen=True,
         alias_generator=lambda field: "pass" if field == "name" else field,

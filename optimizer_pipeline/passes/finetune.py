@@ -15,6 +15,7 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from .. import deadline, jit
+from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_STEPS, Seed
 from ..calibration import Batch
 from ..fidelity import compare_outputs
 from ..outputs import NamedOutputs, flatten_outputs, is_class_scores
@@ -31,26 +32,26 @@ class DistillationConfig(PassConfig):
     """Training options shared by every pass that trains a student against the original model."""
 
     optimizer: Literal["sgd", "adam", "rmsprop"] = Field("adam", description="sgd uses momentum 0.9")
-    lr: float | None = Field(None, gt=0, description="default: the optimizer's entry in DEFAULT_LR")
+    lr: float | None = Field(None, gt=0, le=MAX_LEARNING_RATE, description="default: the optimizer's entry in DEFAULT_LR")
     # Recovery from 512 samples was still improving at 60 epochs on pruned CNNs; early stopping ends it.
-    epochs: int = Field(100, ge=1)
-    steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (before `epochs` runs out)")
-    batch_size: int = Field(32, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(100, ge=1, le=MAX_EPOCHS)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="stop after this many optimizer steps (before `epochs` runs out)")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
+    weight_decay: float = Field(0.0, ge=0, le=1)
     # On a pruned Fashion-MNIST CNN (512 samples) kl recovered 0.4-2 points more accuracy than mse at
     # 50% pruning and 5-9 points more at 70%.
     loss: Literal["mse", "kl"] = Field(
         "kl", description="mse: relative MSE on every output; kl: KL divergence on class scores (mse on the others)"
     )
-    temperature: float = Field(2.0, gt=0, description="softens class scores for the kl loss (4 did worse than 1-2)")
-    patience: int = Field(10, ge=1, description="epochs without improvement on the internal held-out part before stopping")
+    temperature: float = Field(2.0, gt=0, le=100, description="softens class scores for the kl loss (4 did worse than 1-2)")
+    patience: int = Field(10, ge=1, le=MAX_EPOCHS, description="epochs without improvement on the internal held-out part before stopping")
     holdout_fraction: float = Field(0.2, gt=0, lt=1, description="part of the given batch used to pick the best epoch")
     freeze_bn_stats: bool = Field(
         True,
         description="keep BatchNorm in eval mode while training: a small calibration batch gives poor statistics "
         "(a traced model runs BatchNorm in eval mode either way: tracing baked it in)",
     )
-    seed: int = 0
+    seed: Seed = 0
 
 
 class FinetuneConfig(DistillationConfig):

@@ -35,7 +35,7 @@ class OnnxExportConfig(PassConfig):
     produces = "onnx"
     opset: int = Field(17, ge=13, le=21)
     parity_tolerance: float = Field(
-        1e-4, gt=0, description="largest allowed |ONNX − TorchScript|, relative to the output's largest magnitude"
+        1e-4, gt=0, le=1, description="largest allowed |ONNX − TorchScript|, relative to the output's largest magnitude"
     )
 
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ..calibration import Batch
 from ..fidelity import compare_outputs
+from ..limits import MAX_BATCH_SIZE, MAX_LAYERS_KEPT_IN_FLOAT
 from ..model_loading import run_model
 from ..onnx_runtime import OnnxModel, load_session, quiet_onnx
 from .base import PassConfig, PassOutput, register
@@ -49,7 +50,7 @@ class _OrtQuantizeConfig(PassConfig):
         None, description="ONNX op types to quantize, e.g. ['MatMul', 'Gemm']; None: every type ORT quantizes"
     )
     nodes_to_exclude: list[str] = Field(default_factory=list, description="ONNX node names (of the exported graph) kept in float")
-    skip_sensitive: int = Field(0, ge=0, description="also keep this many of the most sensitive nodes in float")
+    skip_sensitive: int = Field(0, ge=0, le=MAX_LAYERS_KEPT_IN_FLOAT, description="also keep this many of the most sensitive nodes in float")
 
     fallback_field = "skip_sensitive"
 
@@ -61,7 +62,7 @@ class OrtQuantizeStaticConfig(_OrtQuantizeConfig):
     # int8 activations left 3 of 4 convs of a residual block unfused (float Conv) here; uint8 fused all.
     activations: Literal["int8", "uint8"] = "int8"
     per_channel: bool = True
-    calibration_batch_size: int = Field(32, ge=1)
+    calibration_batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
 
 
 class OrtQuantizeDynamicConfig(_OrtQuantizeConfig):

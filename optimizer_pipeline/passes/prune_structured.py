@@ -36,7 +36,7 @@ class PruneStructuredConfig(PassConfig):
     importance: Literal["l1", "l2", "activation"] = Field(
         "l1", description="weight magnitude over the whole group, or mean |activation| on the calibration batch"
     )
-    round_to: int = Field(8, ge=1, description="kept channel counts are multiples of this (fast kernels like it)")
+    round_to: int = Field(8, ge=1, le=1024, description="kept channel counts are multiples of this (fast kernels like it)")
     protect: tuple[str, ...] = Field((), description="module names whose channels are never removed")
     recalibrate_batchnorm: bool = Field(
         True, description="re-estimate BatchNorm running statistics on the calibration batch after pruning"

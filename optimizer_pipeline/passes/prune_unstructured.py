@@ -14,6 +14,7 @@ from pydantic import Field
 
 from .. import jit
 from ..calibration import Batch
+from ..limits import Seed
 from .base import PassConfig, PassOutput, register
 from .modules import weighted_layers
 
@@ -23,7 +24,7 @@ class PruneUnstructuredConfig(PassConfig):
     method: Literal["l1", "random"] = "l1"
     amount: float = Field(0.3, ge=0.0, lt=1.0, description="fraction of weights to zero")
     scope: Literal["layer", "global"] = Field("layer", description="per-layer quota, or one global threshold")
-    seed: int = 0
+    seed: Seed = 0
 
     speed_note = "unstructured sparsity: dense CPU kernels run zeros at full cost, so expect no speed-up"
 

@@ -15,6 +15,7 @@ from torch.ao import quantization as tq
 from .. import jit
 from ..calibration import Batch
 from ..channel_groups import set_tensor_attribute
+from ..limits import MAX_EPOCHS, MAX_LEARNING_RATE
 from .base import PassOutput, register
 from .finetune import DistillationConfig, distill
 
@@ -22,8 +23,8 @@ from .finetune import DistillationConfig, distill
 class QuantizeQatConfig(DistillationConfig):
     name: Literal["quantize_qat"] = Field("quantize_qat", alias="pass")
     per_channel: bool = Field(True, description="per-output-channel weight scales (else one scale per tensor)")
-    lr: float = Field(1e-4, gt=0, description="small: the weights are already trained, only rounding is learned around")
-    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-4, gt=0, le=MAX_LEARNING_RATE, description="small: the weights are already trained, only rounding is learned around")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
 
     finishing = True
 

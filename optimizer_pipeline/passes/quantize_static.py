@@ -19,6 +19,7 @@ from torch.ao import quantization as tq
 from .. import jit
 from ..calibration import Batch
 from ..fidelity import compare_outputs
+from ..limits import MAX_BATCH_SIZE, MAX_LAYERS_KEPT_IN_FLOAT
 from ..model_loading import run_model
 from .base import PassConfig, PassOutput, register
 from .modules import weighted_layers
@@ -33,8 +34,8 @@ class QuantizeStaticConfig(PassConfig):
     finishing = True
     observer: Literal["histogram", "minmax"] = Field("histogram", description="activation range observer")
     per_channel: bool = True
-    calibration_batch_size: int = Field(32, ge=1)
-    skip_sensitive: int = Field(0, ge=0, description="keep this many of the most sensitive layers in float")
+    calibration_batch_size: int = Field(32, ge=1, le=MAX_BATCH_SIZE)
+    skip_sensitive: int = Field(0, ge=0, le=MAX_LAYERS_KEPT_IN_FLOAT, description="keep this many of the most sensitive layers in float")
     skip_layers: list[str] = Field(default_factory=list, description="layer names to keep in float")
 
     fallback_field = "skip_sensitive"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
 from ..config import PipelineConfig, Tolerance
-from ..deadline import deadline
+from ..deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
 from .pareto import pareto_front
@@ -49,6 +49,7 @@ class SearchOutcome:
 @dataclass
 class _State:
     started: float
+    clock: Clock
     budget: float
     budget_source: str
     durations: list[float] = field(default_factory=list)
@@ -58,7 +59,7 @@ class _State:
     latency_seconds: float = 0.0  # the longest latency measurement of one trial so far
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+        return self.clock() - self.started
 
     def deadline(self) -> float | None:
         """When the trials must end (the budget less the re-timing reserve); none while the first trials set an automatic budget."""
@@ -70,12 +71,18 @@ class _State:
 
 
 def run_search(
-    references: list[Reference], settings: PipelineConfig, search: SearchConfig, notify: Notify, started: float
+    references: list[Reference],
+    settings: PipelineConfig,
+    search: SearchConfig,
+    notify: Notify,
+    started: float,
+    clock: Clock = time.perf_counter,
 ) -> SearchOutcome:
     """Run trials until the space, max_trials or the time budget runs out.
 
-    The budget counts from `started` (the start of the whole optimization) and keeps back the time
-    the finalists' re-timing will take, so the run as a whole ends within it."""
+    The budget counts from `started` (the start of the whole optimization, a `clock` value) and keeps
+    back the time the finalists' re-timing will take, so the run as a whole ends within it. Every
+    budget decision reads `clock`, so a test can drive it with a clock of its own."""
     space_plans = expand_space(search.space or DEFAULT_SPACE)
     first = [Trial([parse_pass_spec(s) for s in plan], "first") for plan in (search.first or [])]
     first = [t for t in first if is_valid(t.plan)]
@@ -84,6 +91,7 @@ def run_search(
     builders = [PlanBuilder(reference) for reference in references]
     state = _State(
         started=started,
+        clock=clock,
         budget=search.time_budget_s or AUTO_BUDGET_BOUNDS[1],
         budget_source="config" if search.time_budget_s else "pending",
     )
@@ -98,8 +106,8 @@ def run_search(
         estimate = max(state.durations[-5:], default=0.0)
         # An automatic budget is only known once the first trials ran; they always run in full.
         end = state.deadline()
-        if end is not None and time.perf_counter() + estimate > end:
-            stopped = f"time budget ({state.budget:.0f} s) reached"
+        if end is not None and clock() + estimate > end:
+            stopped = "the next trial would not fit in the time budget"  # the budget itself is stated once, in time_budget_s
             break
         trial = queue.pop(0)
         reason = _dominated(trial.plan, state.misses)
@@ -108,10 +116,10 @@ def run_search(
             state.skipped += 1
             continue
         notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
-        trial_started = time.perf_counter()
-        with deadline(state.deadline()):
+        trial_started = clock()
+        with deadline(state.deadline(), clock):
             candidate = _run_trial(trial, builders, settings, state)
-        state.durations.append(time.perf_counter() - trial_started)
+        state.durations.append(clock() - trial_started)
         state.ran += 1
         built.append(candidate)
         _learn(candidate, trial, state, queue, search, settings)
@@ -175,7 +183,7 @@ def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:
 
 def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig, state: _State) -> BuiltCandidate:
     """Build and judge the plan fold by fold; time it (fold 0's variant) against the original."""
-    started = time.perf_counter()
+    started = state.clock()
     tolerance = builders[0].reference.tolerance
     per_fold: list[BuiltCandidate] = []
     for builder in builders:
@@ -195,10 +203,10 @@ def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConf
                 f"stopped after {len(per_fold)} of {len(builders)} folds: the tolerance was out of reach "
                 f"even if every remaining fold scored {tolerance.best_possible:g}"
             )
-        timing = time.perf_counter()
+        timing = state.clock()
         measure_latency(main, builders[0].reference, settings)
-        state.latency_seconds = max(state.latency_seconds, time.perf_counter() - timing)
-    main.report.seconds = round(time.perf_counter() - started, 3)
+        state.latency_seconds = max(state.latency_seconds, state.clock() - timing)
+    main.report.seconds = round(state.clock() - started, 3)
     return main
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from typing import Any
 
 from ..passes.base import REGISTRY, PassConfig, parse_pass_spec
@@ -56,6 +57,29 @@ def expand_space(space: dict[str, list[StageOption]]) -> list[Plan]:
     return plans
 
 
+def space_size_bound(space: dict[str, list[StageOption]]) -> int:
+    """An upper bound on the plans a space expands to, computed without expanding it.
+
+    It counts a list-typed field's list as choices too, so it may overcount; it never undercounts."""
+    return math.prod(sum(_option_size(option) for option in options) for options in space.values())
+
+
+def _option_size(option: StageOption) -> int:
+    return math.prod(
+        math.prod(len(value) for value in spec.values() if isinstance(value, list)) for spec in _option_specs(option)
+    )
+
+
+def _option_specs(option: StageOption) -> list[dict[str, Any]]:
+    """The pass specs of one stage option (none for `null`); a ValueError says what a malformed one should be."""
+    if option is None:
+        return []
+    sequence = option if isinstance(option, list) else [option]
+    if not all(isinstance(spec, dict) for spec in sequence):
+        raise ValueError(f'a stage option is null, a pass spec like {{"pass": "freeze"}}, or a list of them; got {option!r}')
+    return sequence
+
+
 def plan_key(plan: Plan) -> str:
     return json.dumps([step.spec() for step in plan], sort_keys=True)
 
@@ -79,7 +103,7 @@ def _expand_stage(options: list[StageOption]) -> list[Plan]:
         if option is None:
             expanded.append([])
             continue
-        sequence = option if isinstance(option, list) else [option]
+        sequence = _option_specs(option)
         if not all(spec.get("pass") in REGISTRY for spec in sequence):
             continue
         expanded.extend([list(steps) for steps in itertools.product(*(_expand_spec(spec) for spec in sequence))])
