@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from multiprocessing.managers import SyncManager
 
 import litserve as ls
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from litserve.utils import WorkerSetupStatus
 
 from . import confinement, jobs
@@ -20,6 +20,8 @@ from .auth import BearerKey
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
+from .litserve_bridge import QueueBridge
+from .oip_routes import OipRoutes
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .metrics import RequestMetricsMiddleware
 from .processes import die_with_parent, interrupt_on_sigterm
@@ -68,6 +70,9 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready, guard).router())
+    oip_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
+    oip = OipRoutes(store, QueueBridge(server, PredictAPI.endpoint), workers_ready)
+    app.include_router(oip.router(), dependencies=oip_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections

@@ -17,6 +17,7 @@ from optimizer_pipeline.errors import OptimizerError
 from .schemas import ErrorBody, ErrorDetail
 
 logger = logging.getLogger("optiserve")
+OIP_PREFIX = "/v2"
 
 
 class JsonResponse(JSONResponse):
@@ -46,13 +47,21 @@ def error_body(status: int, code: str, message: str, details: list[dict[str, Any
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JsonResponse:
+    """Our error shape, or the Open Inference Protocol's `{"error": message}` under /v2 (its clients read that key)."""
+    if path.startswith(OIP_PREFIX):
+        return JsonResponse({"error": message}, status_code=status, headers=headers)
     return JsonResponse(error_body(status, code, message, details), status_code=status, headers=headers)
 
 
-def from_api_error(error: ApiError, headers: dict[str, str] | None = None) -> JsonResponse:
-    return error_response(error.status, error.code, error.message, headers=headers)
+def from_api_error(error: ApiError, headers: dict[str, str] | None = None, path: str = "") -> JsonResponse:
+    return error_response(error.status, error.code, error.message, headers=headers, path=path)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -64,7 +73,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JsonResponse:
-    return from_api_error(exc)
+    return from_api_error(exc, path=request.url.path)
 
 
 def optimizer_error_code(exc: OptimizerError) -> str:
@@ -73,25 +82,27 @@ def optimizer_error_code(exc: OptimizerError) -> str:
 
 
 async def _optimizer_error(request: Request, exc: OptimizerError) -> JsonResponse:
-    return error_response(exc.http_status, optimizer_error_code(exc), str(exc))
+    return error_response(exc.http_status, optimizer_error_code(exc), str(exc), path=request.url.path)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JsonResponse:
     problems = [_describe(error) for error in exc.errors()]
     details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems), details)
+    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems), details, path=request.url.path)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JsonResponse:
     # LitServe reports queue timeouts (504), payload limits (413) and worker crashes (500) this way.
     code = status_code_name(exc.status_code)
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None), path=request.url.path)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(500, "internal_error", f"internal error ({type(exc).__name__}); the server log has details")
+    return error_response(
+        500, "internal_error", f"internal error ({type(exc).__name__}); the server log has details", path=request.url.path
+    )
 
 
 def status_code_name(status: int) -> str:

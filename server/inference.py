@@ -10,6 +10,7 @@ reads decode_request's annotation to build the FastAPI endpoint that validates t
 import logging
 import signal
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -21,10 +22,13 @@ from fastapi import Response
 from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
+from wire import WireTensor, encode_response
 
 from . import confinement, metrics
 from .errors import ApiError, JsonResponse, error_body, not_found
+from .codec import wire_ready
 from .forward_guard import ForwardGuard, ForwardTimeout
+from .oip_call import InferCall
 from .processes import die_with_parent
 from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
@@ -43,6 +47,8 @@ class Outcome:
     body: dict[str, Any]
     model: str = ""
     variant: str = ""
+    raw: Union[bytes, None] = None  # an already encoded body (the protocol's binary form)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,9 +56,10 @@ class Pending:
     """A request of one group, with its decoded inputs."""
 
     position: int
-    request: InferenceRequest
+    request: Union[InferenceRequest, InferCall]
     inputs: tuple[torch.Tensor, ...] = ()
     outcome: Union[Outcome, None] = None
+    casts: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -121,11 +128,13 @@ class InferenceAPI(ls.LitAPI):
                 for item in pending:
                     item.outcome = item.outcome or Outcome(500, error_body(500, "internal_error", f"inference failed ({type(exc).__name__})"))
             for item in pending:
-                outcomes[item.position] = item.outcome
+                outcomes[item.position] = _in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
 
     def encode_response(self, output: Outcome) -> Response:
-        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant}
+        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant, **output.headers}
+        if output.raw is not None:
+            return Response(output.raw, status_code=output.status, headers=headers)
         return JsonResponse(output.body, status_code=output.status, headers=headers)
 
     # ---- one group: requests for the same model (and variant) ----
@@ -179,17 +188,13 @@ class InferenceAPI(ls.LitAPI):
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
-        expected = len(info.summary.inputs)
         decoded = []
         for item in pending:
             try:
-                if len(item.request.inputs) != expected:
-                    raise TensorDecodeError(
-                        f"the model takes {expected} input(s) ({_expectation(info)}), the request has {len(item.request.inputs)}"
-                    )
+                tensors = _request_tensors(info, item.request)
                 item.inputs = tuple(
-                    to_torch(value, position, info.summary.input_dtypes[position])
-                    for position, value in enumerate(item.request.inputs)
+                    _cast_to_model(tensor, dtype, name, item.casts)
+                    for tensor, dtype, name in zip(tensors, info.summary.input_dtypes, info.summary.inputs)
                 )
                 _check_batch_dimension(item.inputs)
             except TensorDecodeError as exc:
@@ -256,11 +261,15 @@ class PredictAPI(InferenceAPI):
 
     def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
         (variant, ran), = runs.items()
+        milliseconds = round(ran.milliseconds[item.position], 3)
+        if isinstance(item.request, InferCall):
+            return _infer_outcome(info, variant, item, ran.outputs[item.position], milliseconds)
         response = PredictResponse.model_construct(
             model=info.name,
             variant=variant,
             outputs=[to_object(name, t, item.request.binary_outputs) for name, t in ran.outputs[item.position]],
-            inference_ms=round(ran.milliseconds[item.position], 3),
+            inference_ms=milliseconds,
+            casts=item.casts or None,
         )
         return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, variant)
 
@@ -289,7 +298,70 @@ class CompareAPI(InferenceAPI):
 
 def is_inference_path(path: str) -> bool:
     """Routes that run model code, and so get the arrival-to-answer deadline."""
-    return path in (PredictAPI.endpoint, CompareAPI.endpoint)
+    return path in (PredictAPI.endpoint, CompareAPI.endpoint) or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
+def _request_tensors(info: ModelInfo, request: Union[InferenceRequest, InferCall]) -> list[torch.Tensor]:
+    """The request's inputs as tensors, in the order of the model's forward arguments."""
+    expected = info.summary.inputs
+    if isinstance(request, InferCall):
+        by_name = {tensor.name: tensor for tensor in request.inputs}
+        unknown = sorted(set(by_name) - set(expected))
+        if unknown or len(by_name) != len(expected):
+            raise TensorDecodeError(
+                f"the model's inputs are {expected} ({_expectation(info)}); the request has {[t.name for t in request.inputs]}"
+            )
+        return [_from_wire(by_name[name]) for name in expected]
+    if len(request.inputs) != len(expected):
+        raise TensorDecodeError(f"the model takes {len(expected)} input(s) ({_expectation(info)}), the request has {len(request.inputs)}")
+    return [to_torch(value, position, info.summary.input_dtypes[position]) for position, value in enumerate(request.inputs)]
+
+
+def _from_wire(tensor: WireTensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a read-only view of the request body; never written to
+        result = torch.from_numpy(tensor.array)
+    return result.view(torch.bfloat16) if tensor.datatype == "BF16" else result
+
+
+def _cast_to_model(tensor: torch.Tensor, dtype_name: str, name: str, casts: list[str]) -> torch.Tensor:
+    """Real values to the model's real dtype, integers to its integer dtype (numpy hands out float64 and int64)."""
+    expected = getattr(torch, dtype_name, None)
+    if not isinstance(expected, torch.dtype) or tensor.dtype == expected:
+        return tensor
+    same_kind = (tensor.is_floating_point() and expected.is_floating_point) or (
+        not tensor.is_floating_point() and not expected.is_floating_point and tensor.dtype != torch.bool and expected != torch.bool
+    )
+    if not same_kind:
+        return tensor  # the model decides; a failure says what it expects
+    casts.append(f"input {name}: {str(tensor.dtype).removeprefix('torch.')} -> {dtype_name}")
+    return tensor.to(expected)
+
+
+def _infer_outcome(info: ModelInfo, variant: str, item: Pending, outputs: NamedOutputs, milliseconds: float) -> Outcome:
+    call = item.request
+    wanted = call.requested_outputs
+    available = [name for name, _ in outputs]
+    if wanted is not None and (missing := sorted(set(wanted) - set(available))):
+        return Outcome(400, {"error": f"unknown output(s) {missing}; the model's outputs are {available}"}, info.name, variant)
+    tensors = []
+    for name, tensor in outputs:
+        if wanted is None or name in wanted:
+            ready, datatype = wire_ready(tensor)
+            array = (ready.view(torch.uint16) if datatype == "BF16" else ready).numpy()
+            tensors.append(WireTensor(name, datatype, array))
+    parameters = {"inference_ms": milliseconds, **({"casts": "; ".join(item.casts)} if item.casts else {})}
+    body, headers = encode_response(info.name, variant, call.request_id, tensors, call.binary_outputs, parameters)
+    return Outcome(200, {}, info.name, variant, raw=body, headers=headers)
+
+
+def _in_protocol(outcome: Outcome) -> Outcome:
+    """Errors in the protocol's shape, `{"error": message}`, with its statuses."""
+    if outcome.status == 200 or "error" not in outcome.body or not isinstance(outcome.body["error"], dict):
+        return outcome
+    error = outcome.body["error"]
+    status = {"variant_not_available": 404, "variant_not_ready": 503, "invalid_input": 400}.get(error["code"], outcome.status)
+    return Outcome(status, {"error": error["message"]}, outcome.model, outcome.variant)
 
 
 def _error(error: ApiError) -> Outcome:

@@ -28,7 +28,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(413, status_code_name(413), self._message())(scope, receive, send)
+            await error_response(413, status_code_name(413), self._message(), path=scope["path"])(scope, receive, send)
             return
         received = 0
 
@@ -73,4 +73,4 @@ class DeadlineMiddleware:
         except asyncio.TimeoutError:
             if not started:
                 message = f"no answer within {self.seconds:g} s of arrival (OPTISERVE_REQUEST_TIMEOUT); retry later"
-                await error_response(504, "request_timeout", message)(scope, receive, send)
+                await error_response(504, "request_timeout", message, path=scope["path"])(scope, receive, send)

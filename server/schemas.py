@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary
+from wire.schemas import Dimension
 
 JobState = Literal["queued", "optimizing", "ready", "failed"]
 VariantName = Literal["original", "optimized"]
@@ -107,7 +108,7 @@ class TensorObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
-    shape: list[int]
+    shape: list[Dimension] = Field(max_length=16)
     datatype: Datatype
     data: list[Any] | None = None
     data_b64: str | None = None
@@ -140,6 +141,7 @@ class PredictResponse(BaseModel):
     variant: VariantName
     outputs: list[TensorObject]
     inference_ms: float = Field(description="forward time of the batch that served this request")
+    casts: list[str] | None = Field(None, description="inputs cast to the model's dtype, e.g. 'input x: float64 -> float32'")
 
 
 class CompareResponse(BaseModel):

@@ -1,0 +1,32 @@
+"""The Open Inference Protocol v2 wire format, shared by the server and the Python client.
+
+Needs only numpy and pydantic: the client installs and imports without torch or the server.
+"""
+
+from .codec import (
+    WireError,
+    WireTensor,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+from .datatypes import DATATYPES, numpy_dtype
+from .schemas import InferenceRequest, InferenceResponse, MetadataTensor, ModelMetadata, RequestInput, RequestOutput
+
+__all__ = [
+    "DATATYPES",
+    "InferenceRequest",
+    "InferenceResponse",
+    "MetadataTensor",
+    "ModelMetadata",
+    "RequestInput",
+    "RequestOutput",
+    "WireError",
+    "WireTensor",
+    "decode_request",
+    "decode_response",
+    "encode_request",
+    "encode_response",
+    "numpy_dtype",
+]

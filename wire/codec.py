@@ -1,0 +1,177 @@
+"""Inference bodies <-> numpy, with the binary tensor data extension both ways.
+
+A body is a JSON header, optionally followed by raw little-endian tensor bytes in the order of the
+header's inputs (or outputs); `Inference-Header-Content-Length` says where the JSON ends. Binary
+inputs are decoded as zero-copy views of the body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from .datatypes import datatype_of, numpy_dtype
+from .schemas import InferenceRequest, InferenceResponse
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class WireError(ValueError):
+    """The body does not follow the protocol; the message says what to fix (a 400)."""
+
+
+@dataclass
+class WireTensor:
+    name: str
+    datatype: str
+    array: np.ndarray  # BF16 as uint16 bit patterns
+
+
+def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, list[WireTensor]]:
+    header, binary = _split(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+        raise WireError(f"the inference request is not valid: {problems}") from None
+    tensors = []
+    offset = 0
+    for item in request.inputs:
+        where = f"input {item.name!r}"
+        dtype = _dtype(item.datatype, where)
+        count = math.prod(item.shape)
+        size = (item.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
+                raise WireError(f"{where}: binary_data_size is {size!r}; shape {item.shape} of {item.datatype} needs {count * dtype.itemsize} bytes")
+            if offset + size > len(binary):
+                raise WireError(f"{where}: the body ends {offset + size - len(binary)} bytes short of its binary data")
+            array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(item.shape)
+            offset += size
+        else:
+            array = _from_json(item.data, item.datatype, dtype, item.shape, where)
+        tensors.append(WireTensor(item.name, item.datatype, array))
+    if offset != len(binary):
+        raise WireError(f"the binary_data_size values add up to {offset} bytes, but {len(binary)} bytes follow the JSON header")
+    return request, tensors
+
+
+def encode_response(
+    model_name: str,
+    model_version: str | None,
+    request_id: str | None,
+    outputs: Iterable[WireTensor],
+    binary: Mapping[str, bool] | bool,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers): outputs named in `binary` (or all, when True) travel as raw bytes after the JSON."""
+    entries, parts = [], []
+    for tensor in outputs:
+        entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
+        as_binary = binary if isinstance(binary, bool) else binary.get(tensor.name, False)
+        if as_binary or tensor.datatype == "BF16":  # BF16 has no JSON form
+            raw = np.ascontiguousarray(tensor.array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        else:
+            entry["data"] = tensor.array.reshape(-1).tolist()
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "outputs": entries}
+    if model_version is not None:
+        document["model_version"] = model_version
+    if request_id is not None:
+        document["id"] = request_id
+    if parameters:
+        document["parameters"] = parameters
+    return _join(document, parts)
+
+
+def encode_request(
+    inputs: Iterable[WireTensor], binary_inputs: bool = True, binary_outputs: bool = True, request_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """(body, headers) of an inference request; every output is asked for, as binary or JSON."""
+    entries, parts = [], []
+    for tensor in inputs:
+        entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
+        if binary_inputs or tensor.datatype == "BF16":
+            raw = np.ascontiguousarray(tensor.array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        else:
+            entry["data"] = tensor.array.reshape(-1).tolist()
+        entries.append(entry)
+    document: dict[str, Any] = {"inputs": entries, "parameters": {"binary_data_output": binary_outputs}}
+    if request_id is not None:
+        document["id"] = request_id
+    return _join(document, parts)
+
+
+def decode_response(body: bytes, header_length: str | None) -> tuple[InferenceResponse, list[WireTensor]]:
+    header, binary = _split(body, header_length)
+    response = InferenceResponse.model_validate_json(header)
+    tensors, offset = [], 0
+    for item in response.outputs:
+        dtype = numpy_dtype(item.datatype)
+        size = (item.parameters or {}).get("binary_data_size")
+        if size is not None:
+            array = np.frombuffer(binary, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(item.shape)
+            offset += size
+        else:
+            array = np.asarray(item.data, dtype=dtype).reshape(item.shape)
+        tensors.append(WireTensor(item.name, item.datatype, array))
+    return response, tensors
+
+
+def wire_tensor(name: str, array: np.ndarray) -> WireTensor:
+    """A numpy array as a named wire tensor, its datatype taken from its dtype."""
+    array = np.asarray(array)
+    return WireTensor(name, datatype_of(array), array)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise WireError(f"{HEADER_LENGTH} is {header_length!r}, not a byte count") from None
+    if length == 0:
+        raise WireError(f"{HEADER_LENGTH}: 0 (a raw binary body without a JSON header) is not supported; send the JSON header")
+    if length < 0 or length > len(body):
+        raise WireError(f"{HEADER_LENGTH} is {length}, but the body holds {len(body)} bytes")
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
+
+
+def _dtype(datatype: str, where: str) -> np.dtype:
+    try:
+        return numpy_dtype(datatype)
+    except ValueError as exc:
+        raise WireError(f"{where}: {exc}") from None
+
+
+def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: list[int], where: str) -> np.ndarray:
+    if data is None:
+        raise WireError(f"{where}: give `data`, or binary data with parameters.binary_data_size")
+    if datatype == "BF16":
+        raise WireError(f"{where}: BF16 has no JSON form; send it as binary data")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise WireError(f"{where}: data is not a list of {datatype} values ({exc})") from None
+    if array.size != math.prod(shape):
+        raise WireError(f"{where}: data holds {array.size} values; shape {shape} needs {math.prod(shape)}")
+    return array.reshape(shape)
+
+
+def _join(document: dict[str, Any], parts: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not parts:
+        return header, {"Content-Type": "application/json"}
+    return b"".join([header, *parts]), {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
