@@ -1,12 +1,13 @@
 """Python client of the optiserve HTTP API.
 
-Tensors travel as raw bytes (base64 in the JSON body, the `data_b64` extension of the Open
-Inference Protocol tensor object): exact, dtype-preserving, and far cheaper than JSON numbers.
-torch is imported only when tensors are sent or received, so listing models stays light.
+`predict` speaks the Open Inference Protocol v2 with the binary tensor extension: raw bytes both
+ways, exact and dtype-preserving. The client depends on the wire format (wire/: numpy + pydantic)
+only; torch is imported only when it is handed a tensor.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -14,7 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import requests
+
+from wire import WireTensor, decode_response, encode_request, numpy_dtype
+from wire.codec import HEADER_LENGTH, wire_tensor
 
 from .models import Comparison, ModelStatus, Prediction, UploadResult
 from .progress import ProgressBar
@@ -38,6 +43,7 @@ class OptiserveClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        self._names: dict[str, list[str]] = {}  # model -> its input names, from the protocol's metadata
         key = api_key or find_api_key()
         if key:
             self.session.headers["Authorization"] = f"Bearer {key}"
@@ -106,33 +112,55 @@ class OptiserveClient:
     # ---- inference ----
 
     def predict(self, model_id: str, *inputs: Any, variant: str | None = None) -> Prediction:
-        """Run the model; inputs are torch tensors, numpy arrays or nested lists, one per model input."""
-        body = {"model": model_id, "inputs": [_encode(x) for x in inputs], "binary_outputs": True}
-        if variant is not None:
-            body["variant"] = variant
-        answer = self._request("POST", "/predict", json_body=body)
-        answer["outputs"] = _decode_outputs(answer["outputs"])
-        return Prediction.model_validate(answer)
+        """Run the model; inputs are torch tensors, numpy arrays or nested lists, one per model input.
+
+        Tensors travel as raw bytes both ways (Open Inference Protocol v2, binary extension). Outputs
+        are torch tensors when any input was one, numpy arrays otherwise."""
+        names = self._input_names(model_id)
+        if len(names) != len(inputs):
+            raise OptiserveError(400, f"model {model_id!r} takes {len(names)} input(s) {names}; {len(inputs)} given")
+        tensors = [wire_tensor(name, _numpy_array(value)) for name, value in zip(names, inputs)]
+        body, headers = encode_request(tensors)
+        path = f"/v2/models/{model_id}" + (f"/versions/{variant}" if variant else "") + "/infer"
+        response = self._send("POST", path, data=body, headers=headers)
+        answer, outputs = decode_response(response.content, response.headers.get(HEADER_LENGTH))
+        as_torch = any(_is_torch(value) for value in inputs)
+        return Prediction(
+            model=answer.model_name,
+            variant=answer.model_version or "",
+            outputs={t.name: _to_torch(t) if as_torch else np.array(t.array) for t in outputs},
+            inference_ms=float((answer.parameters or {}).get("inference_ms", 0.0)),
+        )
 
     def compare(self, model_id: str, *inputs: Any) -> Comparison:
         """Run both variants on the same inputs; returns both outputs, both timings and their fidelity."""
         body = {"model": model_id, "inputs": [_encode(x) for x in inputs], "binary_outputs": True}
         answer = self._request("POST", "/compare", json_body=body)
-        answer["outputs"] = {variant: _decode_outputs(outputs) for variant, outputs in answer["outputs"].items()}
+        as_torch = any(_is_torch(value) for value in inputs)
+        answer["outputs"] = {variant: _decode_outputs(outputs, as_torch) for variant, outputs in answer["outputs"].items()}
         return Comparison.model_validate(answer)
+
+    def _input_names(self, model_id: str) -> list[str]:
+        if model_id not in self._names:
+            metadata = self._request("GET", f"/v2/models/{model_id}")
+            self._names[model_id] = [item["name"] for item in metadata["inputs"]]
+        return self._names[model_id]
 
     # ---- plumbing ----
 
     def _request(self, method: str, path: str, json_body: Any = None, raw: bool = False, **kwargs: Any) -> Any:
-        data = kwargs.pop("data", None)
         if json_body is not None:
             # Serialized here (allow_nan) rather than by requests: NaN inputs are the server's to judge.
-            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+            kwargs["data"] = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
             kwargs.setdefault("headers", {})["Content-Type"] = "application/json"
-        response = self.session.request(method, self.base_url + path, data=data, timeout=self.timeout, **kwargs)
+        response = self._send(method, path, **kwargs)
+        return response.content if raw else response.json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        response = self.session.request(method, self.base_url + path, timeout=self.timeout, **kwargs)
         if response.status_code >= 400:
             raise _error_from(response)
-        return response.content if raw else response.json()
+        return response
 
 
 def find_api_key() -> str | None:
@@ -168,36 +196,43 @@ def _encode(value: Any) -> Any:
     """Tensors and arrays go as raw bytes; plain lists as they are (the server casts to the model's dtype)."""
     if isinstance(value, (list, tuple)):
         return list(value)
+    tensor = wire_tensor("", _numpy_array(value))
+    data = base64.b64encode(np.ascontiguousarray(tensor.array).tobytes()).decode("ascii")
+    return {"shape": list(tensor.array.shape), "datatype": tensor.datatype, "data_b64": data}
+
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch")
+
+
+def _numpy_array(value: Any) -> np.ndarray:
+    if _is_torch(value):  # torch is already imported by whoever handed us a tensor
+        value = value.detach().cpu()
+        value = value.dequantize() if value.is_quantized else value
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    return np.ascontiguousarray(value)
+
+
+def _to_torch(tensor: WireTensor) -> Any:
     import torch
 
-    from server.codec import to_b64, wire_ready
-
-    tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(_numpy_array(value))
-    tensor, datatype = wire_ready(tensor)
-    return {"shape": list(tensor.shape), "datatype": datatype, "data_b64": to_b64(tensor)}
+    result = torch.from_numpy(np.array(tensor.array))  # a writable copy
+    return result.view(torch.bfloat16) if tensor.datatype == "BF16" else result
 
 
-def _numpy_array(value: Any):
-    import numpy
-
-    array = numpy.ascontiguousarray(value)
-    if not array.flags.writeable:
-        array = array.copy()
-    return array
-
-
-def _decode_outputs(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    import torch
-
-    from server.codec import TORCH_DTYPES, from_b64
-
+def _decode_outputs(objects: list[dict[str, Any]], as_torch: bool) -> dict[str, Any]:
     decoded = {}
     for position, obj in enumerate(objects):
         name = obj.get("name") or f"output_{position}"
+        dtype = numpy_dtype(obj["datatype"])
         if obj.get("data_b64") is not None:
-            decoded[name] = from_b64(obj["data_b64"], obj["datatype"], obj["shape"])
+            array = np.frombuffer(base64.b64decode(obj["data_b64"]), dtype=dtype).reshape(obj["shape"])
         else:
-            decoded[name] = torch.tensor(obj["data"], dtype=TORCH_DTYPES[obj["datatype"]]).reshape(obj["shape"])
+            array = np.asarray(obj["data"], dtype=dtype).reshape(obj["shape"])
+        tensor = WireTensor(name, obj["datatype"], array)
+        decoded[name] = _to_torch(tensor) if as_torch else np.array(array)
     return decoded
 
 
@@ -205,6 +240,8 @@ def _error_from(response: requests.Response) -> OptiserveError:
     try:
         body = response.json()
         error = body["error"]
+        if isinstance(error, str):  # the Open Inference Protocol's shape
+            return OptiserveError(response.status_code, error, None, body)
         return OptiserveError(response.status_code, error["message"], error.get("code"), body)
     except (ValueError, KeyError, TypeError):
         return OptiserveError(response.status_code, response.text[:500] or response.reason)

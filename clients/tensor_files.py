@@ -70,7 +70,7 @@ def save_outputs(prediction: Prediction, path: Path) -> None:
     """One array per output, named as the model names it (numpy.load(path)[name])."""
     # A file object, because numpy.savez appends .npz to a path that lacks it.
     with open(path, "wb") as file:
-        numpy.savez(file, **{name: tensor.numpy() for name, tensor in prediction.outputs.items()})
+        numpy.savez(file, **{name: numpy.asarray(tensor) for name, tensor in prediction.outputs.items()})
 
 
 def _dtype(tensor: Any) -> str:

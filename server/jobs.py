@@ -126,6 +126,7 @@ def run_job(settings: Settings, model_id: str) -> None:
             directory / "calibration.bin",
             config=config,
             labels=directory / "labels.bin" if info.has_labels else None,
+            name=info.name,
             progress=_ThrottledProgress(store, model_id),
         )
     except Exception as exc:

@@ -162,7 +162,7 @@ def test_cli_optimize_explains_a_bad_model(tmp_path: Path):
     (tmp_path / "model.pt").write_bytes(b"garbage")
     (tmp_path / "calib.pt").write_bytes(_calibration((torch.randn(4, 3),)))
     done = _cli("optimize", str(tmp_path / "model.pt"), str(tmp_path / "calib.pt"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 2
+    assert done.returncode == 3  # ExitCode.INPUT
     assert "not a TorchScript archive" in done.stderr
     assert not (tmp_path / "out").exists()
 

@@ -62,16 +62,22 @@ def test_wait_shows_progress_and_returns_the_finished_status(client, cnn, capsys
     assert "100.0%" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("form", ["tensor", "numpy", "list"])
-def test_predict_takes_tensors_arrays_and_lists_and_returns_tensors(client, cnn, form):
+@pytest.mark.parametrize("form", ["tensor", "numpy", "float64 numpy", "list"])
+def test_predict_takes_tensors_arrays_and_lists_and_returns_the_same_kind(client, cnn, form):
     model_id, archive, inputs = cnn
     client.wait(model_id, timeout=120, progress=False)
     x = inputs[0][:3]
-    sent = {"tensor": x, "numpy": x.numpy(), "list": x.tolist()}[form]
+    sent = {"tensor": x, "numpy": x.numpy(), "float64 numpy": x.numpy().astype("float64"), "list": x.tolist()}[form]
     result = client.predict(model_id, sent, variant="original")
     assert result.variant == "original" and result.inference_ms > 0
-    assert isinstance(result.output, torch.Tensor) and result.output.dtype == torch.float32
-    torch.testing.assert_close(result.output, local_forward(archive, x))
+    output = result.output
+    if form == "tensor":
+        assert isinstance(output, torch.Tensor)
+    else:  # the client hands back numpy unless it was handed torch
+        assert isinstance(output, numpy.ndarray)
+        output = torch.from_numpy(output)
+    assert output.dtype == torch.float32
+    torch.testing.assert_close(output, local_forward(archive, x))
 
 
 def test_compare_returns_both_outputs_and_fidelity(client, cnn):
@@ -104,7 +110,7 @@ def test_server_errors_raise_with_status_and_message(client, cnn):
     assert error.value.status == 422 and error.value.code == "invalid_model"
     with pytest.raises(OptiserveError) as error:
         client.predict(cnn[0], torch.zeros(2, 3, 8))
-    assert error.value.status == 422 and "float32" in error.value.message
+    assert error.value.status == 400 and "float32" in error.value.message
 
 
 def test_cli_upload_models_status_report(server, tmp_path, capsys):
@@ -122,5 +128,5 @@ def test_cli_upload_models_status_report(server, tmp_path, capsys):
     assert "chosen: freeze" in capsys.readouterr().out
     assert run_command("report", "cli-net", "--json", *url) == 0
     assert json.loads(capsys.readouterr().out)["chosen"]["candidate"] == "freeze"
-    assert run_command("status", "nobody", *url) == 1
+    assert run_command("status", "nobody", *url) == 4  # ExitCode.SERVER
     assert "404" in capsys.readouterr().err
