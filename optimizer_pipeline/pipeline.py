@@ -156,6 +156,7 @@ def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> Model
         input_dtypes=[str(t.dtype).removeprefix("torch.") for t in batch.inputs],
         outputs=[name for name, _ in outputs],
         output_shapes=[list(t.shape[1:]) for _, t in outputs],
+        output_dtypes=[str(t.dtype).removeprefix("torch.") for _, t in outputs],
         parameters=sum(p.numel() for p in module.parameters()),
         size_bytes=size_bytes,
         exported_methods=jit.exported_method_names(module),

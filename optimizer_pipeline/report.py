@@ -81,6 +81,7 @@ class ModelSummary(BaseModel):
     input_dtypes: list[str]
     outputs: list[str]
     output_shapes: list[list[int]]
+    output_dtypes: list[str] = Field(default_factory=list, description="absent in models uploaded before it was recorded")
     parameters: int
     size_bytes: int
     exported_methods: list[str]
