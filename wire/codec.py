@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,17 +71,7 @@ def encode_response(
     parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """(body, headers): outputs named in `binary` (or all, when True) travel as raw bytes after the JSON."""
-    entries, parts = [], []
-    for tensor in outputs:
-        entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
-        as_binary = binary if isinstance(binary, bool) else binary.get(tensor.name, False)
-        if as_binary or tensor.datatype == "BF16":  # BF16 has no JSON form
-            raw = np.ascontiguousarray(tensor.array).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            parts.append(raw)
-        else:
-            entry["data"] = tensor.array.reshape(-1).tolist()
-        entries.append(entry)
+    entries, parts = _tensor_entries(outputs, lambda name: binary if isinstance(binary, bool) else binary.get(name, False))
     document: dict[str, Any] = {"model_name": model_name, "outputs": entries}
     if model_version is not None:
         document["model_version"] = model_version
@@ -96,16 +86,7 @@ def encode_request(
     inputs: Iterable[WireTensor], binary_inputs: bool = True, binary_outputs: bool = True, request_id: str | None = None
 ) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of an inference request; every output is asked for, as binary or JSON."""
-    entries, parts = [], []
-    for tensor in inputs:
-        entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
-        if binary_inputs or tensor.datatype == "BF16":
-            raw = np.ascontiguousarray(tensor.array).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            parts.append(raw)
-        else:
-            entry["data"] = tensor.array.reshape(-1).tolist()
-        entries.append(entry)
+    entries, parts = _tensor_entries(inputs, lambda name: binary_inputs)
     document: dict[str, Any] = {"inputs": entries, "parameters": {"binary_data_output": binary_outputs}}
     if request_id is not None:
         document["id"] = request_id
@@ -168,6 +149,21 @@ def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: li
     if array.size != math.prod(shape):
         raise WireError(f"{where}: data holds {array.size} values; shape {shape} needs {math.prod(shape)}")
     return array.reshape(shape)
+
+
+def _tensor_entries(tensors: Iterable[WireTensor], as_binary: Callable[[str], bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """The JSON entries of tensors, and the raw bytes of those that travel as binary (BF16 always: it has no JSON form)."""
+    entries, parts = [], []
+    for tensor in tensors:
+        entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
+        if as_binary(tensor.name) or tensor.datatype == "BF16":
+            raw = np.ascontiguousarray(tensor.array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            parts.append(raw)
+        else:
+            entry["data"] = tensor.array.reshape(-1).tolist()
+        entries.append(entry)
+    return entries, parts
 
 
 def _join(document: dict[str, Any], parts: list[bytes]) -> tuple[bytes, dict[str, str]]:
