@@ -137,6 +137,8 @@ class PredictRequest(InferenceRequest):
 
 
 class PredictResponse(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # NaN outputs stay NaN, not null
+
     model: str
     variant: VariantName
     outputs: list[TensorObject]
@@ -145,6 +147,8 @@ class PredictResponse(BaseModel):
 
 
 class CompareResponse(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
     model: str
     outputs: dict[VariantName, list[TensorObject]]
     inference_ms: dict[VariantName, float]

@@ -3,6 +3,8 @@ must get a clear 4xx or a bounded failure while every other model keeps serving.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import requests
 
@@ -167,3 +169,13 @@ def test_auth_off_on_a_public_interface_needs_insecure():
         Settings(host="0.0.0.0", auth=False)
     assert Settings(host="0.0.0.0", auth=False, insecure=True).auth is False
     assert Settings(host="127.0.0.1", auth=False).auth is False
+
+
+def test_nan_outputs_come_back_as_nan_not_null(server):
+    assert upload(server.url, MLP_ARCHIVE, MLP_INPUTS, name="nans", config=FORCED_FREEZE).status_code == 202
+    x = MLP_INPUTS[0][:1].clone()
+    x[0, 0] = float("nan")
+    body = {"model": "nans", "variant": "original", "inputs": [{"shape": [1, 16], "datatype": "FP32", "data_b64": base64.b64encode(x.numpy().tobytes()).decode()}]}
+    response = requests.post(server.url + "/predict", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert "NaN" in response.text and "null" not in response.text
