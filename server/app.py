@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI
 from litserve.utils import WorkerSetupStatus
 
 from . import confinement, jobs
+from .api_docs import describe_api
 from .auth import BearerKey
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
@@ -67,6 +68,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         status = getattr(server, "workers_setup_status", None)
         return bool(status) and all(value == WorkerSetupStatus.READY for value in status.values())
 
+    describe_api(app)
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready, guard).router())

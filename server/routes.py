@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi import APIRouter, Depends, File, Form, Security, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
@@ -20,6 +21,23 @@ from .errors import ApiError, JsonResponse
 from .schemas import Deleted, ErrorBody, ModelInfo, ModelList, ServiceStatus, UploadAccepted
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422)}
+# Declares the key in the OpenAPI schema, so /docs offers "Authorize" and clients know which routes
+# need it; it checks nothing (auto_error=False): BearerKey does, with one error shape and in constant time.
+BEARER_SCHEME = HTTPBearer(auto_error=False, description="the server's API key (OPTISERVE_API_KEY or <store>/api-key)")
+
+
+class BinaryFileResponse(Response):
+    media_type = "application/octet-stream"
+
+
+# Routes whose 200 is not JSON. The class tells the OpenAPI schema only: the handlers build their own responses.
+NON_JSON = {
+    "/models/{model_id}/report.html": HTMLResponse,
+    "/models/{model_id}/variants/{variant}": BinaryFileResponse,
+    "/metrics": PlainTextResponse,
+}
+# Errors a route answers besides ERRORS.
+MORE_ERRORS = {"/ready": {503: {"model": ErrorBody, "description": "the inference workers are still starting"}}}
 
 
 class ManagementRoutes:
@@ -45,9 +63,16 @@ class ManagementRoutes:
             ("GET", "/metrics", self.metrics, None, 200, False),
         ]
         for method, path, handler, response_model, status, needs_key in table:
-            dependencies = [Depends(self.guard)] if needs_key and self.guard else None
+            dependencies = [Depends(self.guard), Security(BEARER_SCHEME)] if needs_key and self.guard else None
             router.add_api_route(
-                path, handler, methods=[method], response_model=response_model, status_code=status, dependencies=dependencies
+                path,
+                handler,
+                methods=[method],
+                response_model=response_model,
+                status_code=status,
+                dependencies=dependencies,
+                response_class=NON_JSON.get(path, JsonResponse),
+                responses=MORE_ERRORS.get(path),
             )
         return router
 
