@@ -2,8 +2,9 @@
 
 A TorchScript forward cannot be interrupted from Python, but it runs without the GIL, so it can run
 on a helper thread while the worker's own thread waits with a timeout. A forward that overruns is
-abandoned: the worker answers every request it holds, then ends its process (`retire`), the only
-way to stop the stuck thread, and LitServe starts a fresh worker in its place.
+abandoned: the worker answers every request it holds, then ends its process at the next safe
+point (`exit_if_retiring`, called between batches), the only way to stop the stuck thread, and
+LitServe starts a fresh worker in its place.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
 T = TypeVar("T")
-
-# Long enough for LitServe to put the answers on the response queue before the process ends.
-RETIRE_DELAY_SECONDS = 1.0
 
 
 class ForwardTimeout(Exception):
@@ -43,11 +41,10 @@ class ForwardGuard:
         try:
             return future.result(timeout=self.seconds)
         except FutureTimeout:
-            self.retire()
+            self._retiring.set()
             raise ForwardTimeout(f"the forward call did not finish within {self.seconds:g} s") from None
 
-    def retire(self) -> None:
-        """End this process shortly: its forward thread is stuck and cannot be stopped otherwise."""
-        if not self._retiring.is_set():
-            self._retiring.set()
-            threading.Timer(RETIRE_DELAY_SECONDS, os._exit, args=(self.exit_code,)).start()
+    def exit_if_retiring(self) -> None:
+        """End this process if a forward overran. Call it only where no request is held: its stuck thread cannot be stopped otherwise."""
+        if self.retiring:
+            os._exit(self.exit_code)

@@ -28,6 +28,7 @@ from . import confinement, metrics
 from .errors import ApiError, JsonResponse, error_body, not_found
 from .codec import wire_ready
 from .forward_guard import ForwardGuard, ForwardTimeout
+from .litserve_bridge import GreedyBatchLoop
 from .oip_call import InferCall
 from .processes import die_with_parent
 from .runtimes import RunVariant, VariantCache
@@ -79,15 +80,15 @@ class Ran:
 
 class InferenceAPI(ls.LitAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
-    # A batching LitServe worker polls its queue every millisecond even when idle (several % of a
-    # core); an unbatched one blocks. Batching pays off for the serving path only.
+    # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size if self.batched else 1,
-            batch_timeout=settings.batch_timeout_ms / 1000 if self.batched else 0.0,
+            batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
             api_path=self.endpoint,
+            loop=GreedyBatchLoop(),
         )
         self.settings = settings
 
@@ -103,6 +104,10 @@ class InferenceAPI(ls.LitAPI):
         confinement.apply(confinement.Confinement(writable=writable))
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
         self.guard = ForwardGuard(self.settings.forward_timeout)
+
+    def before_next_batch(self) -> None:
+        """GreedyBatchLoop's safe point: a worker whose forward overran ends itself here."""
+        self.guard.exit_if_retiring()
 
     def batch(self, inputs: list) -> list:
         return list(inputs)

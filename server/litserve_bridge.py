@@ -1,9 +1,11 @@
-"""The one place that reaches into LitServe's internals: submitting a request from our own route.
+"""The one place that reaches into LitServe's internals (litserve 0.2.19, pinned in pyproject).
 
-LitServe's own routes parse every body as JSON (or a form) before we see it, which the Open
-Inference Protocol's binary bodies are not. LitSpec endpoints solve this by putting a payload on
-the API's request queue themselves and waiting for its answer; this does the same for a plain
-FastAPI route, with the plumbing of litserve 0.2.19 (pinned in pyproject).
+- `QueueBridge`: LitServe's own routes parse every body as JSON (or a form) before we see it, which
+  the Open Inference Protocol's binary bodies are not. LitSpec endpoints solve this by putting a
+  payload on the API's request queue themselves and waiting for its answer; this does the same for
+  a plain FastAPI route.
+- `GreedyBatchLoop`: how a worker collects a batch (a loop is a public LitAPI argument; the queue
+  items and the sentinel it handles are not).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 
 import litserve as ls
 from fastapi import HTTPException
+from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
+from litserve.loops.simple_loops import BatchedLoop
 from litserve.utils import LitAPIStatus, ResponseBufferItem
+
+# How often an idle worker wakes up to check whether it must retire.
+IDLE_WAKE_SECONDS = 1.0
 
 
 class QueueBridge:
@@ -52,3 +59,37 @@ def _as_http_error(response: Any) -> HTTPException:
     if isinstance(response, HTTPException):
         return response
     return HTTPException(500, "inference failed in the worker; the server log has details")
+
+
+class GreedyBatchLoop(BatchedLoop):
+    """LitServe's batched loop, but a batch is whatever is queued now, up to `max_batch_size`.
+
+    LitServe's own collection waits up to `batch_timeout` for company, so a lone request always
+    pays that wait, and an idle worker polls its queue every millisecond. Here an idle worker blocks
+    on the queue; once a request arrives it takes the others already waiting and runs at once.
+    Under load, requests pile up during a forward call and the next batch merges them.
+
+    Each collection starts with `lit_api.before_next_batch()`: the one moment a worker holds no
+    request (every answer so far is sent, nothing new is taken), where it can safely end itself.
+    Nor does it send LitServe's per-request START message: it only feeds the worker monitor's
+    bookkeeping in the main process, which cannot see the API servers' waiting requests anyway.
+    """
+
+    def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
+        lit_api.before_next_batch()
+        first = self.get_request(request_queue, timeout=IDLE_WAKE_SECONDS)
+        if first is None:
+            return [], []
+        taken = [first]
+        while len(taken) < lit_api.max_batch_size and (item := self.get_request(request_queue, block=False)) is not None:
+            taken.append(item)
+        if _SENTINEL_VALUE in taken:
+            raise _StopLoopError()
+        payloads, timed_out = [], []
+        moment = time.monotonic()
+        for response_queue_id, uid, arrived, payload in taken:
+            if moment - arrived > lit_api.request_timeout:
+                timed_out.append((response_queue_id, uid))
+            else:
+                payloads.append((response_queue_id, uid, payload))
+        return payloads, timed_out

@@ -31,7 +31,6 @@ class Settings(BaseSettings):
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
-    batch_timeout_ms: float = Field(2.0, gt=0, le=1000, description="how long a worker waits to fill a batch")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
     forward_timeout: float = Field(
