@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
+
+
+def _finite_or_text(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value).replace("inf", "Infinity").replace("nan", "NaN")
+
+
+# A metric that may be infinite (an exact candidate's SQNR) or NaN. JSON has no such numbers, so in
+# report.json and over HTTP alike they travel as the strings "Infinity", "-Infinity" and "NaN",
+# which read back as floats; the schema says so.
+Metric = Annotated[
+    float,
+    PlainSerializer(_finite_or_text, when_used="json"),
+    WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string", "enum": ["Infinity", "-Infinity", "NaN"]}]}, mode="serialization"),
+]
 
 
 class OutputFidelity(BaseModel):
     """How closely one output tensor of a candidate matches the original, over held-out samples."""
 
-    # An exact candidate has SQNR = inf; keep it as the JSON string "Infinity", which reads back as inf.
-    model_config = ConfigDict(ser_json_inf_nan="strings")
-
     name: str
     shape: list[int]
     agreement: float | None = Field(None, description="top-1 agreement; only for [N, C] class scores")
-    cosine_mean: float
-    cosine_min: float
-    sqnr_db: float = Field(description="signal-to-quantization-noise ratio; higher is better, inf if exact")
-    max_abs_error: float
+    cosine_mean: Metric
+    cosine_min: Metric
+    sqnr_db: Metric = Field(description="signal-to-quantization-noise ratio; higher is better, Infinity if exact")
+    max_abs_error: Metric
 
 
 class Fidelity(BaseModel):
-    model_config = ConfigDict(ser_json_inf_nan="strings")
-
     samples: int
     outputs: list[OutputFidelity]
     agreement: float | None = Field(None, description="worst top-1 agreement over class-score outputs")
-    cosine: float = Field(description="worst mean cosine over outputs")
-    cosine_min: float
-    sqnr_db: float
-    max_abs_error: float
+    cosine: Metric = Field(description="worst mean cosine over outputs")
+    cosine_min: Metric
+    sqnr_db: Metric
+    max_abs_error: Metric
     accuracy: float | None = Field(None, description="candidate accuracy on held-out labels")
     accuracy_original: float | None = None
     accuracy_drop: float | None = Field(None, description="original accuracy minus candidate accuracy")

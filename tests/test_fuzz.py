@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzzing import NON_FINITE_ISSUE, Fuzzer, OperationReport, ready_target
+from fuzzing import Fuzzer, OperationReport, ready_target
 from server_harness import AUTH, server_fixture
 
 server = server_fixture()
@@ -32,9 +32,3 @@ def test_the_fuzzing_reaches_past_the_key_and_the_lookup(reports):
     assert by_name["GET /models/{model_id}/variants/{variant}", "positive"].statuses[200]
     assert by_name["GET /models/{model_id}/report.html", "positive"].statuses[200]
     assert by_name["POST /models", "negative"].statuses[401], "negative cases that drop the key get a 401"
-
-
-def test_the_known_issue_is_still_open(reports):
-    # Fixed in optimizer_pipeline/report.py and server/schemas.py? Then remove NON_FINITE_ISSUE from
-    # tests/fuzzing.py and this test: from then on such a response is a failure like any other.
-    assert any(NON_FINITE_ISSUE in r.known for r in reports)
