@@ -21,10 +21,10 @@ from .auth import BearerKey
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
-from .litserve_bridge import QueueBridge
-from .oip_routes import OipRoutes
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
+from .litserve_bridge import QueueBridge
 from .metrics import RequestMetricsMiddleware
+from .oip_routes import OipRoutes
 from .processes import die_with_parent, interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .settings import Settings
@@ -44,7 +44,7 @@ class _QuietMonitorShutdown(logging.Filter):
 
 def build_server(settings: Settings, store: Store) -> ls.LitServer:
     with warnings.catch_warnings():
-        # Both APIs share batch/unbatch code; /compare deliberately runs unbatched (see inference.py).
+        # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
         apis = [PredictAPI(settings), CompareAPI(settings)]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None

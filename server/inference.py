@@ -25,8 +25,8 @@ from optimizer_pipeline.outputs import NamedOutputs
 from wire import WireTensor, encode_response
 
 from . import confinement, metrics
-from .errors import ApiError, JsonResponse, error_body, not_found
 from .codec import wire_ready
+from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_guard import ForwardGuard, ForwardTimeout
 from .litserve_bridge import GreedyBatchLoop
 from .oip_call import InferCall
@@ -202,11 +202,8 @@ class InferenceAPI(ls.LitAPI):
                     for tensor, dtype, name in zip(tensors, info.summary.input_dtypes, info.summary.inputs)
                 )
                 _check_batch_dimension(item.inputs)
-            except TensorDecodeError as exc:
-                item.outcome = Outcome(422, error_body(422, "invalid_input", str(exc)), info.name)
-                continue
             except Exception as exc:  # whatever a request holds, it fails that request alone
-                message = f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
+                message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
                 item.outcome = Outcome(422, error_body(422, "invalid_input", message), info.name)
                 continue
             decoded.append(item)

@@ -11,15 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from wire import ModelMetadata
 from wire.codec import HEADER_LENGTH, WireError, decode_request
-from wire.datatypes import TORCH_NAMES
 from wire.schemas import ErrorBody, InferenceRequest, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
 
+from .codec import DATATYPES
 from .errors import ApiError, JsonResponse, not_found
 from .litserve_bridge import QueueBridge
 from .oip_call import InferCall
@@ -72,14 +73,9 @@ class OipRoutes:
             name=info.name,
             versions=[variant.name for variant in info.variants],
             platform="pytorch_torchscript",
-            inputs=[
-                MetadataTensor(name=name, datatype=TORCH_NAMES.get(dtype, dtype.upper()), shape=[-1, *shape])
-                for name, shape, dtype in zip(summary.inputs, summary.input_shapes, summary.input_dtypes)
-            ],
-            outputs=[
-                MetadataTensor(name=name, datatype=TORCH_NAMES.get(dtype, "FP32"), shape=[-1, *shape])
-                for name, shape, dtype in zip(summary.outputs, summary.output_shapes, summary.output_dtypes or ["float32"] * len(summary.outputs))
-            ],
+            inputs=_tensors(summary.inputs, summary.input_shapes, summary.input_dtypes),
+            # Uploads from before output dtypes were recorded: their outputs go out as float (wire_ready).
+            outputs=_tensors(summary.outputs, summary.output_shapes, summary.output_dtypes or ["float32"] * len(summary.outputs)),
         )
 
     async def model_ready(self, model: str, version: str | None = None) -> ModelReady:
@@ -122,6 +118,14 @@ class OipRoutes:
         if version is not None and (version not in VARIANTS or info.variant(version) is None):
             raise ApiError(404, "version_not_found", f"model {info.name!r} has no version {version!r}; it has {[v.name for v in info.variants]}")
         return info
+
+
+def _tensors(names: list[str], shapes: list[list[int]], dtypes: list[str]) -> list[MetadataTensor]:
+    """Tensor metadata from the upload's summary (torch dtype names), the batch dimension as -1."""
+    return [
+        MetadataTensor(name=name, datatype=DATATYPES.get(getattr(torch, dtype, None), "FP32"), shape=[-1, *shape])
+        for name, shape, dtype in zip(names, shapes, dtypes)
+    ]
 
 
 def _binary_outputs(request: InferenceRequest) -> dict[str, bool] | bool:

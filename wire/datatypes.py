@@ -23,13 +23,8 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
     "BF16": np.dtype("<u2"),
 }
-_NAMES = {dtype: name for name, dtype in DATATYPES.items() if name not in ("BF16",)}
-
-# torch's dtype names (as the upload summary records them) -> OIP names.
-TORCH_NAMES = {
-    "bool": "BOOL", "uint8": "UINT8", "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "bfloat16": "BF16", "float32": "FP32", "float64": "FP64",
-}
+# BF16 shares uint16's dtype: a uint16 array is UINT16 unless the sender says BF16.
+_NAMES = {dtype: name for name, dtype in DATATYPES.items() if name != "BF16"}
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
