@@ -195,8 +195,8 @@ class Store:
 
     # ---- health ----
 
-    def record_timeout(self, model_id: str, reason: str, unhealthy_after: int) -> bool:
-        """Count a forward call that hit the hard limit; at `unhealthy_after` the model stops serving. True if it just did."""
+    def record_timeout(self, model_id: str, reason: str, unhealthy_after: int) -> None:
+        """Count a forward call that hit the hard limit; at `unhealthy_after` of them the model stops serving."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO health (model_id, timeouts) VALUES (?, 1) "
@@ -204,12 +204,9 @@ class Store:
                 (model_id,),
             )
             timeouts = db.execute("SELECT timeouts FROM health WHERE model_id = ?", (model_id,)).fetchone()["timeouts"]
-            if timeouts < unhealthy_after:
-                return False
-            marked = f"{timeouts} forward calls ran past the time limit, the last: {reason} (at {now()})"
-            return db.execute(
-                "UPDATE health SET unhealthy = ? WHERE model_id = ? AND unhealthy IS NULL", (marked, model_id)
-            ).rowcount > 0
+            if timeouts >= unhealthy_after:
+                marked = f"{timeouts} forward calls ran past the time limit, the last: {reason} (at {now()})"
+                db.execute("UPDATE health SET unhealthy = ? WHERE model_id = ? AND unhealthy IS NULL", (marked, model_id))
 
     def reset_health(self, model_id: str) -> None:
         with self._transaction() as db:
