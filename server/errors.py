@@ -92,9 +92,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Js
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JsonResponse:
-    # LitServe reports queue timeouts (504), payload limits (413) and worker crashes (500) this way.
-    code = status_code_name(exc.status_code)
-    message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    # LitServe reports queue timeouts (504), payload limits (413) and worker crashes (500) this way;
+    # our workers too, with a {"code", "message"} detail, when they answer from outside predict.
+    detail = exc.detail
+    if isinstance(detail, dict) and {"code", "message"} <= detail.keys():
+        code, message = detail["code"], detail["message"]
+    else:
+        code = status_code_name(exc.status_code)
+        message = detail if isinstance(detail, str) else json.dumps(detail)
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None), path=request.url.path)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import litserve as ls
 import torch
-from fastapi import Response
+from fastapi import HTTPException, Response
 
 from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
@@ -27,7 +27,7 @@ from wire import WireTensor, encode_response
 from . import confinement, metrics
 from .codec import wire_ready
 from .errors import ApiError, JsonResponse, error_body, not_found
-from .forward_guard import ForwardGuard, ForwardTimeout
+from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
 from .oip_call import InferCall
 from .processes import die_with_parent
@@ -103,11 +103,15 @@ class InferenceAPI(ls.LitAPI):
         writable = (self.settings.metrics_dir.resolve(), *self.store.index_files())
         confinement.apply(confinement.Confinement(writable=writable))
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
-        self.guard = ForwardGuard(self.settings.forward_timeout)
+        self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
-    def before_next_batch(self) -> None:
-        """GreedyBatchLoop's safe point: a worker whose forward overran ends itself here."""
-        self.guard.exit_if_retiring()
+    def _overran(self, model_id: str, seconds: float) -> None:
+        """The watchdog's last act before this worker ends: count the timeout, answer what is held."""
+        message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
+        try:
+            self.store.record_timeout(model_id, message, self.settings.unhealthy_after)
+        finally:
+            self.loop.answer_held(HTTPException(504, {"code": "model_timeout", "message": message}))
 
     def batch(self, inputs: list) -> list:
         return list(inputs)
@@ -145,20 +149,10 @@ class InferenceAPI(ls.LitAPI):
     # ---- one group: requests for the same model (and variant) ----
 
     def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
-        if self.guard.retiring:
-            raise ApiError(503, "worker_restarting", "the inference worker is restarting after a forward call ran past its limit; retry")
         info = self._lookup(ref)
-        try:
-            models = {name: self._load(info, name) for name in self._variants(info, variant)}
-            decoded = self._decode(info, pending)
-            runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
-        except ForwardTimeout as exc:
-            self.store.record_timeout(info.id, str(exc), self.settings.unhealthy_after)
-            raise ApiError(
-                504,
-                "model_timeout",
-                f"model {info.name!r}: {exc} (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving",
-            ) from None
+        models = {name: self._load(info, name) for name in self._variants(info, variant)}
+        decoded = self._decode(info, pending)
+        runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
         for item in decoded:
             if item.outcome is None:
                 item.outcome = self._respond(info, item, runs)
@@ -187,9 +181,8 @@ class InferenceAPI(ls.LitAPI):
         if not path.exists():
             raise not_found(info.id)  # deleted between the lookup and now
         # Loading warms the model up with a forward call, which gets the same hard limit.
-        return self.guard.run(
-            lambda: self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
-        )
+        with self.watchdog.watching(info.id):
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
@@ -219,8 +212,6 @@ class InferenceAPI(ls.LitAPI):
         for group in by_signature.values():
             try:
                 self._forward(info, variant_name, model, group, ran)
-            except ForwardTimeout:
-                raise  # retrying one by one would wait out the limit again per request
             except Exception as exc:
                 if len(group) == 1:
                     group[0].outcome = _forward_failed(info, group[0], exc)
@@ -228,8 +219,6 @@ class InferenceAPI(ls.LitAPI):
                 for item in group:  # isolate the request that breaks the model
                     try:
                         self._forward(info, variant_name, model, [item], ran)
-                    except ForwardTimeout:
-                        raise
                     except Exception as single_exc:
                         item.outcome = _forward_failed(info, item, single_exc)
         return ran
@@ -238,7 +227,8 @@ class InferenceAPI(ls.LitAPI):
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
         runtime = info.variant(variant_name).runtime
         started = time.perf_counter()
-        outputs = self.guard.run(lambda: model(inputs))
+        with self.watchdog.watching(info.id):
+            outputs = model(inputs)
         seconds = time.perf_counter() - started
         metrics.FORWARD_SECONDS.labels(info.name, variant_name, runtime).observe(seconds)
         metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))

@@ -20,9 +20,9 @@ import litserve as ls
 from fastapi import HTTPException
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
-from litserve.utils import LitAPIStatus, ResponseBufferItem
+from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException, ResponseBufferItem
 
-# How often an idle worker wakes up to check whether it must retire.
+# How long an idle worker blocks on its queue before LitServe's loop gets control back.
 IDLE_WAKE_SECONDS = 1.0
 
 
@@ -69,14 +69,19 @@ class GreedyBatchLoop(BatchedLoop):
     on the queue; once a request arrives it takes the others already waiting and runs at once.
     Under load, requests pile up during a forward call and the next batch merges them.
 
-    Each collection starts with `lit_api.before_next_batch()`: the one moment a worker holds no
-    request (every answer so far is sent, nothing new is taken), where it can safely end itself.
-    Nor does it send LitServe's per-request START message: it only feeds the worker monitor's
-    bookkeeping in the main process, which cannot see the API servers' waiting requests anyway.
+    It remembers the batch it holds, so that another thread (the forward watchdog) can answer it
+    when the loop's own thread is stuck in a forward call. It does not send LitServe's per-request
+    START message: that only feeds the worker monitor's bookkeeping in the main process, which
+    cannot see the API servers' waiting requests anyway.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: list[tuple[int, str]] = []
+        self._transport: Any = None
+
     def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
-        lit_api.before_next_batch()
+        self._transport, self._held = transport, []
         first = self.get_request(request_queue, timeout=IDLE_WAKE_SECONDS)
         if first is None:
             return [], []
@@ -92,4 +97,11 @@ class GreedyBatchLoop(BatchedLoop):
                 timed_out.append((response_queue_id, uid))
             else:
                 payloads.append((response_queue_id, uid, payload))
+        self._held = [(response_queue_id, uid) for response_queue_id, uid, _ in payloads]
         return payloads, timed_out
+
+    def answer_held(self, error: HTTPException) -> None:
+        """Answer every request of the batch in progress with `error`, from any thread."""
+        failure = PickleableHTTPException.from_exception(error)
+        for response_queue_id, uid in self._held:
+            self.put_response(self._transport, response_queue_id, uid, failure, LitAPIStatus.ERROR, LoopResponseType.REGULAR)

@@ -64,15 +64,6 @@ timeouts = server_fixture(
 )
 
 
-def predict_until_answered(url: str, model: str, inputs, attempts: int = 200) -> requests.Response:
-    """A request that retries while a restarted worker comes back (503 worker_restarting / connection to a busy queue)."""
-    for _ in range(attempts):
-        response = predict(url, model, inputs)
-        if response.status_code != 503 or response.json()["error"]["code"] != "worker_restarting":
-            return response
-    return response
-
-
 def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep_serving(timeouts):
     url = timeouts.url
     assert upload(url, MLP_ARCHIVE, MLP_INPUTS, name="steady", config=FORCED_FREEZE).status_code == 202
@@ -85,22 +76,22 @@ def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep
     first = predict(url, "trap", poisoned, variant="original")
     assert first.status_code == 504, first.text
     assert first.json()["error"]["code"] == "model_timeout" and "3 s" in first.json()["error"]["message"]
-    steady = predict_until_answered(url, "steady", MLP_INPUTS[0][:2])
+    steady = predict(url, "steady", MLP_INPUTS[0][:2])
     assert steady.status_code == 200, steady.text
 
-    second = predict_until_answered(url, "trap", poisoned)
+    second = predict(url, "trap", poisoned)
     assert second.status_code == 504, second.text
     status = requests.get(f"{url}/models/trap", timeout=10).json()
     assert status["health"]["healthy"] is False and status["health"]["timeouts"] == 2
     assert "time limit" in status["health"]["reason"]
 
-    refused = predict_until_answered(url, "trap", hostile_models.inputs(1)[0])
+    refused = predict(url, "trap", hostile_models.inputs(1)[0])
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unhealthy", refused.text
-    assert predict_until_answered(url, "steady", MLP_INPUTS[0][:2]).status_code == 200
+    assert predict(url, "steady", MLP_INPUTS[0][:2]).status_code == 200
 
     reset = requests.post(f"{url}/models/trap/reset", headers=AUTH, timeout=10)
     assert reset.status_code == 200 and reset.json()["health"]["healthy"] is True
-    assert predict_until_answered(url, "trap", hostile_models.inputs(1)[0]).status_code == 200
+    assert predict(url, "trap", hostile_models.inputs(1)[0]).status_code == 200
 
 
 def test_a_job_that_hangs_fails_at_its_time_limit_and_is_not_retried(timeouts, tmp_path):
