@@ -21,6 +21,7 @@ from fastapi import HTTPException, Response
 
 from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
+from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.outputs import NamedOutputs
 from wire import WireTensor, encode_response
 
@@ -97,6 +98,7 @@ class InferenceAPI(ls.LitAPI):
         # Ctrl-C reaches every process of the group; the main process stops the workers itself.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.settings.worker_threads)
+        quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = Store(self.settings.store)
         # Workers write only metrics and the index; what they read is not confined (models, libraries).

@@ -24,6 +24,10 @@ from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPExcepti
 
 # How long an idle worker blocks on its queue before LitServe's loop gets control back.
 IDLE_WAKE_SECONDS = 1.0
+# A request that waited less than this was taken the moment it arrived, by an idle worker: nothing
+# else is likely queued, and asking (one more round trip to LitServe's queue manager) would cost a
+# lone request more than its forward call on a small model.
+BACKLOG_SECONDS = 0.0005
 
 
 class QueueBridge:
@@ -67,7 +71,8 @@ class GreedyBatchLoop(BatchedLoop):
     LitServe's own collection waits up to `batch_timeout` for company, so a lone request always
     pays that wait, and an idle worker polls its queue every millisecond. Here an idle worker blocks
     on the queue; once a request arrives it takes the others already waiting and runs at once.
-    Under load, requests pile up during a forward call and the next batch merges them.
+    Under load, requests pile up during a forward call and the next batch merges them (it looks for
+    more only when the first request had to wait, see BACKLOG_SECONDS).
 
     It remembers the batch it holds, so that another thread (the forward watchdog) can answer it
     when the loop's own thread is stuck in a forward call. It does not send LitServe's per-request
@@ -86,7 +91,8 @@ class GreedyBatchLoop(BatchedLoop):
         if first is None:
             return [], []
         taken = [first]
-        while len(taken) < lit_api.max_batch_size and (item := self.get_request(request_queue, block=False)) is not None:
+        backlog = time.monotonic() - first[2] > BACKLOG_SECONDS if first != _SENTINEL_VALUE else False
+        while backlog and len(taken) < lit_api.max_batch_size and (item := self.get_request(request_queue, block=False)) is not None:
             taken.append(item)
         if _SENTINEL_VALUE in taken:
             raise _StopLoopError()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 
-from optimizer_pipeline.jit import quiet_torch
 from optimizer_pipeline.outputs import NamedOutputs, flatten_outputs
 from optimizer_pipeline.runtimes import load_variant
 
@@ -26,7 +25,7 @@ def load(runtime: str, path: Path, threads: int, example: Example | None = None)
     model = load_variant(runtime, path.read_bytes(), threads)
 
     def run(inputs: tuple[torch.Tensor, ...]) -> NamedOutputs:
-        with torch.inference_mode(), quiet_torch():
+        with torch.inference_mode():  # torch's warnings are silenced once per worker (quiet_torch_for_good)
             return flatten_outputs(model(*inputs))
 
     if example is not None:

@@ -8,6 +8,7 @@ sweeps what a crash left half-done.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -172,10 +173,11 @@ class Store:
         if row is None:
             return None
         variants = db.execute(
-            "SELECT name, runtime, filename, size_bytes, version FROM variants WHERE model_id = ? ORDER BY name DESC",
+            f"SELECT {', '.join(_VARIANT_COLUMNS)} FROM variants WHERE model_id = ? ORDER BY name DESC",
             (row["id"],),
         ).fetchall()
-        return _model_info(row, variants)
+        # Parsing a row into a ModelInfo costs far more than the query; rows that did not change reuse it.
+        return _model_info(tuple(row), tuple(tuple(v) for v in variants))
 
     def list(self) -> list[ModelInfo]:
         ids = [row["id"] for row in self._connection().execute("SELECT id FROM models ORDER BY name")]
@@ -328,7 +330,14 @@ class Store:
         return [(row["name"], row["variant"], row["runtime"], row["size_bytes"]) for row in rows]
 
 
-def _model_info(row: sqlite3.Row, variants: list[sqlite3.Row]) -> ModelInfo:
+_INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS.split(", "), "timeouts", "unhealthy")
+_VARIANT_COLUMNS = ("name", "runtime", "filename", "size_bytes", "version")
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_info(values: tuple, variant_values: tuple[tuple, ...]) -> ModelInfo:
+    """A ModelInfo from the raw column values of `Store.get`'s two queries (hashable, so cached)."""
+    row = dict(zip(_INFO_COLUMNS, values))
     meta = ModelMeta.model_validate_json(row["meta"])
     job = JobStatus(
         state=row["state"],
@@ -343,7 +352,7 @@ def _model_info(row: sqlite3.Row, variants: list[sqlite3.Row]) -> ModelInfo:
         chosen=None if row["chosen"] is None else Chosen.model_validate_json(row["chosen"]),
         notes=json.loads(row["notes"]),
     )
-    variant_infos = [VariantInfo(**dict(v)) for v in variants]
+    variant_infos = [VariantInfo(**dict(zip(_VARIANT_COLUMNS, v))) for v in variant_values]
     default = "optimized" if any(v.name == "optimized" for v in variant_infos) else "original"
     health = Health(healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"])
     return ModelInfo(**meta.model_dump(), **job.model_dump(), variants=variant_infos, default_variant=default, health=health)
