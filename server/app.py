@@ -15,14 +15,14 @@ import litserve as ls
 from fastapi import Depends, FastAPI
 from litserve.utils import WorkerSetupStatus
 
-from . import confinement, jobs
+from . import confinement, jobs, shared_tensors
 from .api_docs import describe_api
 from .auth import BearerKey
 from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge
+from .litserve_bridge import QueueBridge, drop_gzip
 from .metrics import RequestMetricsMiddleware
 from .oip_routes import OipRoutes
 from .processes import die_with_parent, interrupt_on_sigterm
@@ -61,6 +61,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         info_path="/_litserve/info",
         restart_workers=True,
     )
+    drop_gzip(server)
     app = server.app
 
     def workers_ready() -> bool:
@@ -109,6 +110,7 @@ def run_server(settings: Settings) -> int:
     store = Store(settings.store)
     for action in store.recover(settings.job_attempts):
         logger.warning("recovered job %s", action)
+    shared_tensors.sweep(shared_tensors.prefix_for(settings.store))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())

@@ -24,6 +24,7 @@ from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.outputs import NamedOutputs
 from wire import WireTensor, encode_response
+from wire.codec import Encoded
 
 from . import confinement, metrics
 from .codec import wire_ready
@@ -35,6 +36,7 @@ from .processes import die_with_parent
 from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
+from .shared_tensors import MIN_BYTES, SHM_DIR, SharedArray, SharedResponse, prefix_for, share
 from .store import Store
 from .tensors import TensorDecodeError, to_object, to_torch
 
@@ -49,8 +51,7 @@ class Outcome:
     body: dict[str, Any]
     model: str = ""
     variant: str = ""
-    raw: Union[bytes, None] = None  # an already encoded body (the protocol's binary form)
-    headers: dict[str, str] = field(default_factory=dict)
+    raw: Union[Encoded, None] = None  # an already encoded body (the protocol's)
 
 
 @dataclass
@@ -101,9 +102,10 @@ class InferenceAPI(ls.LitAPI):
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = Store(self.settings.store)
-        # Workers write only metrics and the index; what they read is not confined (models, libraries).
-        writable = (self.settings.metrics_dir.resolve(), *self.store.index_files())
+        # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
+        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.index_files())
         confinement.apply(confinement.Confinement(writable=writable))
+        self.shm_prefix = prefix_for(self.settings.store)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
@@ -143,9 +145,14 @@ class InferenceAPI(ls.LitAPI):
         return outcomes if isinstance(x, list) else outcomes[0]
 
     def encode_response(self, output: Outcome) -> Response:
-        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant, **output.headers}
+        # LitServe builds /predict's route from this annotation. Only /v2 answers (raw bodies, which the
+        # OIP route turns back into a Response) can be a SharedResponse.
+        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant}
         if output.raw is not None:
-            return Response(output.raw, status_code=output.status, headers=headers)
+            headers.update(output.raw.headers)
+            if output.raw.size >= MIN_BYTES:
+                return SharedResponse(output.status, headers, share(output.raw.chunks, self.shm_prefix))
+            return Response(output.raw.body(), status_code=output.status, headers=headers)
         return JsonResponse(output.body, status_code=output.status, headers=headers)
 
     # ---- one group: requests for the same model (and variant) ----
@@ -312,9 +319,10 @@ def _request_tensors(info: ModelInfo, request: Union[InferenceRequest, InferCall
 
 
 def _from_wire(tensor: WireTensor) -> torch.Tensor:
+    array = tensor.array.load() if isinstance(tensor.array, SharedArray) else tensor.array
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a read-only view of the request body; never written to
-        result = torch.from_numpy(tensor.array)
+        result = torch.from_numpy(array)
     return result.view(torch.bfloat16) if tensor.datatype == "BF16" else result
 
 
@@ -345,8 +353,8 @@ def _infer_outcome(info: ModelInfo, variant: str, item: Pending, outputs: NamedO
             array = (ready.view(torch.uint16) if datatype == "BF16" else ready).numpy()
             tensors.append(WireTensor(name, datatype, array))
     parameters = {"inference_ms": milliseconds, **({"casts": "; ".join(item.casts)} if item.casts else {})}
-    body, headers = encode_response(info.name, variant, call.request_id, tensors, call.binary_outputs, parameters)
-    return Outcome(200, {}, info.name, variant, raw=body, headers=headers)
+    encoded = encode_response(info.name, variant, call.request_id, tensors, call.binary_outputs, parameters)
+    return Outcome(200, {}, info.name, variant, raw=encoded)
 
 
 def _in_protocol(outcome: Outcome) -> Outcome:

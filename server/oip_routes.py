@@ -25,6 +25,7 @@ from .errors import ApiError, JsonResponse, not_found
 from .litserve_bridge import QueueBridge
 from .oip_call import InferCall
 from .schemas import ModelInfo, VariantName
+from .shared_tensors import MIN_BYTES, SharedResponse, prefix_for, share_array
 from .store import Store
 
 VARIANTS = ("original", "optimized")
@@ -34,6 +35,7 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 503)}
 class OipRoutes:
     def __init__(self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool]) -> None:
         self.store = store
+        self.shm_prefix = prefix_for(store.root)
         self.bridge = bridge
         self.workers_ready = workers_ready
 
@@ -91,6 +93,9 @@ class OipRoutes:
             parsed, tensors = decode_request(body, request.headers.get(HEADER_LENGTH))
         except WireError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
+        shared = [tensor for tensor in tensors if tensor.array.nbytes >= MIN_BYTES]
+        for tensor in shared:
+            tensor.array = share_array(tensor.array, self.shm_prefix)
         call = InferCall(
             model=model,
             variant=version,
@@ -99,7 +104,12 @@ class OipRoutes:
             binary_outputs=_binary_outputs(parsed),
             requested_outputs=[output.name for output in parsed.outputs] if parsed.outputs else None,
         )
-        return await self.bridge.call(call)
+        try:
+            answer = await self.bridge.call(call)
+        finally:
+            for tensor in shared:
+                tensor.array.data.unlink()
+        return answer.to_response() if isinstance(answer, SharedResponse) else answer
 
     async def repository_index(self) -> list[RepositoryEntry]:
         models = await run_in_threadpool(self.store.list)

@@ -217,3 +217,15 @@ def test_malformed_bodies_get_400_with_the_protocol_error_shape(server, models, 
 def test_a_header_length_beyond_the_body_gets_400(server, models):
     response = requests.post(f"{server.url}/v2/models/mlp/infer", data=b"{}", headers={"Inference-Header-Content-Length": "999"}, timeout=30)
     assert response.status_code == 400 and "body holds 2 bytes" in response.json()["error"]
+
+
+def test_large_tensors_go_through_shared_memory_both_ways_and_leave_no_segment(server, client, models):
+    from server.shared_tensors import MIN_BYTES, SHM_DIR, prefix_for
+
+    x = torch.randn(20_000, 16).numpy()  # 1.3 MB in (the test limit is 2 MB), 0.3 MB out: both over MIN_BYTES
+    assert x.nbytes > MIN_BYTES and x.shape[0] * 4 * 4 > MIN_BYTES
+    result = client.infer("mlp", infer_inputs({"x": x}, binary=True), model_version="original")
+    with torch.inference_mode():
+        expected = models["mlp"](torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(result.as_numpy(result.get_response()["outputs"][0]["name"]), expected)
+    assert not list(SHM_DIR.glob(prefix_for(server.store) + "*"))

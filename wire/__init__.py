@@ -1,6 +1,7 @@
 """The Open Inference Protocol v2 wire format, shared by the server and the Python client.
 
-Needs only numpy and pydantic: the client installs and imports without torch or the server.
+Needs only numpy, pydantic and orjson (fast JSON number lists): the client installs and imports
+without torch or the server.
 """
 
 from .codec import (

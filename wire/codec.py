@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from pydantic import ValidationError
 
 from .datatypes import datatype_of, numpy_dtype
@@ -24,6 +25,21 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 class WireError(ValueError):
     """The body does not follow the protocol; the message says what to fix (a 400)."""
+
+
+@dataclass
+class Encoded:
+    """A body as its pieces: the JSON header, then each binary tensor's bytes (views, not copies)."""
+
+    chunks: list[bytes | memoryview]
+    headers: dict[str, str]
+
+    @property
+    def size(self) -> int:
+        return sum(memoryview(chunk).nbytes for chunk in self.chunks)
+
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass
@@ -69,8 +85,8 @@ def encode_response(
     outputs: Iterable[WireTensor],
     binary: Mapping[str, bool] | bool,
     parameters: dict[str, Any] | None = None,
-) -> tuple[bytes, dict[str, str]]:
-    """(body, headers): outputs named in `binary` (or all, when True) travel as raw bytes after the JSON."""
+) -> Encoded:
+    """Outputs named in `binary` (or all, when True) travel as raw bytes after the JSON."""
     entries, parts = _tensor_entries(outputs, lambda name: binary if isinstance(binary, bool) else binary.get(name, False))
     document: dict[str, Any] = {"model_name": model_name, "outputs": entries}
     if model_version is not None:
@@ -79,7 +95,7 @@ def encode_response(
         document["id"] = request_id
     if parameters:
         document["parameters"] = parameters
-    return _join(document, parts)
+    return _encoded(document, parts)
 
 
 def encode_request(
@@ -90,7 +106,8 @@ def encode_request(
     document: dict[str, Any] = {"inputs": entries, "parameters": {"binary_data_output": binary_outputs}}
     if request_id is not None:
         document["id"] = request_id
-    return _join(document, parts)
+    encoded = _encoded(document, parts)
+    return encoded.body(), encoded.headers
 
 
 def decode_response(body: bytes, header_length: str | None) -> tuple[InferenceResponse, list[WireTensor]]:
@@ -151,23 +168,33 @@ def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: li
     return array.reshape(shape)
 
 
-def _tensor_entries(tensors: Iterable[WireTensor], as_binary: Callable[[str], bool]) -> tuple[list[dict[str, Any]], list[bytes]]:
+def _dumps(document: dict[str, Any]) -> bytes:
+    """JSON with numpy arrays as number lists. orjson writes them about 15x faster than json with
+    tolist(), and float32 in its shortest exact form; but it writes NaN and Inf as null and knows no
+    float16, so a document holding those goes through json (Python's NaN / Infinity dialect) instead."""
+    arrays = [entry["data"] for key in ("inputs", "outputs") for entry in document.get(key, []) if "data" in entry]
+    if all(array.dtype != np.float16 and (array.dtype.kind != "f" or np.isfinite(array).all()) for array in arrays):
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    return json.dumps(document, separators=(",", ":"), default=lambda array: array.tolist()).encode()
+
+
+def _tensor_entries(tensors: Iterable[WireTensor], as_binary: Callable[[str], bool]) -> tuple[list[dict[str, Any]], list[memoryview]]:
     """The JSON entries of tensors, and the raw bytes of those that travel as binary (BF16 always: it has no JSON form)."""
     entries, parts = [], []
     for tensor in tensors:
         entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.array.shape), "datatype": tensor.datatype}
         if as_binary(tensor.name) or tensor.datatype == "BF16":
-            raw = np.ascontiguousarray(tensor.array).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            raw = memoryview(np.ascontiguousarray(tensor.array)).cast("B")
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
             parts.append(raw)
         else:
-            entry["data"] = tensor.array.reshape(-1).tolist()
+            entry["data"] = np.ascontiguousarray(tensor.array).reshape(-1)  # serialized by _join
         entries.append(entry)
     return entries, parts
 
 
-def _join(document: dict[str, Any], parts: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps(document, separators=(",", ":")).encode()
+def _encoded(document: dict[str, Any], parts: list[memoryview]) -> Encoded:
+    header = _dumps(document)
     if not parts:
-        return header, {"Content-Type": "application/json"}
-    return b"".join([header, *parts]), {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+        return Encoded([header], {"Content-Type": "application/json"})
+    return Encoded([header, *parts], {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"})
