@@ -35,7 +35,7 @@ INFERENCE_ROUTES = {
     CompareAPI.endpoint: ("Run both variants of a model and compare their outputs", CompareResponse),
 }
 # Unparseable body, --auth-inference, unknown model, variant not ready, body too large, bad inputs,
-# model unhealthy or worker restarting, past the request deadline.
+# model unhealthy, past the request deadline.
 INFERENCE_ERRORS = (400, 401, 404, 409, 413, 422, 503, 504)
 
 
