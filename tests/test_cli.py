@@ -3,14 +3,12 @@ closed pipe, progress lines that fit the terminal, and predict, status and delet
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pty
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy
@@ -22,6 +20,7 @@ from clients.cli import main
 from clients.exit_codes import ExitCode
 from clients.progress import ProgressBar
 from server_harness import FAST_LATENCY, FORCED_FREEZE, REPO, free_port, server_fixture
+from tiny_models import local_forward
 
 server = server_fixture()
 MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
@@ -46,14 +45,6 @@ def assert_one_line_error(stderr: str, *mentions: str) -> None:
     *progress, error = stderr.splitlines()
     assert error.startswith("error: ") and all(line.startswith("[") for line in progress), stderr
     assert all(text in error for text in mentions), stderr
-
-
-def local_forward(*inputs: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(io.BytesIO(MLP_ARCHIVE))
-    with torch.inference_mode():
-        return module(*inputs)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +221,7 @@ def test_optimize_redraws_its_progress_within_80_columns(files, tmp_path):
 def test_predict_prints_shape_dtype_and_first_values(server, served, files, inputs, capsys):
     assert main(["predict", served, str(files / inputs), "--url", server.url]) == ExitCode.OK
     header, output = capsys.readouterr().out.splitlines()
-    first = local_forward(SAMPLE)[0, 0].item()
+    first = local_forward(MLP_ARCHIVE, SAMPLE)[0, 0].item()
     assert header.startswith(f"{served} (optimized): ")
     assert output.startswith(f"  output: float32 [3, 4] [{first:.4g}, ")
 
@@ -239,7 +230,7 @@ def test_predict_json_has_every_value(server, served, files, capsys):
     assert main(["predict", served, str(files / "x.pt"), "--variant", "original", "--json", "--url", server.url]) == ExitCode.OK
     answer = json.loads(capsys.readouterr().out)
     assert answer["variant"] == "original" and answer["outputs"]["output"]["dtype"] == "float32"
-    torch.testing.assert_close(torch.tensor(answer["outputs"]["output"]["data"]), local_forward(SAMPLE))
+    torch.testing.assert_close(torch.tensor(answer["outputs"]["output"]["data"]), local_forward(MLP_ARCHIVE, SAMPLE))
 
 
 def test_predict_saves_outputs_to_npz(server, served, files, tmp_path, capsys):
@@ -247,7 +238,7 @@ def test_predict_saves_outputs_to_npz(server, served, files, tmp_path, capsys):
     assert main(["predict", served, str(files / "x32.npy"), "--out", str(out), "--url", server.url]) == ExitCode.OK
     assert capsys.readouterr().out.startswith(f"wrote output to {out}")
     with numpy.load(out) as saved:
-        torch.testing.assert_close(torch.from_numpy(saved["output"]), local_forward(SAMPLE), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(saved["output"]), local_forward(MLP_ARCHIVE, SAMPLE), rtol=1e-4, atol=1e-5)
 
 
 def test_predict_with_inputs_the_model_rejects_is_a_server_error(server, served, tmp_path, capsys):

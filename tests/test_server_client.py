@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import warnings
 
 import numpy
 import pytest
@@ -15,6 +13,7 @@ import tiny_models
 from clients import OptiserveClient, OptiserveError
 from clients.server_commands import add_commands
 from server_harness import FORCED_FREEZE, server_fixture
+from tiny_models import local_forward
 
 server = server_fixture()
 
@@ -24,14 +23,6 @@ def run_command(*argv: str) -> int:
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(list(argv))
     return args.handler(args)
-
-
-def local_forward(archive: bytes, *inputs: torch.Tensor) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.jit.load(io.BytesIO(archive))
-    with torch.inference_mode():
-        return module(*inputs)
 
 
 @pytest.fixture(scope="module")

@@ -193,6 +193,15 @@ ALL = {
 }
 
 
+def local_forward(archive: bytes, *inputs: torch.Tensor) -> torch.Tensor:
+    """What an archive answers when called directly: the reference for what a server returns."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(io.BytesIO(archive))
+    with torch.inference_mode():
+        return module(*inputs)
+
+
 def calibration_bytes(inputs: tuple[torch.Tensor, ...]) -> bytes:
     """A calibration file as a user writes it: torch.save of a Tensor, or of a tuple for several inputs."""
     buffer = io.BytesIO()
