@@ -68,7 +68,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     app = server.app
     predict_bridge = QueueBridge(server, PredictAPI.endpoint)
     inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
-    app.include_router(PredictRoute(predict_bridge).router(), dependencies=inference_dependencies)
+    PredictRoute(predict_bridge).install(app, inference_dependencies)
 
     def workers_ready() -> bool:
         # A Manager dict shared with the workers; it exists once run() has started them.

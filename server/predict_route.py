@@ -6,7 +6,9 @@ X-Routing-Key header, so a split can keep one caller on one variant.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Response
+from typing import Any
+
+from fastapi import FastAPI, Header, Response
 
 from .litserve_bridge import QueueBridge
 from .schemas import PredictRequest
@@ -18,10 +20,9 @@ class PredictRoute:
     def __init__(self, bridge: QueueBridge) -> None:
         self.bridge = bridge
 
-    def router(self) -> APIRouter:
-        router = APIRouter()
-        router.add_api_route(self.bridge.api_path, self.predict, methods=["POST"])
-        return router
+    def install(self, app: FastAPI, dependencies: list[Any] | None) -> None:
+        # On the app itself, not through a router: api_docs documents the inference routes it finds there.
+        app.add_api_route(self.bridge.api_path, self.predict, methods=["POST"], dependencies=dependencies)
 
     async def predict(
         self,
