@@ -192,3 +192,31 @@ def test_a_policy_and_its_events_survive_kill_9_and_restart(tmp_path, mlp):
         assert requests.get(f"{second.url}/models/kept/events", timeout=30).json()["events"] == before
         assert [e["kind"] for e in before] == ["guard", "promote", "routing"]
         assert before[1]["reason"] == "canary looked fine"
+
+
+def test_the_client_and_cli_route_promote_and_show_the_live_ab_table(server, models, mlp, capsys, monkeypatch):
+    from clients.cli import main
+    from clients.client import OptiserveClient
+
+    monkeypatch.setenv("OPTISERVE_API_KEY", AUTH["Authorization"].removeprefix("Bearer "))
+    client = OptiserveClient(server.url)
+    with pytest.raises(ValueError, match="exactly one"):
+        client.route("faithful", split=0.5, pin="original")
+    assert main(["route", "faithful", "--shadow", "1", "--serve", "original", "--url", server.url]) == 0
+    assert "the original variant serves, 100% shadowed on the other" in capsys.readouterr().out
+    for row in range(12):
+        assert client.predict("faithful", mlp[1][0][row : row + 2].numpy(), routing_key=f"k{row}").variant == "original"
+    wait_until(lambda: client.model("faithful").live.fidelity.compared >= 12, "twelve comparisons")
+    assert main(["ab", "faithful", "--url", server.url]) == 0
+    table = capsys.readouterr().out
+    assert "the original variant serves, 100% shadowed on the other" in table
+    assert [line.split()[0] for line in table.splitlines() if line.strip().startswith(("original ", "optimized "))] == ["optimized", "original"]
+    assert "agreement 1.0000" in table and "guard: " in table
+    assert "routing by user" in table
+    promoted = client.promote("faithful", reason="shadow agreed")
+    assert promoted.routing["variant"] == "optimized"
+    assert client.events("faithful")[-1].reason == "shadow agreed"
+    assert main(["rollback", "faithful", "--reason", "just because", "--url", server.url]) == 0
+    assert "all traffic to the original variant" in capsys.readouterr().out
+    assert [e.kind for e in client.events("faithful", limit=2)] == ["promote", "rollback"]
+    assert main(["route", "faithful", "--split", "1.5", "--url", server.url]) == 2
