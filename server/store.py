@@ -212,7 +212,7 @@ class Store:
         return deleted
 
     def exists(self, model_id: str) -> bool:
-        return self._connection().execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
+        return self._exists(self._connection(), model_id)
 
     def has_name(self, name: str) -> bool:
         return self._connection().execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None

@@ -12,13 +12,12 @@ import math
 import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 import requests
 
 import tiny_models
-from server_harness import AUTH, FORCED_FREEZE, REPO, free_port, predict, server_fixture, upload, wait_for
+from server_harness import AUTH, FORCED_FREEZE, REPO, free_port, predict, server_fixture, upload, wait_for, wait_until
 
 server = server_fixture()
 
@@ -51,7 +50,7 @@ def prometheus(server, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        poll(lambda: _ok(url + "/-/ready"), "Prometheus to start", tmp_path / "prometheus.log")
+        wait_until(lambda: _ok(url + "/-/ready"), "Prometheus to start", 90, tmp_path / "prometheus.log")
         yield url
     finally:
         process.terminate()
@@ -63,18 +62,6 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
     except requests.ConnectionError:
         return False
-
-
-def poll(check, what: str, log: Path | None = None, timeout: float = 90.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}" + (f"; log:\n{log.read_text()[-3000:]}" if log else ""))
 
 
 def query(prometheus: str, expr: str) -> list[dict]:
@@ -116,7 +103,7 @@ def test_every_dashboard_expression_returns_data_from_a_real_prometheus(server, 
             return not gaps
 
         try:
-            poll(every_panel_has_data, "every panel's data")
+            wait_until(every_panel_has_data, "every panel's data", 90)
         except TimeoutError:
             pytest.fail(f"no finite data for: {gaps}")
     finally:

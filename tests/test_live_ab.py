@@ -7,14 +7,13 @@ weights pruned, served anyway with `force`). The same traffic goes to both.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import requests
 import torch
 
 import tiny_models
-from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, metric_value, predict, running, server_fixture, upload, wait_for
+from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, metric_value, predict, running, server_fixture, upload, wait_for, wait_until
 
 server = server_fixture()
 
@@ -52,16 +51,6 @@ def status(url: str, model: str) -> dict:
 def served_variant(response: requests.Response) -> str:
     assert response.status_code == 200, response.text
     return response.headers["x-optiserve-variant"]
-
-
-def wait_until(check, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def send(url: str, model: str, inputs: torch.Tensor, count: int, batch: int = 4, **fields) -> list[str]:
