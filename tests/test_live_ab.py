@@ -122,6 +122,10 @@ def test_split_shares_land_within_a_binomial_bound_and_sticky_keys_keep_their_va
     # A version in the path wins over the policy.
     explicit = requests.post(url + "/v2/models/faithful/versions/original/infer", json=v2_body(mlp[1][0][:1]), timeout=30)
     assert explicit.json()["model_version"] == "original"
+    # /v2 answers count in the same per-model, per-variant series as /predict.
+    metrics = requests.get(f"{url}/metrics", timeout=30).text
+    v2_counts = {v: metric_value(metrics, "optiserve_requests_total", endpoint="/v2/models/{model}/infer", model="faithful", variant=v) for v in first.values()}
+    assert v2_counts == {v: float(list(first.values()).count(v)) for v in set(first.values())}
 
 
 def tensor_list(tensor: torch.Tensor) -> dict:
