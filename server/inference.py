@@ -9,6 +9,7 @@ reads decode_request's annotation to build the FastAPI endpoint that validates t
 
 import logging
 import signal
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -43,6 +44,7 @@ from .store import Store
 from .tensors import TensorDecodeError, to_object, to_torch
 
 logger = logging.getLogger("optiserve")
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 @dataclass
@@ -275,6 +277,9 @@ class PredictAPI(InferenceAPI):
 
     def setup(self, device: str) -> None:
         super().setup(device)
+        # The observer thread holds the GIL for its Python work; the serving thread waits for it at
+        # most this long (the default 5 ms is longer than a whole small request).
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         # Shadow forwards run on the observer's thread, under a time limit of their own.
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         self.observer = LiveObserver(self.store, self._shadow_forward)

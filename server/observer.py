@@ -9,6 +9,7 @@ the guard judge the window: when it trips, the original takes all the traffic in
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -93,6 +94,9 @@ class LiveObserver:
             self._queued_bytes -= nbytes
 
     def _run(self) -> None:
+        # Linux schedules threads one by one: at the lowest priority, shadow forwards and comparisons
+        # get the CPU the serving thread leaves, instead of taking turns with it.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         pending = _Pending()
         while True:
             try:
