@@ -171,9 +171,9 @@ def running_s3(log: Path) -> Iterator[S3]:
             if process.poll() is not None:
                 raise Unavailable(f"moto_server exited with {process.returncode}: {log.read_text()[-500:]}")
             try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=1)
+                requests.get(f"http://127.0.0.1:{port}/", timeout=5)
                 break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or its first answer is slow
                 if time.monotonic() > deadline:
                     raise Unavailable(f"moto_server did not answer within 30 s: {log.read_text()[-500:]}") from None
                 time.sleep(0.1)
