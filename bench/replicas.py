@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def main() -> int:
     body = json.dumps({"model": "mid", "variant": "original", "inputs": [{**json_tensor(sample), "datatype": "FP32"}]}).encode()
     work = Path(tempfile.mkdtemp(prefix="optiserve-replicas-"))
     with ExitStack() as stack:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
         database = stack.enter_context(running_postgres())
         objects = stack.enter_context(running_s3(work / "moto.log"))
         dsn, bucket = database.new_database(), objects.new_bucket()
