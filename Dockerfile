@@ -1,4 +1,5 @@
 # optiserve on CPU. Build: docker build -t optiserve .   Run: docker run -p 8000:8000 -v optiserve-store:/data optiserve
+# Scale-out: the same image runs `serve --no-jobs` (API replicas) and `worker` on a shared store; see deploy/README.md.
 # A smaller image: pass PyTorch's CPU-only wheel index as --build-arg TORCH_INDEX_URL=...; by default
 # pip takes torch==2.13.0 from PyPI, which is the larger CUDA-enabled build (it runs on CPU too).
 FROM python:3.11-slim
@@ -20,7 +21,8 @@ COPY pyproject.toml README.md ./
 COPY optimizer_pipeline ./optimizer_pipeline
 COPY server ./server
 COPY clients ./clients
-RUN pip install . \
+# [shared]: the same image runs the embedded store or, as API replicas and job workers, a shared one (deploy/k8s/).
+RUN pip install ".[shared]" \
     && useradd --create-home --uid 10001 optiserve \
     && mkdir -p /data/store \
     && chown -R optiserve /data

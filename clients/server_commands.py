@@ -1,4 +1,4 @@
-"""`optiserve serve | upload | models | status | report | predict | delete`: run the server, or talk to one over HTTP."""
+"""`optiserve serve | worker | upload | models | status | report | predict | delete`: run the server or a job worker, or talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -54,22 +54,26 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _add_serve(commands: argparse._SubParsersAction) -> None:
     from server.main import add_serve_arguments
 
-    parser = commands.add_parser("serve", help="run the optiserve server (LitServe) on a local model store")
-    add_serve_arguments(parser)
-    parser.set_defaults(handler=reporting_errors(_serve))
+    for name, help_text in (
+        ("serve", "run the optiserve server (LitServe) on a model store (--no-jobs: serve only)"),
+        ("worker", "run optimization jobs only, from a shared store (postgresql:// + s3://)"),
+    ):
+        parser = commands.add_parser(name, help=help_text)
+        add_serve_arguments(parser)
+        parser.set_defaults(handler=reporting_errors(lambda args, name=name: _run(name, args)))
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _run(command: str, args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from server.main import serve, settings_from_args
+    from server.main import COMMANDS, settings_from_args
 
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(ExitCode.INPUT, f"invalid server setting (flag or OPTISERVE_* variable): {problems}") from exc
-    return serve(settings)
+    return COMMANDS[command](settings)
 
 
 def client_parser(commands: argparse._SubParsersAction, name: str, help_text: str, handler: ClientHandler) -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from .processes import die_with_parent, interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .routing_plane import RoutingPlane
 from .settings import Settings
-from .store import Store
+from .store import Store, open_store
 from .validation import ValidationLimits
 
 logger = logging.getLogger("optiserve")
@@ -79,7 +79,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
-    app.include_router(OipRoutes(store, predict_bridge, workers_ready).router(), dependencies=inference_dependencies)
+    app.include_router(OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir)).router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
@@ -95,7 +95,7 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
     async def lifespan(instance: FastAPI):
         die_with_parent()
         if getattr(instance, "response_queue_id", 0) == 0:
-            print(f"optiserve is up at {settings.url}  (store: {settings.store.resolve()})", flush=True)
+            print(f"optiserve is up at {settings.url}  (store: {settings.store_description})", flush=True)
         async with inner(instance) as state:
             yield state
 
@@ -111,15 +111,14 @@ def _manager_that_dies_with_parent() -> SyncManager:
 
 
 def run_server(settings: Settings) -> int:
-    store = Store(settings.store)
-    for action in store.recover(settings.job_attempts):
-        logger.warning("recovered job %s", action)
-    shared_tensors.sweep(shared_tensors.prefix_for(settings.store))  # segments a crash or a late answer left
+    store = open_store(settings)
+    _recover(settings, store)
+    shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
-    runner = jobs.start_runner(settings)
+    runner = jobs.start_runner(settings) if settings.jobs else None
     try:
         server = build_server(settings, store)
         server.run(
@@ -132,9 +131,24 @@ def run_server(settings: Settings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        jobs.stop(runner)
+        if runner is not None:
+            jobs.stop(runner)
         _stop_leftover_children()
     return 0
+
+
+def _recover(settings: Settings, store: Store) -> None:
+    # An embedded store has this one server (it holds the lock): every job still optimizing was cut
+    # short by its last run. A shared store's jobs may be running elsewhere: only lapsed leases count.
+    if settings.shared:
+        actions = store.requeue_expired(settings.job_attempts)
+        orphans = store.sweep()  # files of uploads and jobs that crashed before their row committed
+        if orphans:
+            logger.warning("removed %d stored files that no model names", len(orphans))
+    else:
+        actions = store.recover(settings.job_attempts)
+    for action in actions:
+        logger.warning("recovered job %s", action)
 
 
 def _stop_leftover_children() -> None:

@@ -72,8 +72,8 @@ class ManagementPlane:
 
     def report_path(self, ref: str) -> Path:
         info = self.model(ref)
-        path = self.store.model_dir(info.id) / "report.json"
-        if info.state != "ready" or not path.exists():
+        path = self.store.file(info.id, "report.json") if info.state == "ready" else None
+        if path is None:
             detail = f"failed: {info.error}" if info.state == "failed" else f"{info.state} ({info.stage or 'waiting'})"
             raise ApiError(409, "report_not_ready", f"model {info.name!r} has no report yet; its optimization is {detail}")
         return path
@@ -90,7 +90,10 @@ class ManagementPlane:
             if variant not in ("original", "optimized"):
                 raise ApiError(404, "variant_not_found", f"unknown variant {variant!r}; variants are 'original' and 'optimized'")
             raise ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant (state: {info.state})")
-        return info, self.store.model_dir(info.id) / found.filename
+        path = self.store.file(info.id, found.filename)
+        if path is None:
+            raise not_found(info.id)  # deleted since the lookup
+        return info, path
 
     def reset_health(self, ref: str) -> ModelInfo:
         """Serve a model marked unhealthy again (after its timeouts were looked into)."""

@@ -14,6 +14,7 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
 import litserve as ls
@@ -40,7 +41,7 @@ from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
 from .shared_tensors import MIN_BYTES, SHM_DIR, SharedArray, SharedResponse, prefix_for, share
-from .store import Store
+from .store import open_store
 from .tensors import TensorDecodeError, to_object, to_torch
 
 logger = logging.getLogger("optiserve")
@@ -106,11 +107,11 @@ class InferenceAPI(ls.LitAPI):
         torch.set_num_threads(self.settings.worker_threads)
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
-        self.store = Store(self.settings.store)
+        self.store = open_store(self.settings)
         # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
-        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.index_files())
+        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.writable())
         confinement.apply(confinement.Confinement(writable=writable))
-        self.shm_prefix = prefix_for(self.settings.store)
+        self.shm_prefix = prefix_for(self.settings.local_dir)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
@@ -202,12 +203,16 @@ class InferenceAPI(ls.LitAPI):
         variant = info.variant(variant_name)
         if variant is None:
             raise _not_ready(info, variant_name)
-        path = self.store.model_dir(info.id) / variant.filename
-        if not path.exists():
-            raise not_found(info.id)  # deleted between the lookup and now
+        def locate() -> Path:
+            # Only on a cache miss: on a shared store this looks the file up and may download it.
+            path = self.store.file(info.id, variant.filename)
+            if path is None:
+                raise not_found(info.id)  # deleted between the lookup and now
+            return path
+
         # Loading warms the model up with a forward call, which gets the same hard limit.
         with (watchdog or self.watchdog).watching(info.id):
-            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info))
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""

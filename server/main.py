@@ -39,17 +39,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def serve(settings: Settings) -> int:
-    settings.store.mkdir(parents=True, exist_ok=True)
-    lock = _lock_store(settings.store)
+    lock = _take_local_dir(settings)
     if lock is None:
-        print(f"error: another optiserve server is using the store {settings.store.resolve()}", file=sys.stderr)
         return 1
-    _reset_metrics_dir(settings.metrics_dir)
     from .app import run_server  # only now: it creates the Prometheus metrics
 
-    print(f"optiserve starting on {settings.url}  (store: {settings.store.resolve()})", flush=True)
+    print(f"optiserve starting on {settings.url}  (store: {settings.store_description})", flush=True)
+    if not settings.jobs:
+        print("jobs are OFF here (--no-jobs): uploads stay queued until an `optiserve worker` takes them", flush=True)
     if settings.auth:
-        key, origin = resolve_key(settings.api_key.get_secret_value() if settings.api_key else None, settings.store)
+        key, origin = resolve_key(settings.api_key.get_secret_value() if settings.api_key else None, settings.local_dir)
         settings = settings.model_copy(update={"api_key": SecretStr(key)})
         scope = "management and inference routes" if settings.auth_inference else "management routes"
         print(f"API key {origin}; {scope} need 'Authorization: Bearer <key>'", flush=True)
@@ -58,8 +57,30 @@ def serve(settings: Settings) -> int:
     return run_server(settings)
 
 
+def run_worker(settings: Settings) -> int:
+    """Run optimization jobs only, from a shared store, until SIGTERM."""
+    if not settings.shared:
+        print(
+            "error: a worker needs a shared store (--store postgresql://... --artifacts s3://...); "
+            "an embedded store's server runs its own jobs",
+            file=sys.stderr,
+        )
+        return 1
+    lock = _take_local_dir(settings)
+    if lock is None:
+        return 1
+    from .jobs import work  # only now: it creates the Prometheus metrics (and imports torch)
+
+    print(f"optiserve worker running jobs from {settings.store_description}", flush=True)
+    return work(settings)
+
+
+COMMANDS = {"serve": serve, "worker": run_worker}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Run the optiserve server.")
+    parser = argparse.ArgumentParser(prog="python -m server", description="Run the optiserve server, or (`worker`) a job worker.")
+    parser.add_argument("command", nargs="?", choices=tuple(COMMANDS), default="serve", help="serve (default) or worker")
     add_serve_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -67,7 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    return serve(settings)
+    return COMMANDS[args.command](settings)
+
+
+def _take_local_dir(settings: Settings) -> IO[bytes] | None:
+    """Lock this process's local directory and start its metrics afresh; None (and why, printed) if another process has it.
+
+    Embedded, that directory is the store: the lock keeps a second server off it. Shared, it holds
+    only this process's state (its metrics are wiped at start); the store itself takes any number."""
+    local = settings.local_dir
+    local.mkdir(parents=True, exist_ok=True)
+    lock = _lock_store(local)
+    if lock is None:
+        hint = " (give each process its own --state-dir)" if settings.shared else ""
+        print(f"error: another optiserve server is using the store {local.resolve()}{hint}", file=sys.stderr)
+        return None
+    _reset_metrics_dir(settings.metrics_dir)
+    return lock
 
 
 def _lock_store(store: Path) -> IO[bytes] | None:

@@ -176,8 +176,10 @@ class LiveObserver:
         return moments
 
     def _calibration_ranges(self, info: ModelInfo) -> list[CalibrationRange | None]:
-        path = self.store.model_dir(info.id) / "calibration.bin"
         try:
+            path = self.store.file(info.id, "calibration.bin")
+            if path is None:
+                raise FileNotFoundError(f"model {info.id} has no stored calibration batch")
             batch = load_calibration(path, info.summary.inputs)
         except Exception:
             logger.exception("the calibration batch of model %r could not be read for drift statistics", info.name)

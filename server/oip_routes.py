@@ -26,7 +26,7 @@ from .litserve_bridge import QueueBridge
 from .oip_call import InferCall
 from .predict_route import ROUTING_KEY_HEADER
 from .schemas import ModelInfo, VariantName
-from .shared_tensors import MIN_BYTES, SharedResponse, prefix_for, share_array
+from .shared_tensors import MIN_BYTES, SharedResponse, share_array
 from .store import Store
 
 VARIANTS = ("original", "optimized")
@@ -34,9 +34,9 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 503)}
 
 
 class OipRoutes:
-    def __init__(self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool]) -> None:
+    def __init__(self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool], shm_prefix: str) -> None:
         self.store = store
-        self.shm_prefix = prefix_for(store.root)
+        self.shm_prefix = shm_prefix
         self.bridge = bridge
         self.workers_ready = workers_ready
 

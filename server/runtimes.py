@@ -58,18 +58,19 @@ class VariantCache:
         self._lock = threading.Lock()  # the serving thread and the live observer's shadow forwards share it
 
     def get(
-        self, model_id: str, variant: str, version: int, runtime: str, path: Path, example: Example | None = None
+        self, model_id: str, variant: str, version: int, runtime: str, locate: Callable[[], Path], example: Example | None = None
     ) -> RunVariant:
+        """The loaded variant; `locate` gives its file, called only when it must be (re)loaded."""
         with self._lock:
-            return self._get(model_id, variant, version, runtime, path, example)
+            return self._get(model_id, variant, version, runtime, locate, example)
 
-    def _get(self, model_id: str, variant: str, version: int, runtime: str, path: Path, example: Example | None) -> RunVariant:
+    def _get(self, model_id: str, variant: str, version: int, runtime: str, locate: Callable[[], Path], example: Example | None) -> RunVariant:
         key = (model_id, variant)
         entry = self._entries.get(key)
         if entry is not None and entry[0] == version:
             self._entries.move_to_end(key)
             return entry[1]
-        loaded = load(runtime, path, self.threads, example)
+        loaded = load(runtime, locate(), self.threads, example)
         self._entries[key] = (version, loaded)
         self._entries.move_to_end(key)
         while len(self._entries) > self.capacity:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,7 +16,19 @@ class Settings(BaseSettings):
 
     host: Literal["127.0.0.1", "0.0.0.0", "::"] = Field("127.0.0.1", description="interface: 127.0.0.1 (local), 0.0.0.0 or :: (all)")
     port: int = Field(8000, ge=1024, le=65535, description="TCP port")
-    store: Path = Field(Path("store"), description="model store directory (models, SQLite index, metrics)")
+    store: str = Field(
+        "store",
+        description="model store: a directory (embedded: SQLite index, model files, metrics) or a postgresql:// DSN "
+        "(shared by API replicas and workers; needs --artifacts)",
+    )
+    artifacts: str | None = Field(None, description="s3://bucket/prefix holding a shared store's model files (endpoint and keys: AWS_* variables)")
+    state_dir: Path | None = Field(
+        None, description="this process's local state: metrics, artifact cache, generated API key; default: the store directory, or ./optiserve-state"
+    )
+    jobs: bool = Field(True, description="run optimization jobs in this server; --no-jobs serves only (`optiserve worker` runs them)")
+    job_lease: float = Field(
+        30.0, gt=0, le=3600, description="seconds a worker's claim on a job lasts unrenewed; after it another worker takes the job"
+    )
     workers: int = Field(1, ge=1, le=64, description="inference worker processes for /predict")
     compare_workers: int = Field(1, ge=1, le=64, description="inference worker processes for /compare")
     api_servers: int = Field(1, ge=1, le=64, description="HTTP server processes")
@@ -44,8 +57,21 @@ class Settings(BaseSettings):
     auth: bool = Field(True, description="require 'Authorization: Bearer <key>' on routes that change models")
     auth_inference: bool = Field(False, description="require the key on inference routes as well")
     insecure: bool = Field(False, description="allow auth off on a non-loopback host")
-    api_key: SecretStr | None = Field(None, description="the API key; default: <store>/api-key, generated at first start")
+    api_key: SecretStr | None = Field(
+        None, description="the API key; default (directory store only): <store>/api-key, generated at first start"
+    )
     log_level: str = Field("warning", pattern="^(critical|error|warning|info|debug)$", description="server log level")
+
+    @model_validator(mode="after")
+    def _shared_store_has_artifacts(self) -> Settings:
+        if self.shared and not (self.artifacts or "").startswith("s3://"):
+            raise ValueError("a postgresql:// store keeps its model files in an object store: pass --artifacts s3://bucket/prefix")
+        if not self.shared and self.artifacts is not None:
+            raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
+        if self.shared and self.auth and self.api_key is None:
+            # A key generated per process would differ between replicas behind one Service.
+            raise ValueError("replicas of a shared store must share one API key: set OPTISERVE_API_KEY (or --api-key)")
+        return self
 
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self) -> Settings:
@@ -59,6 +85,35 @@ class Settings(BaseSettings):
         return f"http://{shown}:{self.port}"
 
     @property
+    def shared(self) -> bool:
+        """A store that API replicas and job workers on many machines share (PostgreSQL + S3)."""
+        return is_postgres_dsn(self.store)
+
+    @property
+    def local_dir(self) -> Path:
+        """This process's own directory: the store itself when embedded."""
+        if self.state_dir is not None:
+            return self.state_dir
+        return Path("optiserve-state") if self.shared else Path(self.store)
+
+    @property
+    def store_description(self) -> str:
+        if not self.shared:
+            return str(Path(self.store).resolve())
+        return f"{_without_password(self.store)} + {self.artifacts}"
+
+    @property
     def metrics_dir(self) -> Path:
         # Wiped by the main process at every start: the counters describe this run only.
-        return self.store / "metrics"
+        return self.local_dir / "metrics"
+
+
+def is_postgres_dsn(location: str) -> bool:
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def _without_password(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from real_services import postgres, s3  # noqa: F401  (session fixtures: a real PostgreSQL and S3 API, started on first use)
 from server_harness import API_KEY
 
 # The servers the tests start use this key; the client and the CLI find it here, as a user's would.

@@ -127,6 +127,16 @@ def test_an_error_answer_from_the_server_is_a_server_error(server, capsys):
     assert_one_line_error(capsys.readouterr().err, "the server answered 404", "nobody")
 
 
+def test_a_worker_needs_a_shared_store_and_a_shared_store_its_parts(tmp_path, capsys, monkeypatch):
+    assert main(["worker", "--store", str(tmp_path / "store")]) == ExitCode.UNEXPECTED
+    assert_one_line_error(capsys.readouterr().err, "a worker needs a shared store")
+    assert main(["serve", "--store", "postgresql://db.example/optiserve"]) == ExitCode.INPUT
+    assert_one_line_error(capsys.readouterr().err, "pass --artifacts s3://bucket/prefix")
+    monkeypatch.delenv("OPTISERVE_API_KEY")
+    assert main(["worker", "--store", "postgresql://db.example/optiserve", "--artifacts", "s3://models"]) == ExitCode.INPUT
+    assert_one_line_error(capsys.readouterr().err, "must share one API key")
+
+
 def test_usage_errors_keep_argparse_exit_code(capsys):
     assert main(["predict", "cli-mlp"]) == ExitCode.USAGE
     assert main(["models", "--url", "localhost:8000"]) == ExitCode.USAGE
