@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
+from .passes.plan import Plan
 from .report import Fidelity
 from .search.settings import SearchConfig
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
+
+
+def _possible(steps: list[PassConfig]) -> list[PassConfig]:
+    """A plan's steps, refused here (a 422 for an upload) when they cannot chain."""
+    problem = Plan(steps).problem()
+    if problem:
+        raise ValueError(f"impossible plan: {problem}")
+    return steps
+
+
+PlanSpec = Annotated[list[PassSpec], AfterValidator(_possible)]
 # Tagged, so that a bad search object is reported as such and not also as "should be 'auto'".
 SearchSetting = Annotated[
     Annotated[SearchConfig, Tag("settings")] | Annotated[Literal["auto"], Tag("auto")],
@@ -26,6 +38,8 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
     [{"pass": "onnx_export"}],
     [{"pass": "onnx_export"}, {"pass": "ort_quantize_static"}],
     [{"pass": "onnx_export"}, {"pass": "ort_quantize_dynamic"}],
+    [{"pass": "onnx_export"}, {"pass": "ov_convert"}],
+    [{"pass": "onnx_export"}, {"pass": "ov_convert"}, {"pass": "ov_quantize"}],
 ]
 
 
@@ -71,22 +85,25 @@ class LatencyConfig(BaseModel):
     max_seconds: float = Field(
         5.0, gt=0, le=MAX_TIMING_SECONDS, description="time one comparison may take; slow models get fewer rounds (at least 5)"
     )
+    processes: int = Field(
+        2, ge=1, le=10, description="fresh processes each finalist and the original are timed in, taking turns; the choice ranks on these"
+    )
 
 
 class CandidateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
-    plan: list[PassSpec] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
+    plan: PlanSpec = Field(min_length=1, max_length=MAX_PLAN_STEPS)
 
     def display_name(self) -> str:
-        return self.name or " → ".join(step.label() for step in self.plan)
+        return self.name or Plan(self.plan).name
 
 
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    plan: list[PassSpec] | None = Field(None, max_length=MAX_PLAN_STEPS, description="one explicit plan; replaces the default candidates")
+    plan: PlanSpec | None = Field(None, max_length=MAX_PLAN_STEPS, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")
     search: SearchSetting | None = Field(None, description="search a space of plans instead")
     tolerance: Tolerance | None = Field(

@@ -16,7 +16,7 @@ from optimizer_pipeline import jit, optimize
 from optimizer_pipeline.calibration import Batch
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.model_loading import run_model
-from optimizer_pipeline.onnx_runtime import OnnxModel
+from optimizer_pipeline.runtimes.onnxruntime import OnnxModel
 from optimizer_pipeline.passes import PassOutput, parse_pass_spec, run_pass
 from optimizer_pipeline.runtimes import load_variant
 

@@ -25,7 +25,7 @@ from ..calibration import Batch
 from ..fidelity import compare_outputs
 from ..limits import MAX_BATCH_SIZE, MAX_LAYERS_KEPT_IN_FLOAT
 from ..model_loading import run_model
-from ..onnx_runtime import OnnxModel, load_session, quiet_onnx
+from ..runtimes.onnxruntime import OnnxModel, load_session, quiet_onnx
 from .base import PassConfig, PassOutput, register
 from .qdq_graph import feed_float_inputs, graph_input_names, int8_nodes
 
@@ -42,7 +42,7 @@ CALIBRATE_METHODS = {
 class _OrtQuantizeConfig(PassConfig):
     """What both ORT quantization passes share: ONNX in, ONNX out, and nothing after them."""
 
-    consumes = "onnx"
+    consumes = ("onnx",)
     produces = "onnx"
     finishing = True
     # Lists, not tuples: the search reads a list-typed field's list as one value, not as choices.

@@ -21,7 +21,8 @@ from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
 from .pareto import pareto_front
 from .settings import SearchConfig
-from .space import DEFAULT_SPACE, Plan, expand_space, is_valid, plan_key
+from ..passes.plan import Plan
+from .space import DEFAULT_SPACE, expand_space
 
 Notify = Callable[[str, float], None]
 
@@ -37,7 +38,7 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return " → ".join(step.label() for step in self.plan)
+        return self.plan.name
 
 
 @dataclass
@@ -66,8 +67,10 @@ class _State:
         return None if self.budget_source == "pending" else self.started + self.budget - self.reserve()
 
     def reserve(self) -> float:
-        """Time kept back for re-timing the finalists after the search (twice the rounds, each)."""
-        return 2 * FINALISTS * self.latency_seconds
+        """Time kept back for timing the finalists and the original alone after the search: each, in
+        each of its (by default two) processes, costs about a quarter of a trial's comparison (one
+        variant at one batch size instead of two variants at two)."""
+        return (FINALISTS + 1) * 2 / 4 * self.latency_seconds
 
 
 def run_search(
@@ -84,8 +87,8 @@ def run_search(
     back the time the finalists' re-timing will take, so the run as a whole ends within it. Every
     budget decision reads `clock`, so a test can drive it with a clock of its own."""
     space_plans = expand_space(search.space or DEFAULT_SPACE)
-    first = [Trial([parse_pass_spec(s) for s in plan], "first") for plan in (search.first or [])]
-    first = [t for t in first if is_valid(t.plan)]
+    first = [Trial(Plan(parse_pass_spec(s) for s in plan), "first") for plan in (search.first or [])]
+    first = [t for t in first if t.plan.is_valid]
     queue = first + [Trial(plan, "space") for plan in _ordered(space_plans, search)]
     queue = _without_repeats(queue)
     builders = [PlanBuilder(reference) for reference in references]
@@ -153,9 +156,8 @@ def _without_repeats(queue: list[Trial]) -> list[Trial]:
     seen: set[str] = set()
     unique = []
     for trial in queue:
-        key = plan_key(trial.plan)
-        if key not in seen:
-            seen.add(key)
+        if trial.plan.key not in seen:
+            seen.add(trial.plan.key)
             unique.append(trial)
     return unique
 
@@ -280,7 +282,7 @@ def _fallback(trial: Trial) -> Trial | None:
             return None
         plan = list(trial.plan)
         plan[index] = _with(step, field_name, following)
-        return Trial(plan, "fallback")
+        return Trial(Plan(plan), "fallback")
     return None
 
 

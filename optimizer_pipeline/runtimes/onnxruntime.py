@@ -13,13 +13,14 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
+from .base import RuntimeSupport
 
 # How the pipeline times an ONNX variant; the report carries it (see passes/onnx_export.py).
 TIMING_NOTE = (
@@ -87,6 +88,20 @@ def load_session(data: bytes, threads: int | None = None) -> OrtVariant:
     """Load .onnx bytes for CPU inference with `threads` intra-op threads (None: ORT's default)."""
     session = ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
     return OrtVariant(session)
+
+
+class OnnxRuntime(RuntimeSupport):
+    name = "onnxruntime"
+    serves_format = "onnx"
+
+    def owns(self, model: Any) -> bool:
+        return isinstance(model, OnnxModel)
+
+    def serialize(self, model: Any) -> bytes:
+        return model.data
+
+    def load(self, data: bytes, threads: int | None) -> OrtVariant:
+        return load_session(data, threads)
 
 
 class _DropOnnxRuntimeWarnings(logging.Filter):

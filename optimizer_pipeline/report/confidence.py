@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .config import Tolerance
+from ..config import Tolerance
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
