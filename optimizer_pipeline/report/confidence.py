@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 
-from ..config import Tolerance
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config judges fidelity with the bounds below, so it cannot be imported at run time
+    from ..config import Tolerance
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
@@ -24,6 +27,11 @@ def wilson_lower_bound(proportion: float, samples: int, z: float = Z_95) -> floa
     centre = proportion + z * z / (2 * samples)
     spread = z * math.sqrt(proportion * (1 - proportion) / samples + z * z / (4 * samples * samples))
     return max(0.0, (centre - spread) / (1 + z * z / samples))
+
+
+def wilson_upper_bound(proportion: float, samples: int, z: float = Z_95) -> float:
+    """Upper end of the Wilson score interval: the best the true proportion can plausibly be."""
+    return 1.0 - wilson_lower_bound(1.0 - proportion, samples, z)
 
 
 def samples_to_show(threshold: float, z: float = Z_95) -> int | None:

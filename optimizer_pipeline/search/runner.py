@@ -221,7 +221,8 @@ def _out_of_reach(done: list[BuiltCandidate], folds: int, tolerance: Tolerance) 
     values = _fold_values([b.report for b in done], tolerance)
     if tolerance.best_possible is None or len(done) == folds or any(v is None for v in values):
         return False
-    return not tolerance.accepts((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds)
+    samples = sum(b.report.fidelity.samples for b in done) * folds // len(done)
+    return not tolerance.accepts_measured((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds, samples)
 
 
 def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
@@ -232,10 +233,15 @@ def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tole
     report.fidelity_mean = statistics.fmean(values)
     report.fidelity_std = statistics.pstdev(values) if len(values) > 1 else 0.0
     if len(values) > 1:
-        report.meets_tolerance = tolerance.accepts(report.fidelity_mean) and all(f.status == "ok" for f in folds)
+        # Every calibration sample is held out once: judge the pooled figure over all of them.
+        samples = [fold.fidelity.samples for fold in folds]
+        pooled = sum(v * n for v, n in zip(values, samples)) / sum(samples)
+        cosine = sum(fold.fidelity.cosine * n for fold, n in zip(folds, samples)) / sum(samples)
+        met, why = tolerance.judge(pooled, sum(samples), cosine)
+        report.meets_tolerance = met and all(f.status == "ok" for f in folds)
         report.notes = [n for n in report.notes if not n.startswith("tolerance")]
         verdict = "met" if report.meets_tolerance else "missed"
-        report.notes.append(f"tolerance {verdict}: mean over {len(values)} folds {tolerance.explain(report.fidelity_mean)}, std {report.fidelity_std:.4f}")
+        report.notes.append(f"tolerance {verdict}: pooled over {len(values)} folds {why}, std across folds {report.fidelity_std:.4f}")
 
 
 def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:
