@@ -49,8 +49,6 @@ class FlatOutputs(torch.nn.Module):
 
 @register(OnnxExportConfig)
 def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
-    if not isinstance(model, jit.ScriptModule):
-        raise ValueError(f"onnx_export needs a TorchScript model, got {type(model).__name__}; export only once per plan")
     # Through an archive first: an in-memory frozen module cannot be wrapped and traced (its type
     # lives in another compilation unit); the reloaded copy can.
     model = jit.reload(model)

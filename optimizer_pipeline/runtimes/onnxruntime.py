@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import onnx
@@ -29,12 +29,6 @@ TIMING_NOTE = (
 )
 
 
-class NotTorchScriptError(ValueError, AttributeError):
-    """A TorchScript-only step was handed an ONNX model.
-
-    Also an AttributeError, so hasattr() and copy keep working on OnnxModel."""
-
-
 @dataclass(frozen=True)
 class OnnxModel:
     """An exported model between passes: the .onnx file's bytes (input and output names live in the graph)."""
@@ -43,16 +37,6 @@ class OnnxModel:
 
     def proto(self) -> onnx.ModelProto:
         return onnx.load_from_string(self.data)
-
-    def __getattr__(self, name: str) -> NoReturn:
-        # A TorchScript pass placed after onnx_export reaches for ScriptModule attributes (eval,
-        # named_modules, save...). Say what went wrong instead of a bare missing-attribute error.
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise NotTorchScriptError(
-            f"this step needs a TorchScript model, but the plan already exported it to ONNX "
-            f"(no attribute {name!r}); put TorchScript passes before onnx_export"
-        )
 
 
 class OrtVariant:

@@ -87,8 +87,7 @@ def run_search(
     back the time the finalists' re-timing will take, so the run as a whole ends within it. Every
     budget decision reads `clock`, so a test can drive it with a clock of its own."""
     space_plans = expand_space(search.space or DEFAULT_SPACE)
-    first = [Trial(Plan(parse_pass_spec(s) for s in plan), "first") for plan in (search.first or [])]
-    first = [t for t in first if t.plan.is_valid]
+    first = [Trial(Plan(parse_pass_spec(s) for s in plan), "first") for plan in (search.first or [])]  # valid: checked when parsed
     queue = first + [Trial(plan, "space") for plan in _ordered(space_plans, search)]
     queue = _without_repeats(queue)
     builders = [PlanBuilder(reference) for reference in references]
