@@ -9,7 +9,6 @@ option per stage, in stage order.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from typing import Any
 
