@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cli_errors import CliError, reporting_errors
 from .exit_codes import HELP_EPILOG, ExitCode
+from .routing_commands import add_routing_commands
 from .server_commands import add_commands
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_optimize(commands)
     add_commands(commands)
+    add_routing_commands(commands)
     return parser
 
 

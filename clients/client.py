@@ -21,7 +21,7 @@ import requests
 from wire import WireTensor, decode_response, encode_request, numpy_dtype
 from wire.codec import HEADER_LENGTH, wire_tensor
 
-from .models import Comparison, ModelStatus, Prediction, UploadResult
+from .models import Comparison, ModelStatus, Prediction, RoutingEvent, UploadResult
 from .progress import ProgressBar
 
 FileLike = str | os.PathLike[str] | bytes | IO[bytes]
@@ -109,18 +109,67 @@ class OptiserveClient:
             if bar is not None:
                 bar.close()
 
+    # ---- live A/B ----
+
+    def route(
+        self,
+        model_id: str,
+        *,
+        pin: str | None = None,
+        split: float | None = None,
+        shadow: float | None = None,
+        serve: str = "original",
+        sample: float = 0.0,
+    ) -> ModelStatus:
+        """Set how requests that name no variant are served: exactly one of
+        `pin="original"|"optimized"`, `split=share` (to optimized; `sample` of them also compared) or
+        `shadow=sample` (`serve` answers, that share also runs on the other variant)."""
+        chosen = [name for name, value in (("pin", pin), ("split", split), ("shadow", shadow)) if value is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one of pin, split or shadow (got {chosen or 'none'})")
+        if pin is not None:
+            policy: dict[str, Any] = {"mode": "pinned", "variant": pin}
+        elif split is not None:
+            policy = {"mode": "split", "optimized_share": split, "sample": sample}
+        else:
+            policy = {"mode": "shadow", "serve": serve, "sample": shadow}
+        return ModelStatus.model_validate(self._request("PUT", f"/models/{model_id}/routing", json_body=policy))
+
+    def guard(
+        self, model_id: str, *, min_agreement: float | None = None, min_cosine: float | None = None, window: int = 500, enabled: bool = True
+    ) -> ModelStatus:
+        """Roll back to the original automatically when live fidelity falls below these (default: the optimization tolerance)."""
+        body = {"min_agreement": min_agreement, "min_cosine": min_cosine, "window": window, "enabled": enabled}
+        return ModelStatus.model_validate(self._request("PUT", f"/models/{model_id}/guard", json_body=body))
+
+    def promote(self, model_id: str, reason: str = "") -> ModelStatus:
+        """Send all traffic to the optimized variant."""
+        return ModelStatus.model_validate(self._request("POST", f"/models/{model_id}/promote", json_body={"reason": reason}))
+
+    def rollback(self, model_id: str, reason: str = "") -> ModelStatus:
+        """Send all traffic to the original."""
+        return ModelStatus.model_validate(self._request("POST", f"/models/{model_id}/rollback", json_body={"reason": reason}))
+
+    def events(self, model_id: str, limit: int = 100) -> list[RoutingEvent]:
+        """Routing changes, oldest first: by users, and the guard's rollbacks with the evidence."""
+        answer = self._request("GET", f"/models/{model_id}/events", params={"limit": limit})
+        return [RoutingEvent.model_validate(event) for event in answer["events"]]
+
     # ---- inference ----
 
-    def predict(self, model_id: str, *inputs: Any, variant: str | None = None) -> Prediction:
+    def predict(self, model_id: str, *inputs: Any, variant: str | None = None, routing_key: str | None = None) -> Prediction:
         """Run the model; inputs are torch tensors, numpy arrays or nested lists, one per model input.
 
         Tensors travel as raw bytes both ways (Open Inference Protocol v2, binary extension). Outputs
-        are torch tensors when any input was one, numpy arrays otherwise."""
+        are torch tensors when any input was one, numpy arrays otherwise. Without a `variant`, the
+        model's routing policy picks one; a `routing_key` keeps a split sticky (same key, same variant)."""
         names = self._input_names(model_id)
         if len(names) != len(inputs):
             raise OptiserveError(400, f"model {model_id!r} takes {len(names)} input(s) {names}; {len(inputs)} given")
         tensors = [wire_tensor(name, _numpy_array(value)) for name, value in zip(names, inputs)]
         body, headers = encode_request(tensors)
+        if routing_key is not None:
+            headers["X-Routing-Key"] = routing_key
         path = f"/v2/models/{model_id}" + (f"/versions/{variant}" if variant else "") + "/infer"
         response = self._send("POST", path, data=body, headers=headers)
         answer, outputs = decode_response(response.content, response.headers.get(HEADER_LENGTH))

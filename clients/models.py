@@ -43,6 +43,59 @@ class VariantStatus(_Lenient):
     size_bytes: int
 
 
+class VariantLatency(_Lenient):
+    variant: str
+    requests: int
+    p50_ms: float
+    p99_ms: float
+
+
+class LiveFidelity(_Lenient):
+    compared: int
+    agreement: float | None = None
+    agreement_lower: float | None = None
+    agreement_upper: float | None = None
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    max_abs_diff: float | None = None
+
+
+class InputDrift(_Lenient):
+    input: str
+    values: int
+    outside_range_share: float
+    mean_shift: float
+    std_ratio: float
+    warning: str | None = None
+
+
+class GuardVerdict(_Lenient):
+    guard: dict[str, Any]
+    state: str
+    reason: str
+
+
+class LiveStatus(_Lenient):
+    """What the model's live traffic shows: latency per variant, fidelity, input drift, the guard's verdict."""
+
+    requests: int
+    latency: list[VariantLatency]
+    speedup: float | None = None
+    fidelity: LiveFidelity
+    drift: list[InputDrift]
+    guard: GuardVerdict
+    warnings: list[str] = []
+
+
+class RoutingEvent(_Lenient):
+    at: str
+    kind: str
+    trigger: str
+    reason: str
+    routing: dict[str, Any] | None = None
+    fidelity: LiveFidelity | None = None
+
+
 class ModelStatus(_Lenient):
     id: str
     name: str
@@ -53,6 +106,8 @@ class ModelStatus(_Lenient):
     variants: list[VariantStatus]
     default_variant: str
     chosen: ChosenCandidate | None = None
+    routing: dict[str, Any] | None = None
+    live: LiveStatus | None = None  # GET /models/{id} only
 
     @property
     def finished(self) -> bool:

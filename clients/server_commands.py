@@ -24,7 +24,7 @@ ClientHandler = Callable[[argparse.Namespace, OptiserveClient], int]
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_serve(commands)
-    upload = _client_parser(commands, "upload", "upload a model; optimization starts in the background", _upload)
+    upload = client_parser(commands, "upload", "upload a model; optimization starts in the background", _upload)
     upload.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save)")
     upload.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")
     upload.add_argument("--labels", type=Path, help="int64 class ids, one per calibration sample")
@@ -32,14 +32,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upload.add_argument("--name", help="[a-z0-9._-], at most 64 (default: from the file name)")
     upload.add_argument("--replace", action="store_true", help="replace the model that has this name")
     upload.add_argument("--wait", action="store_true", help="wait for the optimization, with a progress bar")
-    _client_parser(commands, "models", "list the server's models", _models)
-    status = _client_parser(commands, "status", "show one model's state, variants and chosen candidate", _status)
+    client_parser(commands, "models", "list the server's models", _models)
+    status = client_parser(commands, "status", "show one model's state, variants and chosen candidate", _status)
     status.add_argument("model_id", help="model id or name")
     status.add_argument("--json", action="store_true", help="print the server's status JSON")
-    report = _client_parser(commands, "report", "show a model's optimization report", _report)
+    report = client_parser(commands, "report", "show a model's optimization report", _report)
     report.add_argument("model_id", help="model id or name")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
-    predict = _client_parser(commands, "predict", "run a model on inputs from a file; print or save its outputs", _predict)
+    predict = client_parser(commands, "predict", "run a model on inputs from a file; print or save its outputs", _predict)
     predict.add_argument("model_id", help="model id or name")
     predict.add_argument("inputs", type=Path, metavar="FILE",
                          help="one input per model input: .pt (torch.save of a tensor or tuple of tensors), .npy, or .npz (arrays in saved order)")
@@ -47,7 +47,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     shown = predict.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="print every output in full as JSON")
     shown.add_argument("--out", type=Path, help="save the outputs to this .npz file, one array per output name")
-    delete = _client_parser(commands, "delete", "delete a model, its variants and its report", _delete)
+    delete = client_parser(commands, "delete", "delete a model, its variants and its report", _delete)
     delete.add_argument("model_id", help="model id or name")
 
 
@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
-def _client_parser(commands: argparse._SubParsersAction, name: str, help_text: str, handler: ClientHandler) -> argparse.ArgumentParser:
+def client_parser(commands: argparse._SubParsersAction, name: str, help_text: str, handler: ClientHandler) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text)
     parser.add_argument("--url", type=_server_url, default=DEFAULT_URL, help=f"server URL (env OPTISERVE_URL; default {DEFAULT_URL})")
     parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT_S:g})")

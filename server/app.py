@@ -22,11 +22,13 @@ from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, drop_gzip
+from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_routes import OipRoutes
+from .predict_route import PredictRoute
 from .processes import die_with_parent, interrupt_on_sigterm
 from .routes import ManagementRoutes
+from .routing_plane import RoutingPlane
 from .settings import Settings
 from .store import Store
 from .validation import ValidationLimits
@@ -62,7 +64,11 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         restart_workers=True,
     )
     drop_gzip(server)
+    take_over_route(server, PredictAPI.endpoint)
     app = server.app
+    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
+    inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
+    PredictRoute(predict_bridge).install(app, inference_dependencies)
 
     def workers_ready() -> bool:
         # A Manager dict shared with the workers; it exists once run() has started them.
@@ -72,10 +78,8 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     describe_api(app)
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits), workers_ready, guard).router())
-    oip_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
-    oip = OipRoutes(store, QueueBridge(server, PredictAPI.endpoint), workers_ready)
-    app.include_router(oip.router(), dependencies=oip_dependencies)
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
+    app.include_router(OipRoutes(store, predict_bridge, workers_ready).router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections

@@ -9,6 +9,7 @@ reads decode_request's annotation to build the FastAPI endpoint that validates t
 
 import logging
 import signal
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -31,8 +32,10 @@ from .codec import wire_ready
 from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
+from .observer import LiveObserver
 from .oip_call import InferCall
 from .processes import die_with_parent
+from .routing import Route, choose
 from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
@@ -41,6 +44,7 @@ from .store import Store
 from .tensors import TensorDecodeError, to_object, to_torch
 
 logger = logging.getLogger("optiserve")
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Pending:
     inputs: tuple[torch.Tensor, ...] = ()
     outcome: Union[Outcome, None] = None
     casts: list[str] = field(default_factory=list)
+    route: Union[Route, None] = None  # how the routing policy placed it (requests that named no variant)
 
     @property
     def size(self) -> int:
@@ -159,15 +164,26 @@ class InferenceAPI(ls.LitAPI):
 
     def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
         info = self._lookup(ref)
-        models = {name: self._load(info, name) for name in self._variants(info, variant)}
         decoded = self._decode(info, pending)
-        runs = {name: self._run(info, name, model, decoded) for name, model in models.items()}
-        for item in decoded:
-            if item.outcome is None:
-                item.outcome = self._respond(info, item, runs)
+        for variants, items in self._assign(info, variant, decoded).items():
+            try:
+                models = {name: self._load(info, name) for name in variants}
+            except ApiError as error:  # e.g. a variant not ready: these requests only
+                for item in items:
+                    item.outcome = _error(error)
+                continue
+            runs = {name: self._run(info, name, model, items) for name, model in models.items()}
+            for item in items:
+                if item.outcome is None:
+                    item.outcome = self._respond(info, item, runs)
+            self._served(info, items, runs)
 
-    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        """Which variants run which requests."""
         raise NotImplementedError
+
+    def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
+        """After the answers are made, before they are sent."""
 
     def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
         raise NotImplementedError
@@ -182,7 +198,7 @@ class InferenceAPI(ls.LitAPI):
             )
         return info
 
-    def _load(self, info: ModelInfo, variant_name: str) -> RunVariant:
+    def _load(self, info: ModelInfo, variant_name: str, watchdog: Union[ForwardWatchdog, None] = None) -> RunVariant:
         variant = info.variant(variant_name)
         if variant is None:
             raise _not_ready(info, variant_name)
@@ -190,7 +206,7 @@ class InferenceAPI(ls.LitAPI):
         if not path.exists():
             raise not_found(info.id)  # deleted between the lookup and now
         # Loading warms the model up with a forward call, which gets the same hard limit.
-        with self.watchdog.watching(info.id):
+        with (watchdog or self.watchdog).watching(info.id):
             return self.cache.get(info.id, variant.name, variant.version, variant.runtime, path, lambda: _example_inputs(info))
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
@@ -234,12 +250,7 @@ class InferenceAPI(ls.LitAPI):
 
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
-        runtime = info.variant(variant_name).runtime
-        started = time.perf_counter()
-        with self.watchdog.watching(info.id):
-            outputs = model(inputs)
-        seconds = time.perf_counter() - started
-        metrics.FORWARD_SECONDS.labels(info.name, variant_name, runtime).observe(seconds)
+        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog)
         metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
         total = sum(item.size for item in group)
         if len(group) > 1 and any(t.dim() == 0 or t.shape[0] != total for _, t in outputs):
@@ -250,15 +261,51 @@ class InferenceAPI(ls.LitAPI):
             ran.milliseconds[item.position] = seconds * 1000
             offset += item.size
 
+    def _timed_forward(
+        self, info: ModelInfo, variant_name: str, model: RunVariant, inputs: tuple[torch.Tensor, ...], watchdog: ForwardWatchdog
+    ) -> tuple[NamedOutputs, float]:
+        started = time.perf_counter()
+        with watchdog.watching(info.id):
+            outputs = model(inputs)
+        seconds = time.perf_counter() - started
+        metrics.FORWARD_SECONDS.labels(info.name, variant_name, info.variant(variant_name).runtime).observe(seconds)
+        return outputs, seconds
+
 
 class PredictAPI(InferenceAPI):
     endpoint = "/predict"
 
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        # The observer thread holds the GIL for its Python work; the serving thread waits for it at
+        # most this long (the default 5 ms is longer than a whole small request).
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        # Shadow forwards run on the observer's thread, under a time limit of their own.
+        self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        self.observer = LiveObserver(self.store, self._shadow_forward)
+
     def decode_request(self, request: PredictRequest) -> PredictRequest:
         return request
 
-    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
-        return [requested or info.default_variant]
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        """An explicit variant wins; otherwise the model's routing policy places each request."""
+        available = {variant.name for variant in info.variants}
+        assigned: dict[tuple[str, ...], list[Pending]] = defaultdict(list)
+        for item in pending:
+            item.route = Route(requested) if requested else choose(info.routing, available, info.default_variant, item.request.routing_key)
+            assigned[(item.route.serve,)].append(item)
+        return assigned
+
+    def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
+        (ran,) = runs.values()
+        for item in pending:
+            if item.outcome is not None and item.outcome.status == 200:
+                self.observer.observe(info, item.inputs, item.route, ran.outputs[item.position], ran.milliseconds[item.position])
+
+    def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
+        model = self._load(info, variant, self.shadow_watchdog)
+        outputs, seconds = self._timed_forward(info, variant, model, inputs, self.shadow_watchdog)
+        return outputs, seconds * 1000
 
     def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
         (variant, ran), = runs.items()
@@ -282,8 +329,8 @@ class CompareAPI(InferenceAPI):
     def decode_request(self, request: InferenceRequest) -> InferenceRequest:
         return request
 
-    def _variants(self, info: ModelInfo, requested: Union[str, None]) -> list[str]:
-        return ["original", "optimized"]
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        return {("original", "optimized"): pending}
 
     def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
         outputs = {name: ran.outputs[item.position] for name, ran in runs.items()}

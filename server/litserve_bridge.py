@@ -4,6 +4,8 @@
   the Open Inference Protocol's binary bodies are not. LitSpec endpoints solve this by putting a
   payload on the API's request queue themselves and waiting for its answer; this does the same for
   a plain FastAPI route.
+- `take_over_route`: removes the route LitServe made for an API, so that a route of ours (which
+  reaches the workers through a QueueBridge) answers that path instead.
 - `drop_gzip`: LitServe always adds GZipMiddleware (level 9). Compressing a 2.8 MB JSON tensor
   answer took 0.8 s of the API server's CPU, 100x the rest of the request; tensors barely compress.
 - `GreedyBatchLoop`: how a worker collects a batch (a loop is a public LitAPI argument; the queue
@@ -66,6 +68,10 @@ def _as_http_error(response: Any) -> HTTPException:
     if isinstance(response, HTTPException):
         return response
     return HTTPException(500, "inference failed in the worker; the server log has details")
+
+
+def take_over_route(server: ls.LitServer, path: str) -> None:
+    server.app.router.routes[:] = [route for route in server.app.router.routes if getattr(route, "path", None) != path]
 
 
 def drop_gzip(server: ls.LitServer) -> None:

@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .live_window import summarize
 from .store import Store
 
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -59,6 +60,29 @@ OPTIMIZATION_SECONDS = Histogram(
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 
+LIVE_COSINE = Histogram(
+    "optiserve_live_cosine",
+    "Cosine similarity of the optimized variant's outputs to the original's, per compared live request",
+    ["model"],
+    buckets=(0.0, 0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0),
+)
+LIVE_ABS_DIFF = Histogram(
+    "optiserve_live_max_abs_diff",
+    "Largest absolute difference between the two variants' outputs, per compared live request",
+    ["model"],
+    buckets=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0),
+)
+LIVE_AGREEMENT = Counter(
+    "optiserve_live_compared_requests",
+    "Live requests run on both variants with class-score outputs, by whether every top-1 agreed",
+    ["model", "result"],
+)
+LIVE_DROPPED = Counter(
+    "optiserve_live_dropped_observations",
+    "Served requests left out of live evidence because the worker's observer was behind",
+    ["model"],
+)
+
 
 class StoreCollector:
     """Gauges computed from the store at scrape time."""
@@ -78,6 +102,36 @@ class StoreCollector:
         for state in ("queued", "optimizing", "ready", "failed"):
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
+        yield from self._routing_events()
+        yield from self._live()
+
+    def _routing_events(self) -> Iterator[Metric]:
+        # Counted from the stored events, so they survive restarts and agree with GET /models/{id}/events.
+        events = CounterMetricFamily("optiserve_routing_events", "Routing changes per model, kind and trigger (user or guard)", labels=["model", "kind", "trigger"])
+        for model, kind, trigger, count in self.store.event_counts():
+            events.add_metric([model, kind, trigger], count)
+        yield events
+
+    def _live(self) -> Iterator[Metric]:
+        agreement = GaugeMetricFamily("optiserve_live_agreement", "Live top-1 agreement over the guard's window (current routing)", labels=["model", "bound"])
+        cosine = GaugeMetricFamily("optiserve_live_cosine_mean", "Live mean cosine over the guard's window (current routing)", labels=["model"])
+        outside = GaugeMetricFamily("optiserve_input_outside_range_share", "Share of recent input values outside the calibration range", labels=["model", "input"])
+        shift = GaugeMetricFamily("optiserve_input_mean_shift", "Recent input mean minus the calibration mean, in calibration std", labels=["model", "input"])
+        spread = GaugeMetricFamily("optiserve_input_std_ratio", "Recent input std over the calibration batch's", labels=["model", "input"])
+        for info in self.store.list():
+            guard = info.effective_guard()
+            status = summarize(self.store.live_samples(info.id, guard.window), info.routing_revision, info.summary.inputs, guard)
+            fidelity = status.fidelity
+            if fidelity.agreement is not None:
+                for bound, value in (("estimate", fidelity.agreement), ("lower", fidelity.agreement_lower), ("upper", fidelity.agreement_upper)):
+                    agreement.add_metric([info.name, bound], value)
+            if fidelity.cosine_mean is not None:
+                cosine.add_metric([info.name], fidelity.cosine_mean)
+            for drift in status.drift:
+                outside.add_metric([info.name, drift.input], drift.outside_range_share)
+                shift.add_metric([info.name, drift.input], drift.mean_shift)
+                spread.add_metric([info.name, drift.input], drift.std_ratio)
+        yield from (agreement, cosine, outside, shift, spread)
 
 
 def render(store: Store) -> bytes:

@@ -17,3 +17,4 @@ class InferCall:
     request_id: Union[str, None]
     binary_outputs: Union[dict[str, bool], bool]
     requested_outputs: Union[list[str], None]
+    routing_key: Union[str, None] = None  # the X-Routing-Key header: a sticky split

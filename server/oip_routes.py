@@ -24,6 +24,7 @@ from .codec import DATATYPES
 from .errors import ApiError, JsonResponse, not_found
 from .litserve_bridge import QueueBridge
 from .oip_call import InferCall
+from .predict_route import ROUTING_KEY_HEADER
 from .schemas import ModelInfo, VariantName
 from .shared_tensors import MIN_BYTES, SharedResponse, prefix_for, share_array
 from .store import Store
@@ -103,6 +104,7 @@ class OipRoutes:
             request_id=parsed.id,
             binary_outputs=_binary_outputs(parsed),
             requested_outputs=[output.name for output in parsed.outputs] if parsed.outputs else None,
+            routing_key=request.headers.get(ROUTING_KEY_HEADER),
         )
         try:
             answer = await self.bridge.call(call)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fastapi import APIRouter, Depends, File, Form, Security, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Security, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -18,7 +18,9 @@ from . import metrics
 from .auth import BearerKey
 from .dataplane import ManagementPlane, Upload
 from .errors import ApiError, JsonResponse
-from .schemas import Deleted, ErrorBody, ModelInfo, ModelList, ServiceStatus, UploadAccepted
+from .routing import Guard, RoutingPolicy
+from .routing_plane import RoutingPlane
+from .schemas import Deleted, ErrorBody, ModelInfo, ModelList, ModelStatus, PromoteRequest, RoutingEvents, ServiceStatus, UploadAccepted
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422)}
 # Declares the key in the OpenAPI schema, so /docs offers "Authorize" and clients know which routes
@@ -41,8 +43,9 @@ MORE_ERRORS = {"/ready": {503: {"model": ErrorBody, "description": "the inferenc
 
 
 class ManagementRoutes:
-    def __init__(self, plane: ManagementPlane, workers_ready: Callable[[], bool], guard: BearerKey | None) -> None:
+    def __init__(self, plane: ManagementPlane, routing: RoutingPlane, workers_ready: Callable[[], bool], guard: BearerKey | None) -> None:
         self.plane = plane
+        self.routing = routing
         self.workers_ready = workers_ready
         self.guard = guard
 
@@ -52,7 +55,12 @@ class ManagementRoutes:
         table = [
             ("POST", "/models", self.create_model, UploadAccepted, 202, True),
             ("GET", "/models", self.list_models, ModelList, 200, False),
-            ("GET", "/models/{model_id}", self.get_model, ModelInfo, 200, False),
+            ("GET", "/models/{model_id}", self.get_model, ModelStatus, 200, False),
+            ("PUT", "/models/{model_id}/routing", self.set_routing, ModelStatus, 200, True),
+            ("PUT", "/models/{model_id}/guard", self.set_guard, ModelStatus, 200, True),
+            ("POST", "/models/{model_id}/promote", self.promote, ModelStatus, 200, True),
+            ("POST", "/models/{model_id}/rollback", self.roll_back, ModelStatus, 200, True),
+            ("GET", "/models/{model_id}/events", self.events, RoutingEvents, 200, False),
             ("GET", "/models/{model_id}/report", self.get_report, None, 200, False),
             ("GET", "/models/{model_id}/report.html", self.get_report_html, None, 200, False),
             ("GET", "/models/{model_id}/variants/{variant}", self.download_variant, None, 200, True),
@@ -99,8 +107,23 @@ class ManagementRoutes:
     async def list_models(self) -> ModelList:
         return ModelList(models=await run_in_threadpool(self.plane.list_models))
 
-    async def get_model(self, model_id: str) -> ModelInfo:
-        return await run_in_threadpool(self.plane.model, model_id)
+    async def get_model(self, model_id: str) -> ModelStatus:
+        return await run_in_threadpool(self.routing.status, model_id)
+
+    async def set_routing(self, model_id: str, policy: RoutingPolicy) -> ModelStatus:
+        return await run_in_threadpool(self.routing.set_routing, model_id, policy)
+
+    async def set_guard(self, model_id: str, guard: Guard) -> ModelStatus:
+        return await run_in_threadpool(self.routing.set_guard, model_id, guard)
+
+    async def promote(self, model_id: str, request: PromoteRequest | None = None) -> ModelStatus:
+        return await run_in_threadpool(self.routing.promote, model_id, request.reason if request else "")
+
+    async def roll_back(self, model_id: str, request: PromoteRequest | None = None) -> ModelStatus:
+        return await run_in_threadpool(self.routing.roll_back, model_id, request.reason if request else "")
+
+    async def events(self, model_id: str, limit: int = Query(100, ge=1, le=10000, description="the newest this many")) -> RoutingEvents:
+        return RoutingEvents(events=await run_in_threadpool(self.routing.events, model_id, limit))
 
     async def get_report(self, model_id: str) -> Response:
         path = await run_in_threadpool(self.plane.report_path, model_id)

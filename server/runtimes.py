@@ -6,6 +6,7 @@ ONNX Runtime), the same code the pipeline measured the variant with.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -54,10 +55,15 @@ class VariantCache:
         self.capacity = capacity
         self.threads = threads
         self._entries: OrderedDict[tuple[str, str], tuple[int, RunVariant]] = OrderedDict()
+        self._lock = threading.Lock()  # the serving thread and the live observer's shadow forwards share it
 
     def get(
         self, model_id: str, variant: str, version: int, runtime: str, path: Path, example: Example | None = None
     ) -> RunVariant:
+        with self._lock:
+            return self._get(model_id, variant, version, runtime, path, example)
+
+    def _get(self, model_id: str, variant: str, version: int, runtime: str, path: Path, example: Example | None) -> RunVariant:
         key = (model_id, variant)
         entry = self._entries.get(key)
         if entry is not None and entry[0] == version:

@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary, Runtime
 from wire.schemas import Dimension
 
+from .live_window import LiveFidelity, LiveStatus, default_guard
+from .routing import Guard, RoutingPolicy
+
 JobState = Literal["queued", "optimizing", "ready", "failed"]
 VariantName = Literal["original", "optimized"]
 # Used with fullmatch: `$` alone would let a trailing newline through.
@@ -73,11 +76,45 @@ class Health(BaseModel):
 
 class ModelInfo(ModelMeta, JobStatus):
     variants: list[VariantInfo]
-    default_variant: VariantName = Field(description="what /predict serves when no variant is asked for")
+    default_variant: VariantName = Field(description="what /predict serves when no variant is asked for and no routing policy applies")
     health: Health = Field(default_factory=Health)
+    routing: RoutingPolicy | None = Field(None, description="set with PUT /models/{id}/routing; none: the default variant serves")
+    guard: Guard | None = Field(None, description="set with PUT /models/{id}/guard; none: the model's optimization tolerance")
+    routing_revision: int = Field(0, description="counts routing changes; live fidelity is judged per revision")
 
     def variant(self, name: str) -> VariantInfo | None:
         return next((v for v in self.variants if v.name == name), None)
+
+    def effective_guard(self) -> Guard:
+        return self.guard or default_guard(self.config, self.summary.output_shapes)
+
+
+class ModelStatus(ModelInfo):
+    """GET /models/{id}: the model, plus what its live traffic shows."""
+
+    live: LiveStatus
+
+
+class RoutingEvent(BaseModel):
+    """A change of a model's routing or guard, by a user or by the guard itself (GET /models/{id}/events)."""
+
+    version: int = 1
+    at: str
+    kind: Literal["routing", "guard", "promote", "rollback"]
+    trigger: Literal["user", "guard"]
+    reason: str
+    routing: RoutingPolicy | None = Field(None, description="the policy after the event")
+    guard: Guard | None = Field(None, description="the guard after the event (guard events)")
+    fidelity: LiveFidelity | None = Field(None, description="the live evidence at the time (guard rollbacks)")
+
+
+class RoutingEvents(BaseModel):
+    events: list[RoutingEvent]
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500, description="why, for the event log")
 
 
 class ModelList(BaseModel):
@@ -132,7 +169,10 @@ class InferenceRequest(BaseModel):
 
 
 class PredictRequest(InferenceRequest):
-    variant: VariantName | None = Field(None, description="default: optimized when ready, else original")
+    variant: VariantName | None = Field(None, description="default: the model's routing policy decides (without one: optimized when ready, else original)")
+    routing_key: str | None = Field(
+        None, max_length=256, description="sticky split: the same key always gets the same variant (the X-Routing-Key header sets it too)"
+    )
 
 
 class PredictResponse(BaseModel):

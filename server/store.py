@@ -24,7 +24,9 @@ from pathlib import Path
 from optimizer_pipeline.files import atomic_write_bytes, atomic_write_text
 from optimizer_pipeline.report import Chosen
 
-from .schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
+from .live_window import LiveSample
+from .routing import MAX_WINDOW, Guard, Pinned
+from .schemas import Health, JobStatus, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -52,6 +54,24 @@ CREATE TABLE IF NOT EXISTS health (
     unhealthy TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, queued_at);
+CREATE TABLE IF NOT EXISTS routing (
+    model_id TEXT PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+    policy TEXT,
+    guard TEXT,
+    revision INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_model ON events(model_id, seq);
+CREATE TABLE IF NOT EXISTS live (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+    sample TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS live_by_model ON live(model_id, seq);
 CREATE TABLE IF NOT EXISTS variants (
     model_id TEXT NOT NULL REFERENCES models(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -165,8 +185,10 @@ class Store:
         """Look a model up by id or by name."""
         db = self._connection()
         row = db.execute(
-            f"SELECT m.id, m.meta, {JOB_COLUMNS}, COALESCE(h.timeouts, 0) AS timeouts, h.unhealthy "
+            f"SELECT m.id, m.meta, {JOB_COLUMNS}, COALESCE(h.timeouts, 0) AS timeouts, h.unhealthy, "
+            "r.policy, r.guard, COALESCE(r.revision, 0) AS revision "
             "FROM models m JOIN jobs j ON j.model_id = m.id LEFT JOIN health h ON h.model_id = m.id "
+            "LEFT JOIN routing r ON r.model_id = m.id "
             "WHERE m.id = ? OR m.name = ?",
             (ref, ref),
         ).fetchone()
@@ -190,7 +212,7 @@ class Store:
         return deleted
 
     def exists(self, model_id: str) -> bool:
-        return self._connection().execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
+        return self._exists(self._connection(), model_id)
 
     def has_name(self, name: str) -> bool:
         return self._connection().execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None
@@ -213,6 +235,93 @@ class Store:
     def reset_health(self, model_id: str) -> None:
         with self._transaction() as db:
             db.execute("DELETE FROM health WHERE model_id = ?", (model_id,))
+
+    # ---- routing, its events and live evidence ----
+
+    def set_routing(self, model_id: str, policy: str, event: RoutingEvent) -> None:
+        """Store a policy (JSON) and its event; a new revision starts the guard's evidence afresh."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO routing (model_id, policy, revision) VALUES (?, ?, 1) "
+                "ON CONFLICT(model_id) DO UPDATE SET policy = excluded.policy, revision = revision + 1",
+                (model_id, policy),
+            )
+            self._add_event(db, model_id, event)
+
+    def set_guard(self, model_id: str, guard: Guard, event: RoutingEvent) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO routing (model_id, guard) VALUES (?, ?) ON CONFLICT(model_id) DO UPDATE SET guard = excluded.guard",
+                (model_id, guard.model_dump_json()),
+            )
+            self._add_event(db, model_id, event)
+
+    def roll_back(self, model_id: str, revision: int, event: RoutingEvent) -> bool:
+        """Pin the original, unless the routing changed since `revision` was read (another worker, or a user, acted first)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT revision FROM routing WHERE model_id = ?", (model_id,)).fetchone()
+            if (row["revision"] if row else 0) != revision or not self._exists(db, model_id):
+                return False
+            pinned = Pinned(variant="original").model_dump_json()
+            db.execute(
+                "INSERT INTO routing (model_id, policy, revision) VALUES (?, ?, 1) "
+                "ON CONFLICT(model_id) DO UPDATE SET policy = excluded.policy, revision = revision + 1",
+                (model_id, pinned),
+            )
+            self._add_event(db, model_id, event)
+        return True
+
+    def events(self, model_id: str, limit: int = 100) -> list[RoutingEvent]:
+        """The model's routing events, oldest first (the last `limit` of them)."""
+        rows = self._connection().execute(
+            "SELECT event FROM (SELECT seq, event FROM events WHERE model_id = ? ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (model_id, limit),
+        )
+        return [RoutingEvent.model_validate_json(row["event"]) for row in rows]
+
+    def event_counts(self) -> list[tuple[str, str, str, int]]:
+        """(model name, kind, trigger, count) of every stored event kind: counters that survive restarts."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for row in self._connection().execute("SELECT m.name, e.event FROM events e JOIN models m ON m.id = e.model_id"):
+            event = RoutingEvent.model_validate_json(row["event"])
+            key = (row["name"], event.kind, event.trigger)
+            counts[key] = counts.get(key, 0) + 1
+        return [(*key, count) for key, count in counts.items()]
+
+    def record_live(self, samples: list[tuple[str, LiveSample]]) -> None:
+        """Append served requests' samples; each model keeps its newest MAX_WINDOW."""
+        db = self._connection()
+        # Evidence, not acknowledged data: losing the last moments of it to a power cut is fine, and
+        # an fsync per flush would cost the worker's thread milliseconds.
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT INTO live (model_id, sample) SELECT ?, ? WHERE EXISTS (SELECT 1 FROM models WHERE id = ?)",
+                    [(model_id, sample.model_dump_json(), model_id) for model_id, sample in samples],
+                )
+                for model_id in {model_id for model_id, _ in samples}:
+                    db.execute(
+                        "DELETE FROM live WHERE model_id = ? AND seq <= "
+                        "(SELECT seq FROM live WHERE model_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                        (model_id, model_id, MAX_WINDOW),
+                    )
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
+
+    def live_samples(self, model_id: str, limit: int) -> list[LiveSample]:
+        """The newest `limit` samples, newest first."""
+        rows = self._connection().execute(
+            "SELECT sample FROM live WHERE model_id = ? ORDER BY seq DESC LIMIT ?", (model_id, limit)
+        )
+        return [LiveSample.model_validate_json(row["sample"]) for row in rows]
+
+    def _add_event(self, db: sqlite3.Connection, model_id: str, event: RoutingEvent) -> None:
+        db.execute("INSERT INTO events (model_id, event) VALUES (?, ?)", (model_id, event.model_dump_json()))
+
+    @staticmethod
+    def _exists(db: sqlite3.Connection, model_id: str) -> bool:
+        return db.execute("SELECT 1 FROM models WHERE id = ?", (model_id,)).fetchone() is not None
 
     # ---- jobs ----
 
@@ -330,7 +439,7 @@ class Store:
         return [(row["name"], row["variant"], row["runtime"], row["size_bytes"]) for row in rows]
 
 
-_INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS.split(", "), "timeouts", "unhealthy")
+_INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS.split(", "), "timeouts", "unhealthy", "policy", "guard", "revision")
 _VARIANT_COLUMNS = ("name", "runtime", "filename", "size_bytes", "version")
 
 
@@ -355,4 +464,13 @@ def _model_info(values: tuple, variant_values: tuple[tuple, ...]) -> ModelInfo:
     variant_infos = [VariantInfo(**dict(zip(_VARIANT_COLUMNS, v))) for v in variant_values]
     default = "optimized" if any(v.name == "optimized" for v in variant_infos) else "original"
     health = Health(healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"])
-    return ModelInfo(**meta.model_dump(), **job.model_dump(), variants=variant_infos, default_variant=default, health=health)
+    return ModelInfo(
+        **meta.model_dump(),
+        **job.model_dump(),
+        variants=variant_infos,
+        default_variant=default,
+        health=health,
+        routing=None if row["policy"] is None else json.loads(row["policy"]),
+        guard=None if row["guard"] is None else Guard.model_validate_json(row["guard"]),
+        routing_revision=row["revision"],
+    )

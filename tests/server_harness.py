@@ -223,6 +223,17 @@ def wait_for(url: str, model_id: str, states: tuple[str, ...] = ("ready", "faile
     raise TimeoutError(f"model {model_id} did not reach {states}; last: {status}")
 
 
+def wait_until(check: Any, what: str, timeout: float = 60.0, log: Path | None = None) -> Any:
+    """Poll `check()` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}" + (f"; log:\n{log.read_text()[-3000:]}" if log else ""))
+
+
 def tensor_object(tensor) -> dict:
     return {"shape": list(tensor.shape), "datatype": "FP32", "data": tensor.reshape(-1).tolist()}
 

@@ -22,11 +22,17 @@ COUNTED_METRICS = ("agreement", "accuracy_drop")
 
 def wilson_lower_bound(proportion: float, samples: int, z: float = Z_95) -> float:
     """Lower end of the Wilson score interval for a proportion observed over `samples` trials."""
+    return wilson_interval(proportion, samples, z)[0]
+
+
+def wilson_interval(proportion: float, samples: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion observed over `samples` trials ((0, 1) with none)."""
     if samples <= 0:
-        return 0.0
+        return 0.0, 1.0
     centre = proportion + z * z / (2 * samples)
     spread = z * math.sqrt(proportion * (1 - proportion) / samples + z * z / (4 * samples * samples))
-    return max(0.0, (centre - spread) / (1 + z * z / samples))
+    scale = 1 + z * z / samples
+    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
 def wilson_upper_bound(proportion: float, samples: int, z: float = Z_95) -> float:
