@@ -10,7 +10,7 @@ from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
 from .report import Fidelity
-from .report.confidence import wilson_lower_bound, wilson_upper_bound
+from .report.confidence import wilson_interval
 from .search.settings import SearchConfig
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
@@ -89,14 +89,14 @@ class Tolerance(BaseModel):
         below the threshold. At 32 samples one disagreement (0.969) does not show that a variant
         agrees less than 99% of the time; at 256 samples, three do (0.988 passes, 0.977 does not)."""
         if self.metric == "agreement":
-            return wilson_upper_bound(value, samples) >= self.threshold
+            return wilson_interval(value, samples)[1] >= self.threshold
         return self.accepts(value)
 
     def explain(self, value: float, samples: int | None = None) -> str:
         bound = "allowed ≤" if self.lower_is_better else "required ≥"
         text = f"{self.metric} {value:.4f} ({bound} {self.threshold})"
         if self.metric == "agreement" and samples:
-            low, high = wilson_lower_bound(value, samples), wilson_upper_bound(value, samples)
+            low, high = wilson_interval(value, samples)
             text += f", 95% interval {low:.3f}–{high:.3f} over {samples} samples"
         return text
 

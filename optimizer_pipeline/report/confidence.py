@@ -35,11 +35,6 @@ def wilson_interval(proportion: float, samples: int, z: float = Z_95) -> tuple[f
     return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
-def wilson_upper_bound(proportion: float, samples: int, z: float = Z_95) -> float:
-    """Upper end of the Wilson score interval: the best the true proportion can plausibly be."""
-    return 1.0 - wilson_lower_bound(1.0 - proportion, samples, z)
-
-
 def samples_to_show(threshold: float, z: float = Z_95) -> int | None:
     """Fewest samples whose lower bound can reach `threshold` when every sample agrees (n / (n + z²) ≥ t)."""
     if not 0 < threshold < 1:

@@ -1,5 +1,5 @@
 """report.html: one self-contained page (inline SVG and CSS, no scripts, no network): who the model
-is, what is served and why, a plot of every trial, and the full table; the figures of report_table."""
+is, what is served and why, a plot of every trial, and the full table; the figures of report.table."""
 
 from __future__ import annotations
 
