@@ -24,7 +24,8 @@ def _possible(steps: list[PassConfig]) -> list[PassConfig]:
     return steps
 
 
-PlanSpec = Annotated[list[PassSpec], AfterValidator(_possible)]
+# The length is checked before the chain, so an over-long plan is refused as such.
+PlanSpec = Annotated[list[PassSpec], Field(max_length=MAX_PLAN_STEPS), AfterValidator(_possible)]
 # Tagged, so that a bad search object is reported as such and not also as "should be 'auto'".
 SearchSetting = Annotated[
     Annotated[SearchConfig, Tag("settings")] | Annotated[Literal["auto"], Tag("auto")],
@@ -118,7 +119,7 @@ class CandidateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = None
-    plan: PlanSpec = Field(min_length=1, max_length=MAX_PLAN_STEPS)
+    plan: PlanSpec = Field(min_length=1)
 
     def display_name(self) -> str:
         return self.name or Plan(self.plan).name
@@ -127,7 +128,7 @@ class CandidateSpec(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    plan: PlanSpec | None = Field(None, max_length=MAX_PLAN_STEPS, description="one explicit plan; replaces the default candidates")
+    plan: PlanSpec | None = Field(None, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")
     search: SearchSetting | None = Field(None, description="search a space of plans instead")
     tolerance: Tolerance | None = Field(

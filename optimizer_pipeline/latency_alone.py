@@ -26,6 +26,7 @@ import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,7 @@ from .allocator import pin_malloc_thresholds
 from .runtimes import load_variant
 
 _context = multiprocessing.get_context("forkserver")
+PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _time_in_child(
     child = _context.Process(
         target=_measure, args=(sender, subject.runtime, subject.data, inputs, threads, warmup, calls), name="optiserve-timing"
     )
-    with _main_module_hidden():
+    with _starting_a_child():
         child.start()
     sender.close()
     try:
@@ -103,18 +105,26 @@ def _time_in_child(
 
 
 @contextlib.contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Start a child without it re-running the parent's __main__ (a bench script, pytest, the server).
+def _starting_a_child() -> Iterator[None]:
+    """Start a child that runs this very code and nothing of the parent's main module.
 
-    multiprocessing makes every child import the parent's main module first, which would cost each
-    timing process that import, or fail where there is no file (python -c, stdin); the child needs
-    nothing from it."""
-    main = sys.modules["__main__"]
+    - multiprocessing makes every child import the parent's __main__ first (a bench script, pytest,
+      the server), which would cost each timing process that import, or fail where there is no file
+      (python -c, stdin); the child needs nothing from it.
+    - Python 3.11's forkserver ignores the parent's sys.path: it imports from the interpreter's
+      default path, where `optimizer_pipeline` may be another checkout, or missing. The package
+      root this module came from goes first on PYTHONPATH for the forkserver this may start."""
+    main, python_path = sys.modules["__main__"], os.environ.get("PYTHONPATH")
     sys.modules["__main__"] = types.ModuleType("__main__")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, python_path]))
     try:
         yield
     finally:
         sys.modules["__main__"] = main
+        if python_path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = python_path
 
 
 def _measure(
