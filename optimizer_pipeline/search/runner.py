@@ -68,9 +68,9 @@ class _State:
 
     def reserve(self) -> float:
         """Time kept back for timing the finalists and the original alone after the search: each, in
-        each of its (by default two) processes, costs about a quarter of a trial's comparison (one
+        each of its (by default three) processes, costs about a quarter of a trial's comparison (one
         variant at one batch size instead of two variants at two)."""
-        return (FINALISTS + 1) * 2 / 4 * self.latency_seconds
+        return (FINALISTS + 1) * 3 / 4 * self.latency_seconds
 
 
 def run_search(
