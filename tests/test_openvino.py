@@ -45,6 +45,17 @@ def test_conversion_matches_torchscript_under_the_original_names_at_any_batch(mo
         torch.testing.assert_close(candidate, reference, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_precision_is_the_plans_choice_and_the_stored_variant_keeps_it():
+    archive, inputs = tiny_models.cnn_bn()
+    batch = Batch(inputs)
+    for precision in ("f32", "bf16"):
+        converted = run_pass(jit.load_archive(archive), batch, parse_pass_spec({"pass": "ov_convert", "precision": precision}))
+        # Conversion parity is checked in f32 either way; bf16 is left to the fidelity check.
+        assert max(converted.details["relative_error_by_batch"].values()) < 1e-4
+        compiled = load_variant("openvino", converted.model.data, threads=1).compiled
+        assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == ("<Type: 'float32'>" if precision == "f32" else "<Type: 'bfloat16'>")
+
+
 def test_nncf_int8_quantizes_a_cnn_within_tolerance_and_keeps_sensitive_ops_in_float():
     original, converted, batch = _convert("cnn_bn", via_onnx=True)
     reference = run_model(original, batch)
