@@ -59,7 +59,7 @@ def _add_optimize(commands: argparse._SubParsersAction) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     # Imported here so that client-only commands don't pay for importing torch.
     from optimizer_pipeline import OptimizerError, optimize
-    from optimizer_pipeline.report_table import format_report
+    from optimizer_pipeline.report.table import format_report
 
     from .progress import ProgressBar
 

@@ -144,7 +144,7 @@ def _report(args: argparse.Namespace, client: OptiserveClient) -> int:
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
-        from optimizer_pipeline.report_table import format_report
+        from optimizer_pipeline.report.table import format_report
 
         print(format_report(report))
     return ExitCode.OK

@@ -7,7 +7,7 @@ that prefix once: PlanBuilder keeps each prefix's result and hands out private c
 from __future__ import annotations
 
 import copy
-import json
+import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -19,15 +19,17 @@ from . import jit
 from .calibration import Batch
 from .config import PipelineConfig, Tolerance
 from .fidelity import compare_outputs
-from .latency import compare_latency
+from .latency import MIN_ROUNDS, alone_stats, compare_latency
+from .latency_alone import Subject, time_alone
 from .model_loading import run_model
 from .outputs import NamedOutputs
-from .passes import REGISTRY, PassConfig, run_pass
-from .report import CandidateReport
-from .runtimes import LoadedVariant, load_variant, runtime_of
+from .passes import REGISTRY, Plan, run_pass
+from .report import AloneTiming, CandidateReport, LatencyComparison
+from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving
 
-FINALISTS = 2  # candidates re-timed before the choice: the fastest and at most one runner-up
+FINALISTS = 4  # at most: the fastest of each of the three runtimes and a close runner-up
 CLOSE_CALL = 1.15  # a runner-up within this factor of the fastest could swap places with it
+ALONE_TIMEOUT_S = 60.0  # a timing process gets this, plus ten times its calls' expected time
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class PlanBuilder:
     reference: Reference
     _prefixes: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
-    def build(self, plan: list[PassConfig]) -> tuple[Any, dict[str, Any]]:
+    def build(self, plan: Plan) -> tuple[Any, dict[str, Any]]:
         """(model, details by step). Raises PassFailed naming the step that failed."""
         start, model, details = self._longest_cached_prefix(plan)
         for position in range(start, len(plan)):
@@ -69,12 +71,12 @@ class PlanBuilder:
             if output.details:
                 details[f"{position}:{step.name}"] = output.details
             if position < len(plan) - 1:
-                self._prefixes[_key(plan[: position + 1])] = (_private_copy(model), dict(details))
+                self._prefixes[plan[: position + 1].key] = (_private_copy(model), dict(details))
         return model, details
 
-    def _longest_cached_prefix(self, plan: list[PassConfig]) -> tuple[int, Any, dict[str, Any]]:
+    def _longest_cached_prefix(self, plan: Plan) -> tuple[int, Any, dict[str, Any]]:
         for length in range(len(plan) - 1, 0, -1):
-            cached = self._prefixes.get(_key(plan[:length]))
+            cached = self._prefixes.get(plan[:length].key)
             if cached is not None:
                 return length, _private_copy(cached[0]), dict(cached[1])
         return 0, jit.reload(self.reference.original), {}
@@ -86,10 +88,6 @@ def _private_copy(model: Any) -> Any:
     return jit.reload(model) if isinstance(model, jit.ScriptModule) else copy.deepcopy(model)
 
 
-def _key(plan: list[PassConfig]) -> str:
-    return json.dumps([step.spec() for step in plan], sort_keys=True)
-
-
 @dataclass
 class BuiltCandidate:
     report: CandidateReport
@@ -97,17 +95,17 @@ class BuiltCandidate:
     loaded: LoadedVariant | None = None
 
 
-def new_report(name: str, plan: list[PassConfig]) -> CandidateReport:
+def new_report(name: str, plan: Plan) -> CandidateReport:
     return CandidateReport(
         name=name,
         plan=[step.spec() for step in plan],
-        runtime="onnxruntime" if plan and plan[-1].produces == "onnx" else "torchscript",
+        runtime=runtime_serving(plan.output_format).name,
         status="ok",
         notes=[note for step in plan if (note := REGISTRY[step.name].config_class.speed_note)],
     )
 
 
-def build_candidate(builder: PlanBuilder, name: str, plan: list[PassConfig]) -> BuiltCandidate:
+def build_candidate(builder: PlanBuilder, name: str, plan: Plan) -> BuiltCandidate:
     """Build, serialize and reload one plan, and measure its fidelity on the held-out data."""
     started = time.perf_counter()
     report = new_report(name, plan)
@@ -127,7 +125,7 @@ def build_candidate(builder: PlanBuilder, name: str, plan: list[PassConfig]) -> 
     return built
 
 
-def evaluate_candidate(builder: PlanBuilder, name: str, plan: list[PassConfig], config: PipelineConfig) -> BuiltCandidate:
+def evaluate_candidate(builder: PlanBuilder, name: str, plan: Plan, config: PipelineConfig) -> BuiltCandidate:
     """Build, measure fidelity, then latency against the original."""
     started = time.perf_counter()
     built = build_candidate(builder, name, plan)
@@ -178,29 +176,67 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
 
 
 def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config: PipelineConfig) -> None:
-    """Re-time the fastest qualifying candidate, and a runner-up close to it, with twice the rounds.
+    """Time the finalists each alone in a fresh process, taking turns with the original, and make that
+    their speed-up: the figure the choice ranks on and the report and status show.
 
-    The fastest of many noisy measurements is biased towards luck (the winner's curse), so the
-    winner's number gets a second, longer measurement, and so does any runner-up close enough to
-    swap places with it. Runners-up further behind are not re-timed: the order would not change.
-    """
-    qualifying = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
-    qualifying = sorted(qualifying, key=lambda b: b.report.speedup or 0.0, reverse=True)
-    if not qualifying:
+    In-process figures mislead across runtimes (one runtime's threads slow the next, latency_alone.py),
+    so the finalists are the fastest qualifying candidate of each runtime, plus a runner-up close
+    enough to swap places with the fastest (the fastest of many noisy measurements is biased towards
+    luck). Candidates that are not finalists cannot be chosen over one (choice.py)."""
+    finalists = _finalists(built)
+    if not finalists:
         return
-    fastest = qualifying[0].report.speedup or 0.0
-    finalists = [b for b in qualifying[:FINALISTS] if (b.report.speedup or 0.0) * CLOSE_CALL >= fastest]
-    doubled = {"rounds": 2 * config.latency.rounds, "max_seconds": 2 * config.latency.max_seconds}
-    longer = config.model_copy(update={"latency": config.latency.model_copy(update=doubled)})
-    for finalist in finalists:
-        first = finalist.report.speedup or 0.0
-        finalist.report.latency = []
-        finalist.loaded = load_variant(finalist.report.runtime, finalist.archive, reference.threads)
-        measure_latency(finalist, reference, longer)
-        if finalist.report.status == "ok":
-            finalist.report.notes.append(
-                f"finalist: re-timed with {longer.latency.rounds} rounds, {finalist.report.speedup:.2f}x (first run {first:.2f}x)"
-            )
+    batch = reference.timing_batches[-1]
+    subjects = [Subject("the original", "torchscript", jit.archive_bytes(reference.original))]
+    subjects += [Subject(f.report.name, f.report.runtime, f.archive) for f in finalists]
+    slowest_ms = max(comparison.original.median_ms for f in finalists for comparison in f.report.latency[-1:])
+    rounds = config.latency.rounds  # as compare_latency: fewer calls for slow models, never under MIN_ROUNDS
+    calls = max(min(rounds, MIN_ROUNDS), min(rounds, int(config.latency.max_seconds * 1000 / max(slowest_ms, 1e-3))))
+    measured = time_alone(
+        subjects,
+        batch.inputs,
+        reference.threads,
+        warmup=config.latency.warmup,
+        calls=calls,
+        turns=config.latency.processes,
+        timeout_s=ALONE_TIMEOUT_S + 10 * (config.latency.warmup + calls) * slowest_ms / 1000,
+    )
+    original = measured[0]
+    for finalist, timings in zip(finalists, measured[1:]):
+        if isinstance(original, str) or isinstance(timings, str):
+            finalist.report.notes.append(f"finalist, but could not be timed alone: {original if isinstance(original, str) else timings}")
+            continue
+        _record_alone(finalist.report, len(batch), calls, [t.median_ms for t in original], [t.median_ms for t in timings])
+
+
+def _finalists(built: list[BuiltCandidate]) -> list[BuiltCandidate]:
+    qualifying = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
+    qualifying.sort(key=lambda b: b.report.speedup or 0.0, reverse=True)
+    if not qualifying:
+        return []
+    finalists = [next(b for b in qualifying if b.report.runtime == runtime) for runtime in dict.fromkeys(b.report.runtime for b in qualifying)]
+    runner_up = qualifying[1] if len(qualifying) > 1 else None
+    if runner_up is not None and runner_up not in finalists and (runner_up.report.speedup or 0.0) * CLOSE_CALL >= (qualifying[0].report.speedup or 0.0):
+        finalists.append(runner_up)
+    return finalists
+
+
+def _record_alone(report: CandidateReport, batch_size: int, calls: int, original_ms: list[float], candidate_ms: list[float]) -> None:
+    in_process = report.speedup
+    speedup = statistics.median(original_ms) / max(statistics.median(candidate_ms), 1e-9)
+    report.timed_alone = AloneTiming(
+        batch_size=batch_size, processes=len(candidate_ms), calls=calls, original_ms=original_ms,
+        candidate_ms=candidate_ms, speedup=speedup, in_process_speedup=in_process,
+    )
+    # The target batch's comparison becomes the per-process one, so every view of the report shows it.
+    report.latency[-1] = LatencyComparison(
+        batch_size=batch_size, original=alone_stats(original_ms, calls), candidate=alone_stats(candidate_ms, calls), speedup=speedup
+    )
+    report.speedup = speedup
+    report.notes.append(
+        f"finalist: timed alone, {speedup:.2f}x (median over {len(candidate_ms)} fresh processes each, {calls} calls per process; "
+        f"in-process {in_process or 0:.2f}x)"
+    )
 
 
 def describe_error(exc: Exception) -> str:

@@ -17,6 +17,10 @@ def choose(candidates: list[CandidateReport], config: PipelineConfig, objective:
             return _chosen(forced, "forced: the explicit plan is served as requested (`force: true`), "
                            + ("within" if forced.meets_tolerance else "OUTSIDE") + " the tolerance")
     qualified = [c for c in candidates if _qualifies(c, config)]
+    if objective == "latency" and any(c.timed_alone for c in candidates):
+        # Speed is ranked among the finalists, timed alone: the in-process figures of the others are
+        # not comparable with theirs (latency_alone.py), and a finalist's may be far lower.
+        qualified = [c for c in qualified if c.timed_alone]
     if not qualified:
         return Chosen(candidate="original", reason=_why_none(candidates, config))
     others = len(qualified) - 1

@@ -54,6 +54,12 @@ def compare_latency(
     )
 
 
+def alone_stats(process_medians_ms: list[float], calls: int) -> LatencyStats:
+    """Stats of a variant timed alone: the median and p90 of its per-process medians."""
+    stats = _stats(process_medians_ms)
+    return stats.model_copy(update={"runs": len(process_medians_ms) * calls})
+
+
 def _stats(times_ms: list[float]) -> LatencyStats:
     ordered = sorted(times_ms)
     p90_index = min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))

@@ -21,6 +21,7 @@ from .config import PipelineConfig
 from .errors import InvalidConfigError
 from .fidelity import accuracy, first_class_scores
 from .model_loading import check_model_accepts, load_model, run_model
+from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
 from .search.runner import run_search
@@ -81,7 +82,7 @@ def optimize(
         else:
             outcome = run_search(references, settings, search, notify, started)
             built, summary = outcome.built, outcome.summary
-        notify("re-timing the finalists", 0.96)
+        notify("timing the finalists alone", 0.96)
         confirm_finalists(built, references[0], settings)
     reference = references[0]
     notify("choosing", 0.97)
@@ -136,7 +137,7 @@ def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: 
     built = []
     for position, spec in enumerate(specs):
         notify(f"candidate {position + 1}/{len(specs)}: {spec.display_name()}", 0.05 + 0.9 * position / len(specs))
-        built.append(evaluate_candidate(builder, spec.display_name(), spec.plan, settings))
+        built.append(evaluate_candidate(builder, spec.display_name(), Plan(spec.plan), settings))
     return built
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .files import atomic_write_bytes, atomic_write_text
-from .report import Report
+from .report import Report, Runtime
 
-Runtime = Literal["torchscript", "onnxruntime"]
-FILE_SUFFIX: dict[str, str] = {"torchscript": ".pt", "onnxruntime": ".onnx"}
+# One stored file per variant; an OpenVINO IR (.xml + .bin) is kept as one archive (runtimes/openvino.py).
+FILE_SUFFIX: dict[str, str] = {"torchscript": ".pt", "onnxruntime": ".onnx", "openvino": ".ovir"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class OptimizationResult:
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write original.pt, optimized.pt (or .onnx), report.json and report.html, each atomically."""
-        from .report_html import render_html  # the HTML renderer needs the config; keep this module light
+        from .report.html import render_html  # the HTML renderer needs the config; keep this module light
         directory = Path(directory)
         written = []
         for variant in (self.original, self.optimized):

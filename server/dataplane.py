@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer_pipeline import Report
-from optimizer_pipeline.report_html import render_html
+from optimizer_pipeline.report.html import render_html
 
 from .errors import ApiError, not_found
 from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted

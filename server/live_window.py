@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from optimizer_pipeline.config import Tolerance
-from optimizer_pipeline.report_confidence import Z_95, wilson_interval
+from optimizer_pipeline.report.confidence import Z_95, wilson_interval
 
 from .routing import Guard
 

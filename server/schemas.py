@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary
+from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary, Runtime
 from wire.schemas import Dimension
 
 from .live_window import LiveFidelity, LiveStatus, default_guard
@@ -15,7 +15,6 @@ from .routing import Guard, RoutingPolicy
 
 JobState = Literal["queued", "optimizing", "ready", "failed"]
 VariantName = Literal["original", "optimized"]
-Runtime = Literal["torchscript", "onnxruntime"]
 # Used with fullmatch: `$` alone would let a trailing newline through.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 

@@ -14,7 +14,7 @@ os.environ["OPTISERVE_API_KEY"] = API_KEY
 
 # Few timing rounds: tests check correctness, benchmarks (bench/) measure speed. Two warm-up calls
 # let TorchScript's profiling executor finish optimizing before anything is timed.
-FAST = {"latency": {"warmup": 2, "rounds": 3}}
+FAST = {"latency": {"warmup": 2, "rounds": 3, "processes": 1}}
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from optimizer_pipeline.references import make_references
 from optimizer_pipeline.report import CandidateReport
 from optimizer_pipeline.search.pareto import pareto_front
 from optimizer_pipeline.search.runner import run_search
-from optimizer_pipeline.search.space import expand_space, is_valid
+from optimizer_pipeline.passes import Plan
+from optimizer_pipeline.search.space import expand_space
 
 
 def _names(plans) -> list[str]:
@@ -40,9 +41,9 @@ def test_stages_combine_in_order_and_null_skips_a_stage():
 
 
 def test_nothing_follows_a_finishing_pass():
-    assert not is_valid([parse_pass_spec("quantize_static"), parse_pass_spec("freeze")])
-    assert not is_valid([parse_pass_spec("freeze"), parse_pass_spec({"pass": "prune_unstructured"})])
-    assert is_valid([parse_pass_spec({"pass": "prune_unstructured"}), parse_pass_spec("quantize_static")])
+    assert not Plan([parse_pass_spec("quantize_static"), parse_pass_spec("freeze")]).is_valid
+    assert not Plan([parse_pass_spec("freeze"), parse_pass_spec({"pass": "prune_unstructured"})]).is_valid
+    assert Plan([parse_pass_spec({"pass": "prune_unstructured"}), parse_pass_spec("quantize_static")]).is_valid
 
 
 def test_grid_search_skips_plans_dominated_by_a_cheaper_miss():
@@ -158,7 +159,8 @@ def test_objective_size_picks_the_smallest_qualifying_variant():
         **FAST,
         "min_speedup": 0.001,
         "tolerance": {"metric": "cosine", "threshold": 0.9},
-        "search": {"objective": "size", "strategy": "grid", "space": {"quantize": [{"pass": "freeze"}, {"pass": "quantize_static"}]}},
+        # A fixed budget: under the automatic one a busy machine could end the search after one trial.
+        "search": {"objective": "size", "strategy": "grid", "time_budget_s": 120, "space": {"quantize": [{"pass": "freeze"}, {"pass": "quantize_static"}]}},
     }
     report = optimize(archive, tiny_models.calibration_bytes(inputs), config).report
     sizes = {c.name: c.size_bytes for c in report.candidates}

@@ -5,6 +5,8 @@ from . import (  # noqa: F401
     freeze,
     onnx_export,
     ort_quantize,
+    ov_convert,
+    ov_quantize,
     prune_structured,
     prune_unstructured,
     quantize_dynamic,
@@ -12,5 +14,6 @@ from . import (  # noqa: F401
     quantize_static,
 )
 from .base import REGISTRY, PassConfig, PassOutput, parse_pass_spec, run_pass
+from .plan import Plan
 
-__all__ = ["REGISTRY", "PassConfig", "PassOutput", "parse_pass_spec", "run_pass"]
+__all__ = ["REGISTRY", "PassConfig", "PassOutput", "Plan", "parse_pass_spec", "run_pass"]

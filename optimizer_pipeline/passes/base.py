@@ -33,8 +33,9 @@ class PassConfig(BaseModel):
     name: str
     # Set on passes that cannot give speed by themselves, so the report can say so up front.
     speed_note: ClassVar[str | None] = None
-    # What the pass takes and returns: "torchscript" or "onnx". A plan must chain them.
-    consumes: ClassVar[str] = "torchscript"
+    # The model formats the pass takes and the one it returns: "torchscript", "onnx" or "openvino".
+    # A plan must chain them (plan.py); an impossible plan is refused when the config is parsed.
+    consumes: ClassVar[tuple[str, ...]] = ("torchscript",)
     produces: ClassVar[str] = "torchscript"
     # A last word for its runtime (freeze, int8): only a runtime-neutral plan may follow, i.e. none.
     finishing: ClassVar[bool] = False
@@ -57,7 +58,7 @@ class PassConfig(BaseModel):
 
 @dataclass
 class PassOutput:
-    model: Any  # a ScriptModule, or an in-memory ONNX model after onnx_export (see `produces`)
+    model: Any  # a ScriptModule, an OnnxModel or an OpenVinoModel (see `produces`)
     details: dict[str, Any] = field(default_factory=dict)
 
 

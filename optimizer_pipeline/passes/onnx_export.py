@@ -19,15 +19,10 @@ from pydantic import Field
 
 from .. import jit
 from ..calibration import Batch
-from ..model_loading import run_model
-from ..onnx_runtime import TIMING_NOTE, OnnxModel, load_session, quiet_onnx
+from ..runtimes.onnxruntime import TIMING_NOTE, OnnxModel, load_session, quiet_onnx
 from ..outputs import flatten_outputs
 from .base import PassConfig, PassOutput, register
-
-# Parity is checked at batch 1 and at the calibration size capped here: enough to catch a batch
-# dimension baked into the graph, cheap enough to run on every export.
-PARITY_BATCH_CAP = 16
-
+from .parity import check_parity
 
 class OnnxExportConfig(PassConfig):
     name: Literal["onnx_export"] = "onnx_export"
@@ -39,7 +34,7 @@ class OnnxExportConfig(PassConfig):
     )
 
 
-class _FlatOutputs(torch.nn.Module):
+class FlatOutputs(torch.nn.Module):
     """The model with its outputs as one flat tuple, in flatten_outputs order.
 
     The exporter cannot express dict outputs (prim::DictConstruct); names come from output_names."""
@@ -54,8 +49,6 @@ class _FlatOutputs(torch.nn.Module):
 
 @register(OnnxExportConfig)
 def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
-    if not isinstance(model, jit.ScriptModule):
-        raise ValueError(f"onnx_export needs a TorchScript model, got {type(model).__name__}; export only once per plan")
     # Through an archive first: an in-memory frozen module cannot be wrapped and traced (its type
     # lives in another compilation unit); the reloaded copy can.
     model = jit.reload(model)
@@ -65,7 +58,7 @@ def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportC
     with torch.no_grad(), jit.quiet_torch():
         output_names = [name for name, _ in flatten_outputs(model(*sample))]
         # Tracing the wrapper keeps the model's own graph, scripted control flow included.
-        flat = torch.jit.trace(_FlatOutputs(model), sample, check_trace=False)
+        flat = torch.jit.trace(FlatOutputs(model), sample, check_trace=False)
     buffer = io.BytesIO()
     with quiet_onnx(), jit.quiet_torch(), _stdout_discarded():
         torch.onnx.export(
@@ -79,7 +72,8 @@ def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportC
             dynamic_axes={name: {0: "batch"} for name in input_names + output_names},
         )
     exported = OnnxModel(buffer.getvalue())
-    errors = _check_parity(model, exported, calibration, config.parity_tolerance)
+    session = load_session(exported.data, torch.get_num_threads())
+    errors = check_parity(model, session, calibration, config.parity_tolerance, "the ONNX export")
     return PassOutput(
         exported,
         {
@@ -112,30 +106,3 @@ def _stdout_discarded() -> Iterator[None]:
         libc.fflush(None)  # C++ writes go through C stdio: flush them into /dev/null, not after it
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _check_parity(model: jit.ScriptModule, exported: OnnxModel, calibration: Batch, tolerance: float) -> dict[str, float]:
-    """Worst relative error per batch size; raise when the export is not a faithful copy."""
-    session = load_session(exported.data, torch.get_num_threads())
-    errors = {}
-    for size in sorted({1, min(len(calibration), PARITY_BATCH_CAP)}):
-        batch = calibration.head(size)
-        expected, got = run_model(model, batch), run_model(session, batch)
-        error = max(_relative_error(reference, candidate) for (_, reference), (_, candidate) in zip(expected, got))
-        if error > tolerance:
-            raise ValueError(
-                f"the ONNX export differs from TorchScript at batch {size}: max |error| is {error:.3g} "
-                f"of the output scale (allowed {tolerance:g})"
-            )
-        errors[str(size)] = error
-    return errors
-
-
-def _relative_error(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    if reference.shape != candidate.shape:
-        return float("inf")
-    if reference.numel() == 0:
-        return 0.0
-    reference = reference.double()
-    difference = (reference - candidate.double()).abs().max()
-    return float(difference / reference.abs().max().clamp_min(1e-12))

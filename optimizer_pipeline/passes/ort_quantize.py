@@ -25,7 +25,7 @@ from ..calibration import Batch
 from ..fidelity import compare_outputs
 from ..limits import MAX_BATCH_SIZE, MAX_LAYERS_KEPT_IN_FLOAT
 from ..model_loading import run_model
-from ..onnx_runtime import OnnxModel, load_session, quiet_onnx
+from ..runtimes.onnxruntime import OnnxModel, load_session, quiet_onnx
 from .base import PassConfig, PassOutput, register
 from .qdq_graph import feed_float_inputs, graph_input_names, int8_nodes
 
@@ -42,7 +42,7 @@ CALIBRATE_METHODS = {
 class _OrtQuantizeConfig(PassConfig):
     """What both ORT quantization passes share: ONNX in, ONNX out, and nothing after them."""
 
-    consumes = "onnx"
+    consumes = ("onnx",)
     produces = "onnx"
     finishing = True
     # Lists, not tuples: the search reads a list-typed field's list as one value, not as choices.
@@ -74,7 +74,7 @@ class OrtQuantizeDynamicConfig(_OrtQuantizeConfig):
 
 @register(OrtQuantizeStaticConfig)
 def ort_quantize_static(model: OnnxModel, calibration: Batch, config: OrtQuantizeStaticConfig) -> PassOutput:
-    with _workspace(model, config.name) as (workdir, prepared):
+    with _workspace(model) as (workdir, prepared):
         quantizer = _StaticQuantizer(prepared, workdir, calibration, config)
         quantized, details = _keep_sensitive_in_float(prepared, quantizer.quantize, calibration, config, int8_nodes)
     details["calibration_samples"] = len(calibration)
@@ -84,7 +84,7 @@ def ort_quantize_static(model: OnnxModel, calibration: Batch, config: OrtQuantiz
 
 @register(OrtQuantizeDynamicConfig)
 def ort_quantize_dynamic(model: OnnxModel, calibration: Batch, config: OrtQuantizeDynamicConfig) -> PassOutput:
-    with _workspace(model, config.name) as (workdir, prepared):
+    with _workspace(model) as (workdir, prepared):
         # quantize_dynamic splits each Gemm into MatMul + Add under new names; doing that first
         # gives nodes_to_exclude and the sensitivity ranking names that exist in the graph it quantizes.
         graph = onnx.load(prepared)
@@ -137,10 +137,8 @@ def _keep_sensitive_in_float(
 
 
 @contextlib.contextmanager
-def _workspace(model: object, pass_name: str) -> Iterator[tuple[Path, Path]]:
+def _workspace(model: OnnxModel) -> Iterator[tuple[Path, Path]]:
     """A temporary directory holding the model after quant_pre_process; removed afterwards."""
-    if not isinstance(model, OnnxModel):
-        raise ValueError(f"{pass_name} needs an ONNX model, got {type(model).__name__}; put onnx_export before it in the plan")
     with tempfile.TemporaryDirectory(prefix="optiserve-ort-") as directory, quiet_onnx():
         workdir = Path(directory)
         (workdir / "exported.onnx").write_bytes(model.data)

@@ -21,7 +21,8 @@ from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
 from .pareto import pareto_front
 from .settings import SearchConfig
-from .space import DEFAULT_SPACE, Plan, expand_space, is_valid, plan_key
+from ..passes.plan import Plan
+from .space import DEFAULT_SPACE, expand_space
 
 Notify = Callable[[str, float], None]
 
@@ -37,7 +38,7 @@ class Trial:
 
     @property
     def name(self) -> str:
-        return " → ".join(step.label() for step in self.plan)
+        return self.plan.name
 
 
 @dataclass
@@ -66,8 +67,10 @@ class _State:
         return None if self.budget_source == "pending" else self.started + self.budget - self.reserve()
 
     def reserve(self) -> float:
-        """Time kept back for re-timing the finalists after the search (twice the rounds, each)."""
-        return 2 * FINALISTS * self.latency_seconds
+        """Time kept back for timing the finalists and the original alone after the search: each, in
+        each of its (by default three) processes, costs about a quarter of a trial's comparison (one
+        variant at one batch size instead of two variants at two)."""
+        return (FINALISTS + 1) * 3 / 4 * self.latency_seconds
 
 
 def run_search(
@@ -84,8 +87,7 @@ def run_search(
     back the time the finalists' re-timing will take, so the run as a whole ends within it. Every
     budget decision reads `clock`, so a test can drive it with a clock of its own."""
     space_plans = expand_space(search.space or DEFAULT_SPACE)
-    first = [Trial([parse_pass_spec(s) for s in plan], "first") for plan in (search.first or [])]
-    first = [t for t in first if is_valid(t.plan)]
+    first = [Trial(Plan(parse_pass_spec(s) for s in plan), "first") for plan in (search.first or [])]  # valid: checked when parsed
     queue = first + [Trial(plan, "space") for plan in _ordered(space_plans, search)]
     queue = _without_repeats(queue)
     builders = [PlanBuilder(reference) for reference in references]
@@ -153,9 +155,8 @@ def _without_repeats(queue: list[Trial]) -> list[Trial]:
     seen: set[str] = set()
     unique = []
     for trial in queue:
-        key = plan_key(trial.plan)
-        if key not in seen:
-            seen.add(key)
+        if trial.plan.key not in seen:
+            seen.add(trial.plan.key)
             unique.append(trial)
     return unique
 
@@ -219,7 +220,8 @@ def _out_of_reach(done: list[BuiltCandidate], folds: int, tolerance: Tolerance) 
     values = _fold_values([b.report for b in done], tolerance)
     if tolerance.best_possible is None or len(done) == folds or any(v is None for v in values):
         return False
-    return not tolerance.accepts((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds)
+    samples = sum(b.report.fidelity.samples for b in done) * folds // len(done)
+    return not tolerance.accepts_measured((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds, samples)
 
 
 def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
@@ -230,10 +232,15 @@ def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tole
     report.fidelity_mean = statistics.fmean(values)
     report.fidelity_std = statistics.pstdev(values) if len(values) > 1 else 0.0
     if len(values) > 1:
-        report.meets_tolerance = tolerance.accepts(report.fidelity_mean) and all(f.status == "ok" for f in folds)
+        # Every calibration sample is held out once: judge the pooled figure over all of them.
+        samples = [fold.fidelity.samples for fold in folds]
+        pooled = sum(v * n for v, n in zip(values, samples)) / sum(samples)
+        cosine = sum(fold.fidelity.cosine * n for fold, n in zip(folds, samples)) / sum(samples)
+        met, why = tolerance.judge(pooled, sum(samples), cosine)
+        report.meets_tolerance = met and all(f.status == "ok" for f in folds)
         report.notes = [n for n in report.notes if not n.startswith("tolerance")]
         verdict = "met" if report.meets_tolerance else "missed"
-        report.notes.append(f"tolerance {verdict}: mean over {len(values)} folds {tolerance.explain(report.fidelity_mean)}, std {report.fidelity_std:.4f}")
+        report.notes.append(f"tolerance {verdict}: pooled over {len(values)} folds {why}, std across folds {report.fidelity_std:.4f}")
 
 
 def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:
@@ -280,7 +287,7 @@ def _fallback(trial: Trial) -> Trial | None:
             return None
         plan = list(trial.plan)
         plan[index] = _with(step, field_name, following)
-        return Trial(plan, "fallback")
+        return Trial(Plan(plan), "fallback")
     return None
 
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..limits import MAX_PLAN_STEPS, MAX_PLANS, MAX_SEARCH_PLANS, MAX_TIME_BUDGET_S, MAX_TRIALS, Seed
 from ..passes.base import parse_pass_spec
+from ..passes.plan import Plan
 from .space import expand_space, space_size_bound
 
 
@@ -50,6 +51,7 @@ class SearchConfig(BaseModel):
         for plan in first or []:
             if len(plan) > MAX_PLAN_STEPS:
                 raise ValueError(f"a plan has {len(plan)} steps; at most {MAX_PLAN_STEPS} are allowed")
-            for spec in plan:
-                parse_pass_spec(spec)
+            problem = Plan(parse_pass_spec(spec) for spec in plan).problem()
+            if problem:
+                raise ValueError(f"impossible plan: {problem}")
         return first

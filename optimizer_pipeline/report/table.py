@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .report import Report
-from .report_text import (
+from . import Report
+from .text import (
     baseline_text,
     chosen_text,
     fidelity_text,
@@ -18,7 +18,7 @@ from .report_text import (
     speedup_text,
     tolerance_text,
 )
-from .report_view import ReportView, TrialRow, view_report
+from .view import ReportView, TrialRow, view_report
 
 
 def format_report(report: Report) -> str:

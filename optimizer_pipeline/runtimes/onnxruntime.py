@@ -13,25 +13,20 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
+from .base import RuntimeSupport
 
 # How the pipeline times an ONNX variant; the report carries it (see passes/onnx_export.py).
 TIMING_NOTE = (
     "timed in the pipeline's process, alternating call by call with the TorchScript original (ABBA); "
     "ONNX Runtime with intra-op spinning off, as load_variant serves it"
 )
-
-
-class NotTorchScriptError(ValueError, AttributeError):
-    """A TorchScript-only step was handed an ONNX model.
-
-    Also an AttributeError, so hasattr() and copy keep working on OnnxModel."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +37,6 @@ class OnnxModel:
 
     def proto(self) -> onnx.ModelProto:
         return onnx.load_from_string(self.data)
-
-    def __getattr__(self, name: str) -> NoReturn:
-        # A TorchScript pass placed after onnx_export reaches for ScriptModule attributes (eval,
-        # named_modules, save...). Say what went wrong instead of a bare missing-attribute error.
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise NotTorchScriptError(
-            f"this step needs a TorchScript model, but the plan already exported it to ONNX "
-            f"(no attribute {name!r}); put TorchScript passes before onnx_export"
-        )
 
 
 class OrtVariant:
@@ -87,6 +72,20 @@ def load_session(data: bytes, threads: int | None = None) -> OrtVariant:
     """Load .onnx bytes for CPU inference with `threads` intra-op threads (None: ORT's default)."""
     session = ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
     return OrtVariant(session)
+
+
+class OnnxRuntime(RuntimeSupport):
+    name = "onnxruntime"
+    serves_format = "onnx"
+
+    def owns(self, model: Any) -> bool:
+        return isinstance(model, OnnxModel)
+
+    def serialize(self, model: Any) -> bytes:
+        return model.data
+
+    def load(self, data: bytes, threads: int | None) -> OrtVariant:
+        return load_session(data, threads)
 
 
 class _DropOnnxRuntimeWarnings(logging.Filter):

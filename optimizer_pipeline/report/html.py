@@ -1,13 +1,13 @@
 """report.html: one self-contained page (inline SVG and CSS, no scripts, no network): who the model
-is, what is served and why, a plot of every trial, and the full table; the figures of report_table."""
+is, what is served and why, a plot of every trial, and the full table; the figures of report.table."""
 
 from __future__ import annotations
 
 import html
 
-from .report import Report
-from .report_plot import plotted_rows, render_plot
-from .report_text import (
+from . import Report
+from .plot import plotted_rows, render_plot
+from .text import (
     baseline_text,
     chosen_text,
     fidelity_text,
@@ -22,7 +22,7 @@ from .report_text import (
     speedup_text,
     tolerance_text,
 )
-from .report_view import ReportView, TrialRow, view_report
+from .view import ReportView, TrialRow, view_report
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #111; max-width: 1500px; }
@@ -59,7 +59,7 @@ def render_html(report: Report) -> str:
 <figcaption class="note">{html.escape(_caption(view))}</figcaption></figure>
 {_table(view)}
 <p class="note">★ front: on the Pareto front of speed-up at batch {report.batch_size} and {html.escape(view.tolerance.metric)},
-from the final figures (finalists are re-timed with twice the rounds). {html.escape(view.timing_note)}</p>
+from the final figures (finalists are timed again, each alone in fresh processes, taking turns with the original). {html.escape(view.timing_note)}</p>
 </body></html>
 """
 

@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 
+# The runtimes a variant can be served on (one module each in optimizer_pipeline/runtimes/).
+Runtime = Literal["torchscript", "onnxruntime", "openvino"]
+
 
 def _finite_or_text(value: float) -> float | str:
     return value if math.isfinite(value) else str(value).replace("inf", "Infinity").replace("nan", "NaN")
@@ -63,10 +66,22 @@ class LatencyComparison(BaseModel):
     speedup: float = Field(description="original median / candidate median")
 
 
+class AloneTiming(BaseModel):
+    """A finalist and the original, each timed in its own fresh process, taking turns (latency_alone.py)."""
+
+    batch_size: int
+    processes: int = Field(description="fresh processes per variant")
+    calls: int = Field(description="timed calls in each process")
+    original_ms: list[float] = Field(description="the original's median in each of its processes")
+    candidate_ms: list[float] = Field(description="the candidate's median in each of its processes")
+    speedup: float = Field(description="median of original_ms / median of candidate_ms: the figure the choice ranks on")
+    in_process_speedup: float | None = Field(None, description="what the in-process timing had said")
+
+
 class CandidateReport(BaseModel):
     name: str
     plan: list[dict[str, Any]]
-    runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
+    runtime: Runtime = "torchscript"
     status: Literal["ok", "failed", "skipped"]
     origin: Literal["candidate", "first", "space", "fallback"] = "candidate"
     error: str | None = Field(None, description="why it failed, or why it was skipped")
@@ -76,6 +91,7 @@ class CandidateReport(BaseModel):
     speedup: float | None = Field(None, description="speed-up at the target batch size")
     size_bytes: int | None = None
     meets_tolerance: bool = False
+    timed_alone: AloneTiming | None = Field(None, description="finalists only; their speed-up is this per-process figure")
     fidelity_folds: list[float] = Field(default_factory=list, description="the tolerance metric on each fold")
     fidelity_mean: float | None = None
     fidelity_std: float | None = None
@@ -109,7 +125,7 @@ class Chosen(BaseModel):
     reason: str
     speedup: float | None = None
     fidelity: Fidelity | None = None
-    runtime: Literal["torchscript", "onnxruntime"] = "torchscript"
+    runtime: Runtime = "torchscript"
 
 
 class SearchSummary(BaseModel):
@@ -130,7 +146,8 @@ class SearchSummary(BaseModel):
     fallback_note: str | None = None
 
 
-REPORT_VERSION = 2  # 1: before model_name and class_name; read with those absent
+# 1: before model_name and class_name; 2: before timed_alone (finalists timed in-process). Older ones read with those absent.
+REPORT_VERSION = 3
 
 
 class Report(BaseModel):

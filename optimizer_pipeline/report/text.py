@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .report import CandidateReport
-from .report_view import ReportView, TrialRow
+from . import CandidateReport
+from .view import ReportView, TrialRow
 
 
 def speedup_text(value: float | None) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from .config import Tolerance
-from .report import CandidateReport, Report
-from .report_confidence import resolution_warning, wilson_lower_bound
-from .search.pareto import pareto_front
+from ..config import Tolerance
+from . import CandidateReport, Report
+from .confidence import resolution_warning, wilson_lower_bound
+from ..search.pareto import pareto_front
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def _time_text(report: Report) -> str:
         return f"{report.seconds:.1f} s in all; fixed candidates, no time budget"
     return (
         f"{report.seconds:.1f} s in all, against a time budget of {search.time_budget_s:.1f} s ({search.budget_source}); "
-        f"the trials ended at {search.elapsed_s:.1f} s and the rest re-timed the finalists; "
+        f"the trials ended at {search.elapsed_s:.1f} s and the rest timed the finalists alone; "
         f"search stopped: {search.stopped_because}"
     )
 

@@ -1,0 +1,23 @@
+"""TorchScript as an execution runtime: the archive format the uploads come in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import jit
+from .base import LoadedVariant, RuntimeSupport
+
+
+class TorchScriptRuntime(RuntimeSupport):
+    name = "torchscript"
+    serves_format = "torchscript"
+
+    def owns(self, model: Any) -> bool:
+        return isinstance(model, jit.ScriptModule)
+
+    def serialize(self, model: Any) -> bytes:
+        return jit.archive_bytes(model)
+
+    def load(self, data: bytes, threads: int | None) -> LoadedVariant:
+        # torch's thread count is process-wide, not per model: the process sets it (torch.set_num_threads).
+        return jit.load_archive(data)
