@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
@@ -32,6 +33,7 @@ import torch
 
 from . import jit
 from .allocator import pin_malloc_thresholds
+from .processes import die_with_parent
 from .runtimes import load_variant
 
 _context = multiprocessing.get_context("forkserver")
@@ -131,6 +133,9 @@ def _measure(
     sender: Connection, runtime: str, data: bytes, inputs: tuple[torch.Tensor, ...], threads: int, warmup: int, calls: int
 ) -> None:
     """The child: load the stored variant as a worker would, warm it up, time `calls` calls."""
+    # Its parent is the forkserver, which exits when the process that timed through it dies (a job
+    # killed mid-search): this child must not keep a core busy after that.
+    die_with_parent(signal.SIGKILL)
     try:
         pin_malloc_thresholds()
         torch.set_num_threads(threads)

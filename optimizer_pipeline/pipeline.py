@@ -20,7 +20,7 @@ from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
 from .fidelity import accuracy, first_class_scores
-from .model_loading import check_model_accepts, load_model, run_model
+from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front

@@ -15,6 +15,8 @@ import litserve as ls
 from fastapi import Depends, FastAPI
 from litserve.utils import WorkerSetupStatus
 
+from optimizer_pipeline.processes import die_with_parent
+
 from . import confinement, jobs, shared_tensors
 from .api_docs import describe_api
 from .auth import BearerKey
@@ -26,7 +28,7 @@ from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
-from .processes import die_with_parent, interrupt_on_sigterm
+from .processes import interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .routing_plane import RoutingPlane
 from .settings import Settings

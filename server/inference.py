@@ -25,6 +25,7 @@ from optimizer_pipeline.allocator import pin_malloc_thresholds
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.outputs import NamedOutputs
+from optimizer_pipeline.processes import die_with_parent
 from wire import WireTensor, encode_response
 from wire.codec import Encoded
 
@@ -35,7 +36,6 @@ from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
 from .observer import LiveObserver
 from .oip_call import InferCall
-from .processes import die_with_parent
 from .routing import Route, choose
 from .runtimes import RunVariant, VariantCache
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse

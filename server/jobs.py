@@ -28,10 +28,11 @@ from pathlib import Path
 import torch
 
 from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
+from optimizer_pipeline.processes import die_with_parent
 
 from . import confinement
 from .metrics import OPTIMIZATION_SECONDS
-from .processes import die_with_parent, interrupt_on_sigterm
+from .processes import interrupt_on_sigterm
 from .schemas import VariantInfo
 from .settings import Settings
 from .store import Claim, Store, open_store

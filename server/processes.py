@@ -1,23 +1,9 @@
-"""Process hygiene shared by everything the server starts: no orphans, even after a kill -9 of the parent."""
+"""Process hygiene of the server's own processes (dying with the parent: optimizer_pipeline.processes)."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import sys
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
-    except (OSError, AttributeError):
-        pass
 
 
 def interrupt_on_sigterm() -> None:

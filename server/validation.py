@@ -19,11 +19,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from optimizer_pipeline.processes import die_with_parent
 from optimizer_pipeline.report import ModelSummary
 
 from . import confinement
 from .errors import ApiError, optimizer_error_code
-from .processes import die_with_parent
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["optimizer_pipeline", "server.validation"])

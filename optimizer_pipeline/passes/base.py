@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ..calibration import Batch
-from ..jit import ScriptModule
 
 
 class PassConfig(BaseModel):
