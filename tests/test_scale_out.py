@@ -4,6 +4,8 @@ are seen by the other; each job runs once; a worker killed mid-job loses nothing
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import os
 
 import pytest
@@ -17,7 +19,8 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip i
 LEASE_SECONDS = 2.0
 # A job that takes seconds (the most timing rounds a config may ask, capped at 5 s of timing): long enough to be
 # seen optimizing, killed mid-way, or run side by side with another.
-SLOW_FREEZE = {**FORCED_FREEZE, "latency": {"rounds": 10_000, "warmup": 1}}
+# A job long enough to be caught running (seconds, on the CNN): every timed round is run, with no max_seconds cut.
+SLOW_FREEZE = {**FORCED_FREEZE, "latency": {"rounds": 2000, "warmup": 1, "max_seconds": 600}}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,11 @@ def test_upload_through_one_replica_serves_through_both(cluster):
 
 def test_jobs_run_side_by_side_each_exactly_once(cluster):
     a, b = cluster["a"], cluster["b"]
-    archive, inputs = tiny_models.mlp()
-    ids = [upload(url, archive, inputs, name=f"twin-{i}", config=SLOW_FREEZE).json()["id"] for i, url in enumerate((a.url, b.url))]
+    archive, inputs = tiny_models.cnn_bn()
+    # Uploaded at the same moment, so that both jobs are queued before either worker finishes one.
+    with ThreadPoolExecutor(2) as uploads:
+        answers = list(uploads.map(lambda pair: upload(pair[1], archive, inputs, name=f"twin-{pair[0]}", config=SLOW_FREEZE), enumerate((a.url, b.url))))
+    ids = [answer.json()["id"] for answer in answers]
     # Both optimizing at once: one on each worker.
     wait_until(lambda: all(requests.get(f"{a.url}/models/{i}", timeout=10).json()["state"] == "optimizing" for i in ids), "two jobs running at once")
     for model_id in ids:
@@ -95,7 +101,7 @@ def test_a_model_deleted_through_one_replica_is_gone_from_the_other(cluster):
 
 def test_kill_9_of_a_worker_mid_job_the_other_finishes_it(cluster):
     a, b = cluster["a"], cluster["b"]
-    archive, inputs = tiny_models.mlp()
+    archive, inputs = tiny_models.cnn_bn()
     model_id = upload(a.url, archive, inputs, name="orphaned-job", config=SLOW_FREEZE).json()["id"]
     wait_for(a.url, model_id, states=("optimizing",))
     holder = jobs_table(cluster["dsn"], model_id)[model_id]["worker"]
@@ -108,5 +114,4 @@ def test_kill_9_of_a_worker_mid_job_the_other_finishes_it(cluster):
     row = jobs_table(cluster["dsn"], model_id)[model_id]
     assert row["lease"] == 2 and row["worker"] != holder
     # Nothing lost: what was served before still is, through both replicas.
-    x = inputs[0][:2]
-    assert served(a.url, "orphaned-job", x)[0] == served(b.url, "shared-mlp", x)[0] == "optimized"
+    assert served(a.url, "orphaned-job", inputs[0][:2])[0] == served(b.url, "shared-mlp", tiny_models.mlp()[1][0][:2])[0] == "optimized"
