@@ -65,11 +65,13 @@ def time_one_process(archive: Path, inputs: Path) -> float:
     return statistics.median(times) * 1e3
 
 
-def build_variants(name: str, amounts: list[float]) -> tuple[dict[str, jit.ScriptModule], Batch, dict]:
+def build_variants(name: str, amounts: list[float], epochs: int) -> tuple[dict[str, jit.ScriptModule], Batch, dict]:
     """The original and each plan's result; the test batch; what each pass reported."""
     dataset, factory, epochs, samples = SUBJECTS[name]
     common.MODELS[name] = (dataset, factory, epochs)
+    started = time.perf_counter()
     task = labelled_task(name, samples, TEST_SAMPLES)
+    print(f"({name}: trained in {time.perf_counter() - started:.0f} s)", flush=True)
     original = jit.load_archive(task.archive)
     calibration = load_calibration(task.calibration, jit.forward_argument_names(original))
     calibration = dataclasses.replace(calibration, teacher_outputs=run_model(original, calibration))
@@ -81,7 +83,7 @@ def build_variants(name: str, amounts: list[float]) -> tuple[dict[str, jit.Scrip
             pruned = prune_structured(
                 jit.reload(original), calibration, PruneStructuredConfig(amount=amount, reconstruct=reconstruct)
             )
-            tuned = finetune(jit.reload(pruned.model), calibration, FinetuneConfig())
+            tuned = finetune(jit.reload(pruned.model), calibration, FinetuneConfig(epochs=epochs))
             variants[label] = quantize_static(jit.reload(tuned.model), calibration, QuantizeStaticConfig()).model
             variants[f"prune {amount} {'+ reconstruction' if reconstruct else ''} (float, before finetune)"] = pruned.model
             notes[label] = {
@@ -104,9 +106,9 @@ def time_in_fresh_processes(archives: dict[str, Path], inputs: Path, processes: 
     return runs
 
 
-def bench_model(name: str, amounts: list[float], processes: int, workdir: Path) -> list[dict]:
+def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
     started = time.perf_counter()
-    variants, test, notes = build_variants(name, amounts)
+    variants, test, notes = build_variants(name, args.amounts, args.epochs)
     accuracy = {label: test_accuracy(model, test) for label, model in variants.items()}
     timed = {label: model for label, model in variants.items() if "before finetune" not in label}
     archives = {}
@@ -115,7 +117,7 @@ def bench_model(name: str, amounts: list[float], processes: int, workdir: Path) 
         archives[label].write_bytes(jit.archive_bytes(model))
     inputs = workdir / f"{name}-inputs.pt"
     torch.save(test.inputs[0][:BATCH].clone(), inputs)
-    runs = time_in_fresh_processes(archives, inputs, processes)
+    runs = time_in_fresh_processes(archives, inputs, args.processes)
     original_ms = statistics.median(runs["original"])
     rows = []
     for label, acc in accuracy.items():
@@ -139,6 +141,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
     parser.add_argument("--amounts", type=float, nargs="+", default=[0.3, 0.5])
     parser.add_argument("--processes", type=int, default=3, help="fresh timing processes per variant")
+    # Keeps the whole run near 10 minutes; early stopping ends most runs sooner.
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -151,7 +155,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            rows += bench_model(name, args.amounts, args.processes, Path(workdir))
+            rows += bench_model(name, args, Path(workdir))
     write_results(RESULTS_DIR / "reconstruction.json", rows)
     print(f"total {time.time() - started:.0f} s")
 
