@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import common
-from common import RESULTS_DIR, labelled_task, test_accuracy, write_results
+from common import RESULTS_DIR, labelled_task, median_call_ms, test_accuracy, write_results
 
 import torch
 
@@ -54,18 +54,22 @@ def time_one_process(archive: Path, inputs: Path) -> float:
     pin_malloc_thresholds()
     model = jit.load_archive(archive.read_bytes())
     batch = torch.load(inputs, weights_only=True)
-    times = []
-    with torch.inference_mode(), jit.quiet_torch():
-        for _ in range(5):
-            model(batch)
-        for _ in range(CALLS):
-            started = time.perf_counter()
-            model(batch)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    with jit.quiet_torch():
+        return median_call_ms(lambda: model(batch), CALLS)
 
 
-def build_variants(name: str, amounts: list[float], epochs: int) -> tuple[dict[str, jit.ScriptModule], Batch, dict]:
+def plans(args: argparse.Namespace) -> dict[str, PruneStructuredConfig]:
+    """Each amount without and with reconstruction, then per-group ratios by sensitivity (with it)."""
+    found = {}
+    for amount in args.amounts:
+        found[f"prune {amount}"] = PruneStructuredConfig(amount=amount, reconstruct=False)
+        found[f"prune {amount} + reconstruction"] = PruneStructuredConfig(amount=amount)
+    for amount in args.sensitivity:
+        found[f"prune {amount} by sensitivity + reconstruction"] = PruneStructuredConfig(amount=amount, scope="sensitivity")
+    return found
+
+
+def build_variants(name: str, args: argparse.Namespace) -> tuple[dict[str, jit.ScriptModule], Batch, dict]:
     """The original and each plan's result; the test batch; what each pass reported."""
     dataset, factory, epochs, samples = SUBJECTS[name]
     common.MODELS[name] = (dataset, factory, epochs)
@@ -74,24 +78,22 @@ def build_variants(name: str, amounts: list[float], epochs: int) -> tuple[dict[s
     print(f"({name}: trained in {time.perf_counter() - started:.0f} s)", flush=True)
     original = jit.load_archive(task.archive)
     calibration = load_calibration(task.calibration, jit.forward_argument_names(original))
-    calibration = dataclasses.replace(calibration, teacher_outputs=run_model(original, calibration))
+    calibration = dataclasses.replace(calibration, teacher_outputs=run_model(original, calibration), teacher=original)
     variants, notes = {"original": original}, {}
-    for amount in amounts:
-        for reconstruct in (False, True):
-            label = f"prune {amount} {'+ reconstruction ' if reconstruct else ''}-> finetune -> int8"
-            started = time.perf_counter()
-            pruned = prune_structured(
-                jit.reload(original), calibration, PruneStructuredConfig(amount=amount, reconstruct=reconstruct)
-            )
-            tuned = finetune(jit.reload(pruned.model), calibration, FinetuneConfig(epochs=epochs))
-            variants[label] = quantize_static(jit.reload(tuned.model), calibration, QuantizeStaticConfig()).model
-            variants[f"prune {amount} {'+ reconstruction' if reconstruct else ''} (float, before finetune)"] = pruned.model
-            notes[label] = {
-                "seconds": round(time.perf_counter() - started, 1),
-                "finetune_epochs": len(tuned.details["loss_curve"]),
-                "best_epoch": tuned.details["best_epoch"],
-                "parameters": f"{pruned.details['parameters_before']} -> {pruned.details['parameters_after']}",
-            }
+    for prefix, config in plans(args).items():
+        label = f"{prefix} -> finetune -> int8"
+        started = time.perf_counter()
+        pruned = prune_structured(jit.reload(original), calibration, config)
+        tuned = finetune(jit.reload(pruned.model), calibration, FinetuneConfig(epochs=args.epochs))
+        variants[label] = quantize_static(jit.reload(tuned.model), calibration, QuantizeStaticConfig()).model
+        variants[f"{prefix} (float, before finetune)"] = pruned.model
+        notes[label] = {
+            "seconds": round(time.perf_counter() - started, 1),
+            "finetune_epochs": len(tuned.details["loss_curve"]),
+            "best_epoch": tuned.details["best_epoch"],
+            "parameters": f"{pruned.details['parameters_before']} -> {pruned.details['parameters_after']}",
+            "kept": {"+".join(g["modules"]): f"{g['kept']}/{g['channels']}" for g in pruned.details["pruned_groups"]},
+        }
     return variants, task.test, notes
 
 
@@ -108,7 +110,7 @@ def time_in_fresh_processes(archives: dict[str, Path], inputs: Path, processes: 
 
 def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> list[dict]:
     started = time.perf_counter()
-    variants, test, notes = build_variants(name, args.amounts, args.epochs)
+    variants, test, notes = build_variants(name, args)
     accuracy = {label: test_accuracy(model, test) for label, model in variants.items()}
     timed = {label: model for label, model in variants.items() if "before finetune" not in label}
     archives = {}
@@ -140,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
     parser.add_argument("--amounts", type=float, nargs="+", default=[0.3, 0.5])
+    parser.add_argument("--sensitivity", type=float, nargs="*", default=[0.5], help="amounts also run with per-group ratios")
     parser.add_argument("--processes", type=int, default=3, help="fresh timing processes per variant")
     # Keeps the whole run near 10 minutes; early stopping ends most runs sooner.
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most")

@@ -2,14 +2,14 @@
 
 Each prunable group is pruned alone at a few levels (its lowest-scoring channels first) and the
 loss of the model's outputs is measured on the calibration batch. Then channels are taken away
-greedily, `round_to` at a time, from the group whose next step loses the least per unit of cost
+greedily, `round_to` components at a time, from the group whose next step loses the least per unit of cost
 saved (MACs or channels), until the overall target is met. Sensitive groups therefore stay wider,
 and cheap-to-remove, expensive-to-run groups shrink most.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .analysis import ChannelGroup
@@ -37,7 +37,7 @@ def keep_options(total: int, round_to: int) -> list[int]:
 def allocate(
     groups: Sequence[ChannelGroup],
     amount: float,
-    round_to: int,
+    round_to: Mapping[ChannelGroup, int],
     cost: Callable[[dict[ChannelGroup, float]], float],
     loss_when_removed: Callable[[ChannelGroup, int], float],
 ) -> Allocation:
@@ -45,7 +45,7 @@ def allocate(
 
     `loss_when_removed(group, count)` prunes `count` channels of `group` alone and measures the loss.
     """
-    options = {group: keep_options(len(group.components), round_to) for group in groups}
+    options = {group: keep_options(len(group.components), round_to[group]) for group in groups}
     sensitivity = {group: _measure(group, options[group], loss_when_removed) for group in groups}
     position = {group: 0 for group in groups}
 

@@ -93,7 +93,7 @@ def prune_structured(model: jit.ScriptModule, calibration: Batch, config: PruneS
         allocation = _allocate(model, analysis, scores, calibration, config)
         keep_counts = allocation.keep
     else:
-        keep_counts = _keep_counts(analysis.groups, scores, config)
+        keep_counts = _keep_counts(analysis, scores, config)
     removed = {
         component
         for group, keep in keep_counts.items()
@@ -152,7 +152,8 @@ def _allocate(
     else:
         def cost(kept_share: dict[ChannelGroup, float]) -> float:
             return sum(len(group.components) * kept_share.get(group, 1.0) for group in prunable)
-    return allocate(prunable, config.amount, config.round_to, cost, loss_when_removed)
+    round_to = {group: _units(analysis, group, config.round_to) for group in prunable}
+    return allocate(prunable, config.amount, round_to, cost, loss_when_removed)
 
 
 def _scores(model: jit.ScriptModule, analysis: ChannelAnalysis, calibration: Batch, config: PruneStructuredConfig) -> dict[int, float]:
@@ -162,9 +163,9 @@ def _scores(model: jit.ScriptModule, analysis: ChannelAnalysis, calibration: Bat
     return magnitude_scores(model, analysis, config.importance)
 
 
-def _keep_counts(groups: list[ChannelGroup], scores: dict[int, float], config: PruneStructuredConfig) -> dict[ChannelGroup, int]:
-    """How many channels each prunable group keeps, rounded up to a multiple of `round_to`."""
-    prunable = [group for group in groups if group.pinned_reason is None]
+def _keep_counts(analysis: ChannelAnalysis, scores: dict[int, float], config: PruneStructuredConfig) -> dict[ChannelGroup, int]:
+    """How many components each prunable group keeps, rounded up to a multiple of `round_to` channels."""
+    prunable = [group for group in analysis.groups if group.pinned_reason is None]
     if config.scope == "layer":
         targets = {group: len(group.components) - math.floor(config.amount * len(group.components)) for group in prunable}
     else:
@@ -172,7 +173,20 @@ def _keep_counts(groups: list[ChannelGroup], scores: dict[int, float], config: P
         targets = {group: len(group.components) for group in prunable}
         for _, index in ranked[: math.floor(config.amount * len(ranked))]:
             targets[prunable[index]] -= 1
-    return {group: _rounded(len(group.components), targets[group], config.round_to) for group in prunable}
+    return {
+        group: _rounded(len(group.components), targets[group], _units(analysis, group, config.round_to)) for group in prunable
+    }
+
+
+def _units(analysis: ChannelAnalysis, group: ChannelGroup, round_to: int) -> int:
+    """`round_to` channels in units of the group's components."""
+    return max(1, round_to // _width(analysis, group))
+
+
+def _width(analysis: ChannelAnalysis, group: ChannelGroup) -> int:
+    """Channels per component: 1 for a conv's channel or a neuron, the head width for an attention head."""
+    members = set(group.components)
+    return max(1, min(sum(analysis.component(e) in members for e in analysis.slots[slot]) // len(members) for slot in group.slots))
 
 
 def _rounded(total: int, target: int, round_to: int) -> int:
@@ -208,8 +222,9 @@ def _details(
             reason = "its measured loss was too high for its cost" if allocation else "rounding to the channel multiple keeps every channel"
             skipped.append({"modules": group.modules, "channels": total, "reason": reason} | measured)
         else:
-            kept = keep_counts[group]
-            pruned.append({"modules": group.modules, "channels": total, "kept": kept, "removed_share": round(1 - kept / total, 4)} | measured)
+            kept, width = keep_counts[group], _width(analysis, group)
+            unit = {"channels_per_unit": width} if width > 1 else {}  # attention heads: channels and kept count heads
+            pruned.append({"modules": group.modules, "channels": total, "kept": kept, "removed_share": round(1 - kept / total, 4)} | unit | measured)
     found = {
         "parameters_before": before,
         "parameters_after": after,
