@@ -136,7 +136,7 @@ def _allocate(
         with jit.quiet_torch():
             # Shape rewrites point into the analysed model's own graph: the copy needs its own analysis.
             own = analyse(copy, calibration.head(SHAPE_PROBE_SAMPLES).inputs, config.protect)
-            if [g.slots for g in own.groups] != [g.slots for g in analysis.groups]:
+            if [(g.slots, g.components) for g in own.groups] != [(g.slots, g.components) for g in analysis.groups]:
                 raise StructuredPruningError("the channel analysis of a copy of the model differs from the original's")
             removed = set(_weakest(group, count, scores))
             remove_components(copy, own, removed)
