@@ -59,13 +59,16 @@ def time_one_process(archive: Path, inputs: Path) -> float:
 
 
 def plans(args: argparse.Namespace) -> dict[str, PruneStructuredConfig]:
-    """Each amount without and with reconstruction, then per-group ratios by sensitivity (with it)."""
+    """Each amount of channels without and with reconstruction, then shares of the MACs removed with
+    per-group ratios by sensitivity (and reconstruction)."""
     found = {}
     for amount in args.amounts:
         found[f"prune {amount}"] = PruneStructuredConfig(amount=amount, reconstruct=False)
         found[f"prune {amount} + reconstruction"] = PruneStructuredConfig(amount=amount)
     for amount in args.sensitivity:
-        found[f"prune {amount} by sensitivity + reconstruction"] = PruneStructuredConfig(amount=amount, scope="sensitivity")
+        found[f"prune {amount} of MACs by sensitivity + reconstruction"] = PruneStructuredConfig(
+            amount=amount, scope="sensitivity", amount_of="macs"
+        )
     return found
 
 
@@ -142,7 +145,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
     parser.add_argument("--amounts", type=float, nargs="+", default=[0.3, 0.5])
-    parser.add_argument("--sensitivity", type=float, nargs="*", default=[0.5], help="amounts also run with per-group ratios")
+    parser.add_argument(
+        "--sensitivity", type=float, nargs="*", default=[0.5, 0.75], help="shares of the MACs removed with per-group ratios"
+    )
     parser.add_argument("--processes", type=int, default=3, help="fresh timing processes per variant")
     # Keeps the whole run near 10 minutes; early stopping ends most runs sooner.
     parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs at most")
