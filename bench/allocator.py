@@ -14,9 +14,8 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
 
-from common import RESULTS_DIR, write_results
+from common import RESULTS_DIR, median_call_ms, write_results
 
 import torch
 
@@ -34,15 +33,7 @@ def time_one_process(pinned: bool) -> float:
         pin_malloc_thresholds()
     model = torch.jit.freeze(torch.jit.trace(models.CnnBN().eval(), torch.randn(2, 1, 28, 28)))
     inputs = torch.randn(BATCH, 1, 28, 28)
-    times = []
-    with torch.inference_mode():
-        for _ in range(5):
-            model(inputs)
-        for _ in range(CALLS):
-            started = time.perf_counter()
-            model(inputs)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1e3
+    return median_call_ms(lambda: model(inputs), CALLS)
 
 
 def main() -> None:

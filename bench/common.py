@@ -75,6 +75,22 @@ def labelled_task(name: str, calibration_size: int, test_size: int) -> LabelledT
     )
 
 
+def median_call_ms(call: Callable[[], object], calls: int, warmup: int = 5) -> float:
+    """Median wall time of `call()` in ms, after `warmup` untimed calls, under inference mode."""
+    import statistics
+    import time
+
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            call()
+        for _ in range(calls):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e3
+
+
 def test_accuracy(variant, test: Batch) -> float:
     return accuracy(run_model(variant, test)[0][1], test.labels)
 

@@ -27,6 +27,8 @@ class Batch:
     labels: torch.Tensor | None = None
     # The original model's outputs on these inputs: the teacher for distillation passes.
     teacher_outputs: NamedOutputs | None = None
+    # The original model itself, for distillation on inputs made from these (augmentation).
+    teacher: torch.jit.ScriptModule | None = None
 
     def __len__(self) -> int:
         return int(self.inputs[0].shape[0])
@@ -35,7 +37,7 @@ class Batch:
         index = torch.as_tensor(index, dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
         teacher = None if self.teacher_outputs is None else [(n, t[index]) for n, t in self.teacher_outputs]
-        return Batch(tuple(t[index] for t in self.inputs), labels, teacher)
+        return Batch(tuple(t[index] for t in self.inputs), labels, teacher, self.teacher)
 
     def head(self, count: int) -> Batch:
         """The first `count` samples, cycling through the batch if it is shorter."""

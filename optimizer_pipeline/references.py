@@ -28,7 +28,7 @@ def make_references(original: jit.ScriptModule, batch: Batch, settings: Pipeline
         references.append(
             Reference(
                 original=original,
-                train=replace(train, teacher_outputs=run_model(original, train)),
+                train=replace(train, teacher_outputs=run_model(original, train), teacher=original),
                 held_out=held_out,
                 held_out_outputs=held_out_outputs,
                 timing_batches=timing,

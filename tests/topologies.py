@@ -105,6 +105,31 @@ class TransformerFFN(nn.Module):
         return x + self.down(F.gelu(self.up(self.norm(x))))
 
 
+class AttentionBlock(nn.Module):
+    """Pre-norm encoder block on [batch, tokens, 32]: 4 heads of 8 (separate q/k/v, as BERT), FFN 64 wide;
+    attention written out (matmul, softmax) or `fused` (scaled_dot_product_attention)."""
+
+    def __init__(self, heads: int = 4, fused: bool = False) -> None:
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.norm1, self.norm2 = nn.LayerNorm(32), nn.LayerNorm(32)
+        self.query, self.key, self.value, self.proj = (nn.Linear(32, 32) for _ in range(4))
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        h = self.norm1(x)
+        q = self.query(h).view(n, length, self.heads, 8).transpose(1, 2)
+        k = self.key(h).view(n, length, self.heads, 8).transpose(1, 2)
+        v = self.value(h).view(n, length, self.heads, 8).transpose(1, 2)
+        if self.fused:
+            mixed = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mixed = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+        x = x + self.proj(mixed.transpose(1, 2).reshape(n, length, self.heads * 8))
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
 class ShapeConstant(nn.Module):
     """`view(size(0), 16*4*4)` traces the 256 into the graph as a constant."""
 
@@ -141,6 +166,8 @@ TOPOLOGIES: dict[str, tuple[Callable[[], nn.Module], list[tuple[int, ...]]]] = {
     "depthwise_separable": (DepthwiseSeparable, [IMAGE]),
     "flatten_linear": (FlattenLinear, [IMAGE]),
     "transformer_ffn": (TransformerFFN, [(6, 16)]),
+    "attention_block": (AttentionBlock, [(6, 32)]),
+    "fused_attention_block": (lambda: AttentionBlock(fused=True), [(6, 32)]),
     "shape_constant": (ShapeConstant, [IMAGE]),
     "two_inputs_tuple_output": (TwoInputsTupleOutput, [IMAGE, (6,)]),
 }

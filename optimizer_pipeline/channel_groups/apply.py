@@ -24,9 +24,9 @@ def remove_components(model: ScriptModule, analysis: ChannelAnalysis, removed: S
     """Slice every parameter/buffer dimension and rewrite every shape constant touched by `removed`."""
     cuts: dict[str, list[tuple[int, torch.Tensor]]] = defaultdict(list)
     for (path, dim), elements in analysis.slots.items():
-        keep = [i for i, e in enumerate(elements) if analysis.component(e) not in removed]
+        keep = kept_indices(analysis, removed, path, dim)
         if len(keep) < len(elements):
-            cuts[path].append((dim, torch.tensor(keep, dtype=torch.long)))
+            cuts[path].append((dim, keep))
     for path, path_cuts in cuts.items():
         _replace_attribute(model, path, path_cuts)
     for rewrite in analysis.rewrites:
@@ -39,6 +39,12 @@ def remove_components(model: ScriptModule, analysis: ChannelAnalysis, removed: S
             entries = list(g.constant(rewrite.node.inputsAt(rewrite.input_index)))
             entries[rewrite.list_position] = kept
             g.replace_constant_input(rewrite.graph, rewrite.node, rewrite.input_index, entries)
+
+
+def kept_indices(analysis: ChannelAnalysis, removed: Set[int], path: str, dim: int) -> torch.Tensor:
+    """Indices along dimension `dim` of the parameter at `path` that survive removing `removed`."""
+    elements = analysis.slots[(path, dim)]
+    return torch.tensor([i for i, e in enumerate(elements) if analysis.component(e) not in removed], dtype=torch.long)
 
 
 def _replace_attribute(model: ScriptModule, path: str, cuts: list[tuple[int, torch.Tensor]]) -> None:

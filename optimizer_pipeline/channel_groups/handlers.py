@@ -296,6 +296,55 @@ def softmax(walk: GraphWalk, node: g.Node) -> None:
     walk.set_tracked(node.output(), tracked.dim, tracked.elements)
 
 
+@handles("aten::matmul")
+def matmul(walk: GraphWalk, node: g.Node) -> None:
+    """Batched matmul (attention): channels on a batch dim of both operands (heads) line up; a
+    contracted dim must carry the same channels on both sides."""
+    left, right = list(node.inputs())[:2]
+    left_shape, right_shape, output = walk.shape(left), walk.shape(right), node.output()
+    rank = len(walk.shape(output))
+    if len(left_shape) < 3 or len(right_shape) < 3:
+        raise NotUnderstood("only batched matmul is followed")
+    left_tracked, right_tracked = walk.track(left), walk.track(right)
+    contracted = [
+        t for t, dim in ((left_tracked, len(left_shape) - 1), (right_tracked, len(right_shape) - 2)) if t and t.dim == dim
+    ]
+    if contracted:
+        if len(contracted) != 2:
+            raise NotUnderstood("it contracts channels with a tensor whose channels are not known")
+        walk.elements.unify(contracted[0].elements, contracted[1].elements)
+    batch = {}
+    for shape, t in ((left_shape, left_tracked), (right_shape, right_tracked)):
+        if t is not None and t.dim < len(shape) - 2:
+            batch[rank - len(shape) + t.dim] = batch.get(rank - len(shape) + t.dim, []) + [t]
+    if not batch:
+        if left_tracked and left_tracked.dim == len(left_shape) - 2:
+            walk.set_tracked(output, rank - 2, left_tracked.elements)
+        elif right_tracked and right_tracked.dim == len(right_shape) - 1:
+            walk.set_tracked(output, rank - 1, right_tracked.elements)
+        return
+    if len(batch) != 1 or len(next(iter(batch.values()))) != 2:
+        raise NotUnderstood("the operands do not carry the same channels on one batch dim")
+    (dim, (first, second)), = batch.items()
+    walk.elements.unify(first.elements, second.elements)
+    walk.set_tracked(output, dim, first.elements)
+
+
+@handles("aten::scaled_dot_product_attention")
+def attention(walk: GraphWalk, node: g.Node) -> None:
+    """softmax(q k^T) v per head: q, k and v carry the same heads on the same batch dim."""
+    query, key, value = list(node.inputs())[:3]
+    tracked = [walk.track(v) for v in (query, key, value)]
+    rank = len(walk.shape(query))
+    if any(t is None for t in tracked) or {t.dim for t in tracked} != {tracked[0].dim} or tracked[0].dim >= rank - 2:
+        raise NotUnderstood("q, k and v do not carry the same heads on one batch dim")
+    if any(walk.track(v) is not None for v in list(node.inputs())[3:] if g.is_tensor(v)):
+        raise NotUnderstood("its mask carries channels")
+    for other in tracked[1:]:
+        walk.elements.unify(tracked[0].elements, other.elements)
+    walk.set_tracked(node.output(), tracked[0].dim, tracked[0].elements)
+
+
 # -- ops that move the channel dim -------------------------------------------------------------------
 @handles("aten::view", "aten::reshape", "aten::flatten", "aten::squeeze", "aten::unsqueeze")
 def reshape(walk: GraphWalk, node: g.Node) -> None:
@@ -303,12 +352,33 @@ def reshape(walk: GraphWalk, node: g.Node) -> None:
     if tracked is None:
         return
     output = node.output()
+    heads = _head_split(walk.shape(node.inputsAt(0)), tracked.dim, walk.shape(output))
+    if heads is not None and node.kind() in ("aten::view", "aten::reshape"):
+        _split_into_heads(walk, node, tracked, *heads)
+        return
     dim, block = _channel_position(walk.shape(node.inputsAt(0)), tracked.dim, walk.shape(output))
     # Merging the channel dim with the dims after it turns channel c into features [c*block, (c+1)*block).
     elements = [element for element in tracked.elements for _ in range(block)]
     if node.kind() in ("aten::view", "aten::reshape"):
         _rewrite_size(walk, node, dim, elements)
     walk.set_tracked(output, dim, elements)
+
+
+def _head_split(before: tuple[int, ...], dim: int, after: tuple[int, ...]) -> tuple[int, int] | None:
+    """(heads dim, head width) when a reshape splits the channel dim into [heads, head width] in place."""
+    if len(after) != len(before) + 1 or after[:dim] != before[:dim] or after[dim + 2:] != before[dim + 1:]:
+        return None
+    if after[dim] * after[dim + 1] != before[dim] or after[dim] == 1 or after[dim + 1] == 1:
+        return None
+    return dim, after[dim + 1]
+
+
+def _split_into_heads(walk: GraphWalk, node: g.Node, tracked: Tracked, dim: int, width: int) -> None:
+    """Attention heads: each head is one unit, coupled with its `width` channels; the head count is rewritten."""
+    heads = walk.elements.fresh(len(tracked.elements) // width)
+    walk.elements.unify([head for head in heads for _ in range(width)], tracked.elements)
+    _rewrite_size(walk, node, dim, heads)
+    walk.set_tracked(node.output(), dim, heads)
 
 
 def _channel_position(before: tuple[int, ...], dim: int, after: tuple[int, ...]) -> tuple[int, int]:

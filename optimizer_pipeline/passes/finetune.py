@@ -19,6 +19,7 @@ from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_STEPS, S
 from ..calibration import Batch
 from ..fidelity import compare_outputs
 from ..outputs import NamedOutputs, flatten_outputs, is_class_scores
+from .augmentation import AugmentationConfig, augmented
 from .base import PassConfig, PassOutput, register
 from .modules import original_name
 
@@ -50,6 +51,12 @@ class DistillationConfig(PassConfig):
         True,
         description="keep BatchNorm in eval mode while training: a small calibration batch gives poor statistics "
         "(a traced model runs BatchNorm in eval mode either way: tracing baked it in)",
+    )
+    augment: AugmentationConfig = Field(
+        AugmentationConfig(), description="altered copies of each training batch, labelled by the original model"
+    )
+    label_weight: float = Field(
+        0.5, ge=0, le=10, description="weight of cross-entropy on the labels, when the calibration batch has them"
     )
     seed: Seed = 0
 
@@ -91,7 +98,11 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
             _train_mode(model, config.freeze_bn_stats)
             losses = []
             for batch in _shuffled(train, config.batch_size, generator):
-                loss = _loss(flatten_outputs(model(*batch.inputs)), batch.teacher_outputs, config)
+                student = flatten_outputs(model(*batch.inputs))
+                loss = _loss(student, batch.teacher_outputs, config) + _label_loss(student, batch, config)
+                if config.augment.active:
+                    extra = augmented(batch, config.augment, generator)
+                    loss = loss + _loss(flatten_outputs(model(*extra.inputs)), extra.teacher_outputs, config)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -140,6 +151,14 @@ def _loss(student: NamedOutputs, teacher: NamedOutputs, config: DistillationConf
             # Relative to the teacher's power, so one lr suits outputs of any scale.
             terms.append(F.mse_loss(s, t) / (t.pow(2).mean() + 1e-12))
     return torch.stack(terms).mean()
+
+
+def _label_loss(student: NamedOutputs, batch: Batch, config: DistillationConfig) -> torch.Tensor | float:
+    """Cross-entropy of the first class-score output against the labels, when there are labels."""
+    if batch.labels is None or config.label_weight == 0:
+        return 0.0
+    scores = next((s for (_, s), (_, t) in zip(student, batch.teacher_outputs) if is_class_scores(t)), None)
+    return 0.0 if scores is None else config.label_weight * F.cross_entropy(scores, batch.labels)
 
 
 def _fidelity(model: jit.ScriptModule, batch: Batch, config: DistillationConfig) -> dict[str, float | None]:
