@@ -203,6 +203,7 @@ class InferenceAPI(ls.LitAPI):
         variant = info.variant(variant_name)
         if variant is None:
             raise _not_ready(info, variant_name)
+
         def locate() -> Path:
             # Only on a cache miss: on a shared store this looks the file up and may download it.
             path = self.store.file(info.id, variant.filename)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,6 +16,10 @@ from optimizer_pipeline.config import Tolerance
 from optimizer_pipeline.report.confidence import Z_95, wilson_interval
 
 from .routing import Guard
+
+if TYPE_CHECKING:  # both import this module
+    from .schemas import ModelInfo
+    from .store import Store
 
 LIVE_VERSION = 1
 # Before this many compared requests the guard does not act, however bad they look: a few requests
@@ -110,6 +114,12 @@ def default_guard(config: dict[str, Any] | None, output_shapes: Sequence[Sequenc
         # Without live labels: a request whose top-1 agrees cannot lose accuracy, so disagreement bounds the drop.
         return Guard(min_agreement=max(0.5, 1 - tolerance.threshold))
     return Guard(min_cosine=0.99)
+
+
+def live_status(store: Store, info: ModelInfo) -> LiveStatus:
+    """A model's live status from its newest samples: what the status route, /metrics and the guard all read."""
+    guard = info.effective_guard()
+    return summarize(store.live_samples(info.id, guard.window), info.routing_revision, info.summary.inputs, guard)
 
 
 def summarize(samples: Sequence[LiveSample], revision: int, input_names: Sequence[str], guard: Guard) -> LiveStatus:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .live_window import summarize
+from .live_window import live_status
 from .store import Store
 
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -119,8 +119,7 @@ class StoreCollector:
         shift = GaugeMetricFamily("optiserve_input_mean_shift", "Recent input mean minus the calibration mean, in calibration std", labels=["model", "input"])
         spread = GaugeMetricFamily("optiserve_input_std_ratio", "Recent input std over the calibration batch's", labels=["model", "input"])
         for info in self.store.list():
-            guard = info.effective_guard()
-            status = summarize(self.store.live_samples(info.id, guard.window), info.routing_revision, info.summary.inputs, guard)
+            status = live_status(self.store, info)
             fidelity = status.fidelity
             if fidelity.agreement is not None:
                 for bound, value in (("estimate", fidelity.agreement), ("lower", fidelity.agreement_lower), ("upper", fidelity.agreement_upper)):

@@ -23,7 +23,7 @@ from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
 
 from . import metrics
-from .live_window import InputMoments, LiveSample, judge, summarize
+from .live_window import InputMoments, LiveSample, live_status
 from .routing import Pinned, Route
 from .schemas import ModelInfo, RoutingEvent
 from .store import Store, now
@@ -145,9 +145,8 @@ class LiveObserver:
             info = self.store.get(model_id)
             if info is None:
                 continue
-            guard = info.effective_guard()
-            status = summarize(self.store.live_samples(model_id, guard.window), info.routing_revision, info.summary.inputs, guard)
-            verdict = judge(status.fidelity, guard)
+            status = live_status(self.store, info)
+            verdict = status.guard  # summarize has judged the window already
             if verdict.state != "tripped":
                 continue
             event = RoutingEvent(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import ApiError, not_found
-from .live_window import summarize
+from .live_window import live_status
 from .routing import Guard, Pinned, RoutingPolicy, Shadow, Split
 from .schemas import ModelInfo, ModelStatus, RoutingEvent
 from .store import Store, now
@@ -15,9 +15,7 @@ class RoutingPlane:
 
     def status(self, ref: str) -> ModelStatus:
         info = self._model(ref)
-        guard = info.effective_guard()
-        live = summarize(self.store.live_samples(info.id, guard.window), info.routing_revision, info.summary.inputs, guard)
-        return ModelStatus(**info.model_dump(), live=live)
+        return ModelStatus(**info.model_dump(), live=live_status(self.store, info))
 
     def set_routing(self, ref: str, policy: RoutingPolicy) -> ModelStatus:
         info = self._model(ref)
