@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import warnings
 import multiprocessing
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from multiprocessing.managers import SyncManager
 
 import litserve as ls
@@ -26,6 +27,7 @@ from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
 from .metrics import RequestMetricsMiddleware
+from .oip_grpc import check_port_free, grpc_lifespan
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
 from .processes import interrupt_on_sigterm
@@ -81,15 +83,16 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
-    app.include_router(OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir)).router(), dependencies=inference_dependencies)
+    oip = OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir))
+    app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
-    _wrap_lifespan(app, settings)
+    _wrap_lifespan(app, settings, grpc_lifespan(settings, oip, predict_bridge, guard))
     return server
 
 
-def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
+def _wrap_lifespan(app: FastAPI, settings: Settings, grpc: Callable[[], AbstractAsyncContextManager[None]] | None = None) -> None:
     # LitServe never runs on_event("startup"); wrapping the lifespan is the hook that does run.
     inner = app.router.lifespan_context
 
@@ -98,7 +101,7 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
         die_with_parent()
         if getattr(instance, "response_queue_id", 0) == 0:
             print(f"optiserve is up at {settings.url}  (store: {settings.store_description})", flush=True)
-        async with inner(instance) as state:
+        async with inner(instance) as state, (grpc or nullcontext)():
             yield state
 
     app.router.lifespan_context = lifespan
@@ -113,6 +116,9 @@ def _manager_that_dies_with_parent() -> SyncManager:
 
 
 def run_server(settings: Settings) -> int:
+    if settings.grpc_port and (problem := check_port_free(settings)):
+        print(f"error: {problem}", flush=True)
+        return 1
     store = open_store(settings)
     _recover(settings, store)
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left

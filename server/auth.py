@@ -44,7 +44,11 @@ class BearerKey:
         self._key = key.encode()
 
     def __call__(self, request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        self.check(request.headers.get("authorization", ""))
+
+    def check(self, authorization: str) -> None:
+        """The same check on an Authorization value from elsewhere (gRPC metadata)."""
+        scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise _unauthorized("this route needs 'Authorization: Bearer <key>'")
         if not hmac.compare_digest(given.strip().encode(), self._key):

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of OIP v2 over gRPC (KServe's GRPCInferenceService; Triton uses 8001); 0 (default) turns it off",
+    )
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
     forward_timeout: float = Field(
         30.0, gt=0, le=3600, description="hard limit of one forward call; past it the worker is restarted and its requests get 504"
