@@ -32,6 +32,7 @@ from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
 from .processes import interrupt_on_sigterm
 from .routes import ManagementRoutes
+from .runtimes import marks_dir, reset_marks
 from .routing_plane import RoutingPlane
 from .settings import Settings
 from .store import Store, open_store
@@ -83,7 +84,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
-    oip = OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir))
+    oip = OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir), marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
@@ -121,6 +122,7 @@ def run_server(settings: Settings) -> int:
         return 1
     store = open_store(settings)
     _recover(settings, store)
+    reset_marks(settings.local_dir)  # warm marks of the last run's workers
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()

@@ -37,7 +37,7 @@ from .litserve_bridge import GreedyBatchLoop
 from .observer import LiveObserver
 from .oip_call import InferCall
 from .routing import Route, choose
-from .runtimes import RunVariant, VariantCache
+from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
 from .shared_tensors import MIN_BYTES, SHM_DIR, SharedArray, SharedResponse, prefix_for, share
@@ -109,10 +109,10 @@ class InferenceAPI(ls.LitAPI):
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings)
         # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
-        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.writable())
+        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, marks_dir(self.settings.local_dir).resolve(), *self.store.writable())
         confinement.apply(confinement.Confinement(writable=writable))
         self.shm_prefix = prefix_for(self.settings.local_dir)
-        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
+        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
     def _overran(self, model_id: str, seconds: float) -> None:
@@ -213,7 +213,7 @@ class InferenceAPI(ls.LitAPI):
 
         # Loading warms the model up with a forward call, which gets the same hard limit.
         with (watchdog or self.watchdog).watching(info.id):
-            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info))
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info), variant.size_bytes)
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
@@ -289,6 +289,9 @@ class PredictAPI(InferenceAPI):
         # Shadow forwards run on the observer's thread, under a time limit of their own.
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         self.observer = LiveObserver(self.store, self._shadow_forward)
+        # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
+        self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 
     def decode_request(self, request: PredictRequest) -> PredictRequest:
         return request

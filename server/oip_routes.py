@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import torch
 from fastapi import APIRouter, Request
@@ -25,6 +26,7 @@ from .errors import ApiError, JsonResponse, not_found
 from .litserve_bridge import QueueBridge
 from .oip_call import InferCall
 from .predict_route import ROUTING_KEY_HEADER
+from .runtimes import warm_everywhere
 from .schemas import ModelInfo, VariantName
 from .shared_tensors import MIN_BYTES, SharedResponse, share_array
 from .store import Store
@@ -34,8 +36,11 @@ ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 503)}
 
 
 class OipRoutes:
-    def __init__(self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool], shm_prefix: str) -> None:
+    def __init__(
+        self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool], shm_prefix: str, warm_marks: Path | None = None
+    ) -> None:
         self.store = store
+        self.warm_marks = warm_marks  # where the workers say what they have warmed; None: no warm-up check
         self.shm_prefix = shm_prefix
         self.bridge = bridge
         self.workers_ready = workers_ready
@@ -84,7 +89,12 @@ class OipRoutes:
     async def model_ready(self, model: str, version: str | None = None) -> ModelReady:
         info = await self._model(model, None)
         wanted = version or info.default_variant
-        return ModelReady(name=info.name, ready=info.variant(wanted) is not None and info.health.healthy)
+        ready = info.variant(wanted) is not None and info.health.healthy
+        if ready and self.warm_marks is not None:
+            # Ready once every worker has loaded and run the variant(s): the first request pays no load.
+            variants = [v for v in info.variants if version is None or v.name == version]
+            ready = await run_in_threadpool(warm_everywhere, self.warm_marks, info, variants)
+        return ModelReady(name=info.name, ready=ready)
 
     async def infer(self, request: Request, model: str, version: str | None = None) -> Response:
         if version is not None and version not in VARIANTS:

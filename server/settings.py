@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
+    variant_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="bytes of loaded variants (their file sizes) each inference worker keeps, least recently used "
+        "dropped first; a larger variant is still served (loaded, used, dropped); 0: only --cache-size bounds it",
+    )
     grpc_port: int = Field(
         0,
         ge=0,
