@@ -181,6 +181,8 @@ def _address(settings: Settings) -> str:
 def check_port_free(settings: Settings) -> str | None:
     """Why the gRPC port cannot be used, or None. Checked once in the main process: the API servers
     bind it with SO_REUSEPORT, which would otherwise let them share it with another server's."""
+    if settings.grpc_port == settings.port:
+        return f"--grpc-port {settings.grpc_port} is the HTTP port too; give gRPC a port of its own"
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
