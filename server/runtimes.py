@@ -50,8 +50,8 @@ def load(runtime: str, path: Path, threads: int, example: Example | None = None)
 
 def _warm_up(run: RunVariant, inputs: tuple[torch.Tensor, ...]) -> None:
     # TorchScript's profiling executor optimizes a graph during its first calls (100+ ms); doing
-    # that at load keeps it out of the first user request.
-    for _ in range(2):
+    # that at load keeps it out of the first user request (a third call runs the optimized graph once).
+    for _ in range(3):
         try:
             run(inputs)
         except Exception:  # an odd model may reject zeros; it then simply warms up on real traffic
