@@ -4,6 +4,9 @@ before any of their code runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import tiny_models
 from conftest import FAST
 from optimizer_pipeline import InvalidModelError, UnsafeModelError, load_model, optimize
 from optimizer_pipeline.runtimes import load_variant
-from server_harness import AUTH, server_fixture, wait_for
+from server_harness import AUTH, REPO, server_fixture, wait_for
 
 server = server_fixture()
 FREEZE = {"plan": [{"pass": "freeze"}], "force": True, **FAST}
@@ -153,3 +156,15 @@ def test_hostile_programs_over_http_are_4xx_and_run_nothing(server, programs, tm
         assert requests.get(f"{server.url}/models/hostile-{label}", timeout=30).status_code == 404
     assert not marker.exists()
     assert requests.get(server.url + "/health", timeout=30).status_code == 200
+
+
+def test_the_cli_optimizes_a_program_and_writes_it_back_as_the_original(programs, tmp_path: Path):
+    archive, _, inputs = programs["cnn_bn"]
+    (tmp_path / "model.pt2").write_bytes(archive)
+    (tmp_path / "calibration.pt").write_bytes(tiny_models.calibration_bytes(inputs))
+    (tmp_path / "config.json").write_text(__import__("json").dumps(FREEZE))
+    command = [sys.executable, "-m", "clients.cli", "optimize", "model.pt2", "calibration.pt", "--config", "config.json", "--out", "out"]
+    result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "original.pt2").read_bytes() == archive
+    assert (tmp_path / "out" / "optimized.pt").exists()
