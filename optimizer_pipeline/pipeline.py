@@ -25,7 +25,8 @@ from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
 from .search.runner import run_search
-from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report
+from .exported import is_exported_archive
+from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path
@@ -53,7 +54,7 @@ def inspect_upload(model: Source, calibration: Source, labels: Source | None = N
     """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
     parse_config(config)
     module, batch = _load_inputs(model, calibration, labels)
-    return _summarize(module, batch, _size(model))
+    return _summarize(module, batch, _size(model), source_format(_read(model)))
 
 
 def optimize(
@@ -72,6 +73,7 @@ def optimize(
     notify("loading", 0.0)
     original, batch = _load_inputs(model, calibration, labels)
     original_bytes = _read(model)
+    original_runtime = source_format(original_bytes)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
@@ -98,7 +100,7 @@ def optimize(
         tolerance=reference.tolerance.model_dump(),
         min_speedup=settings.min_speedup,
         model_name=name,
-        model=_summarize(original, batch, len(original_bytes)),
+        model=_summarize(original, batch, len(original_bytes), original_runtime),
         calibration=CalibrationSummary(
             samples=len(batch),
             train_samples=len(reference.train),
@@ -115,11 +117,11 @@ def optimize(
     optimized = (
         Variant("optimized", winner.report.runtime, winner.archive)
         if winner
-        else Variant("optimized", "torchscript", original_bytes)
+        else Variant("optimized", original_runtime, original_bytes)
     )
     notify("done", 1.0)
     built_variants = {b.report.name: Variant(b.report.name, b.report.runtime, b.archive) for b in built if b.archive}
-    return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report, built_variants)
+    return OptimizationResult(Variant("original", original_runtime, original_bytes), optimized, report, built_variants)
 
 
 def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch]:
@@ -148,7 +150,12 @@ def _baseline_accuracy(reference: Reference) -> float | None:
     return accuracy(dict(reference.held_out_outputs)[scores], reference.held_out.labels)
 
 
-def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> ModelSummary:
+def source_format(data: bytes) -> ModelFormat:
+    """What an upload is, by content: a torch.export program or TorchScript."""
+    return "exported" if is_exported_archive(data) else "torchscript"
+
+
+def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int, model_format: ModelFormat) -> ModelSummary:
     outputs = check_model_accepts(module, batch)
     return ModelSummary(
         class_name=module.original_name,
@@ -161,6 +168,7 @@ def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> Model
         parameters=sum(p.numel() for p in module.parameters()),
         size_bytes=size_bytes,
         exported_methods=jit.exported_method_names(module),
+        format=model_format,
     )
 
 

@@ -80,7 +80,7 @@ class OipRoutes:
         return ModelMetadata(
             name=info.name,
             versions=[variant.name for variant in info.variants],
-            platform="pytorch_torchscript",
+            platform="pytorch_export" if summary.format == "exported" else "pytorch_torchscript",
             inputs=_tensors(summary.inputs, summary.input_shapes, summary.input_dtypes),
             # Uploads from before output dtypes were recorded: their outputs go out as float (wire_ready).
             outputs=_tensors(summary.outputs, summary.output_shapes, summary.output_dtypes or ["float32"] * len(summary.outputs)),
