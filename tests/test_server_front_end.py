@@ -136,7 +136,7 @@ def test_health_answers_while_a_max_size_json_predict_and_a_large_binary_v2_are_
     x = np.random.default_rng(0).standard_normal((48 * 2**20 // 64, 16), dtype=np.float32)  # 48 MiB
     waits = []
     with ThreadPoolExecutor(2) as pool:
-        big_json = pool.submit(requests.post, server.url + "/predict", data=body, timeout=120)
+        big_json = pool.submit(requests.post, server.url + "/predict", data=body, headers={"Content-Type": "application/json"}, timeout=120)
         big_binary = pool.submit(binary_infer, server.url, "mlp", x)
         while not (big_json.done() and big_binary.done()):
             for path in ("/health", "/ready"):
