@@ -1,4 +1,8 @@
-# optiserve on CPU. Build: docker build -t optiserve .   Run: docker run -p 8000:8000 -v optiserve-store:/data optiserve
+# optiserve on CPU. Build: docker build -t optiserve .   Run: docker run --shm-size=1g -p 8000:8000 -v optiserve-store:/data optiserve
+# --shm-size: tensors of 256 KiB and up cross between the HTTP and inference processes through
+# /dev/shm, which Docker makes 64 MiB by default. Give it the large tensors you expect in flight at
+# once (requests and answers); the server uses at most half (OPTISERVE_SHM_BUDGET_BYTES), and past
+# that answers 503 shm_full. An `optiserve worker` container needs no more than the default.
 # Scale-out: the same image runs `serve --no-jobs` (API replicas) and `worker` on a shared store; see deploy/README.md.
 # A smaller image: pass PyTorch's CPU-only wheel index as --build-arg TORCH_INDEX_URL=...; by default
 # pip takes torch==2.13.0 from PyPI, which is the larger CUDA-enabled build (it runs on CPU too).

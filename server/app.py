@@ -25,7 +25,7 @@ from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
+from .litserve_bridge import QueueBridge, drop_gzip, supervise_api_servers, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .oip_routes import OipRoutes
@@ -39,6 +39,8 @@ from .store import Store, open_store
 from .validation import ValidationLimits
 
 logger = logging.getLogger("optiserve")
+# How often the main process looks for stale shared-memory segments (a dead API server is seen at once).
+SUPERVISE_SECONDS = 5.0
 
 
 class _QuietMonitorShutdown(logging.Filter):
@@ -69,11 +71,13 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         restart_workers=True,
     )
     drop_gzip(server)
-    take_over_route(server, PredictAPI.endpoint)
     app = server.app
-    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
+    space = shared_tensors.space_for(settings.local_dir, settings.shm_budget_bytes)
     inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
-    PredictRoute(predict_bridge).install(app, inference_dependencies)
+    for api in apis:  # JSON bodies read within max_json_bytes, and large ones parsed in the worker
+        take_over_route(server, api.endpoint)
+        PredictRoute(QueueBridge(server, api.endpoint), settings.max_json_bytes, space, api.request_schema).install(app, inference_dependencies)
+    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
 
     def workers_ready() -> bool:
         # A Manager dict shared with the workers; it exists once run() has started them.
@@ -84,7 +88,7 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
-    oip = OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir), marks_dir(settings.local_dir))
+    oip = OipRoutes(store, predict_bridge, workers_ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
@@ -131,6 +135,11 @@ def run_server(settings: Settings) -> int:
     runner = jobs.start_runner(settings) if settings.jobs else None
     try:
         server = build_server(settings, store)
+        prefix = shared_tensors.prefix_for(settings.local_dir)
+        # No segment outlives its request's deadline by much: older ones are an answer nobody waited
+        # for, or a request of an API server that died.
+        stale = 2 * settings.request_timeout + 10
+        supervise_api_servers(server, every=SUPERVISE_SECONDS, tick=lambda: shared_tensors.sweep(prefix, older_than=stale))
         server.run(
             host=settings.host,
             port=settings.port,

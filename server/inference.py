@@ -27,7 +27,7 @@ from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.outputs import NamedOutputs
 from optimizer_pipeline.processes import die_with_parent
 from wire import WireTensor, encode_response
-from wire.codec import Encoded
+from wire.codec import Encoded, WireError
 
 from . import confinement, metrics
 from .codec import wire_ready
@@ -35,12 +35,13 @@ from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
 from .observer import LiveObserver
-from .oip_call import InferCall
+from .oip_call import InferCall, RawInfer
 from .routing import Route, choose
 from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
-from .shared_tensors import MIN_BYTES, SHM_DIR, SharedArray, SharedResponse, prefix_for, share
+from .predict_route import BodyError, JsonBody
+from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedArray, SharedResponse, ShmFull, space_for
 from .store import open_store
 from .tensors import TensorDecodeError, to_object, to_torch
 
@@ -88,6 +89,7 @@ class Ran:
 
 class InferenceAPI(ls.LitAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
+    request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
@@ -111,7 +113,7 @@ class InferenceAPI(ls.LitAPI):
         # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
         writable = (self.settings.metrics_dir.resolve(), SHM_DIR, marks_dir(self.settings.local_dir).resolve(), *self.store.writable())
         confinement.apply(confinement.Confinement(writable=writable))
-        self.shm_prefix = prefix_for(self.settings.local_dir)
+        self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
@@ -130,10 +132,16 @@ class InferenceAPI(ls.LitAPI):
         return list(output)
 
     def predict(self, x):
-        requests = x if isinstance(x, list) else [x]
+        requests = list(x) if isinstance(x, list) else [x]
         outcomes: list[Union[Outcome, None]] = [None] * len(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for position, request in enumerate(requests):
+            if isinstance(request, (JsonBody, RawInfer)):  # too large for the API server to parse
+                try:
+                    requests[position] = request = self._parse(request)
+                except BodyError as error:
+                    outcomes[position] = Outcome(error.status, error.body)
+                    continue
             groups[(request.model, getattr(request, "variant", None))].append(position)
         for (ref, variant), positions in groups.items():
             pending = [Pending(p, requests[p]) for p in positions]
@@ -150,6 +158,14 @@ class InferenceAPI(ls.LitAPI):
                 outcomes[item.position] = _in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
 
+    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
+        if isinstance(request, JsonBody):
+            return request.parse(self.request_schema)
+        try:
+            return request.decode()
+        except WireError as exc:
+            raise BodyError(400, {"error": str(exc)}) from None
+
     def encode_response(self, output: Outcome) -> Response:
         # LitServe builds /predict's route from this annotation. Only /v2 answers (raw bodies, which the
         # OIP route turns back into a Response) can be a SharedResponse.
@@ -157,7 +173,11 @@ class InferenceAPI(ls.LitAPI):
         if output.raw is not None:
             headers.update(output.raw.headers)
             if output.raw.size >= MIN_BYTES:
-                return SharedResponse(output.status, headers, share(output.raw.chunks, self.shm_prefix))
+                try:
+                    return SharedResponse(output.status, headers, self.shm.share(output.raw.chunks))
+                except ShmFull as exc:
+                    if output.raw.size > QUEUE_FALLBACK_BYTES:
+                        return JsonResponse({"error": str(exc)}, status_code=503, headers={k: headers[k] for k in (metrics.MODEL_HEADER, metrics.VARIANT_HEADER)})
             return Response(output.raw.body(), status_code=output.status, headers=headers)
         return JsonResponse(output.body, status_code=output.status, headers=headers)
 
@@ -280,6 +300,7 @@ class InferenceAPI(ls.LitAPI):
 
 class PredictAPI(InferenceAPI):
     endpoint = "/predict"
+    request_schema = PredictRequest
 
     def setup(self, device: str) -> None:
         super().setup(device)
@@ -334,6 +355,7 @@ class PredictAPI(InferenceAPI):
 class CompareAPI(InferenceAPI):
     endpoint = "/compare"
     batched = False  # an A/B view of one request, not a throughput path
+    request_schema = InferenceRequest
 
     def decode_request(self, request: InferenceRequest) -> InferenceRequest:
         return request

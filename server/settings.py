@@ -44,6 +44,18 @@ class Settings(BaseSettings):
     job_memory_bytes: int = Field(16 * 2**30, ge=256 * 2**20, description="memory one optimization job may map beyond torch itself")
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
+    max_json_bytes: int = Field(
+        8 * 2**20,
+        ge=1024,
+        description="largest JSON inference body (/predict, /compare, a /v2 JSON part) accepted (413 above: send big tensors "
+        "as /v2 binary data)",
+    )
+    shm_budget_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of /dev/shm that large tensors in flight may hold at once (beyond: small ones take the slower "
+        "queue, large ones get 503 shm_full); default: half of /dev/shm",
+    )
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
     variant_cache_bytes: int = Field(

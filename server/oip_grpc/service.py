@@ -25,7 +25,7 @@ from ..oip_call import InferCall
 from ..oip_routes import VARIANTS, OipRoutes
 from ..predict_route import ROUTING_KEY_HEADER
 from ..settings import Settings
-from ..shared_tensors import MIN_BYTES, SharedResponse, share_array
+from ..shared_tensors import MIN_BYTES, SharedArray, SharedResponse
 from .tensors import infer_response, request_tensors
 
 ENDPOINT = "/inference.GRPCInferenceService/ModelInfer"  # the label of /metrics' request series
@@ -105,9 +105,12 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
             tensors = request_tensors(request)
         except WireError as exc:
             raise Failure(400, str(exc)) from None
-        shared = [tensor for tensor in tensors if tensor.array.nbytes >= MIN_BYTES]
-        for tensor in shared:  # large inputs cross to the worker through shared memory, as on REST
-            tensor.array = share_array(tensor.array, self.bridge_prefix)
+        shared = []
+        for tensor in tensors:  # large inputs cross to the worker through shared memory, as on REST
+            if tensor.array.nbytes >= MIN_BYTES:
+                tensor.array = self.routes._share(tensor.array)
+                if isinstance(tensor.array, SharedArray):
+                    shared.append(tensor)
         call = InferCall(
             model=request.model_name,
             variant=version,
@@ -152,10 +155,6 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
         if seen is not None:
             seen["status"] = status
         await context.abort(CODES.get(status, grpc.StatusCode.INTERNAL), message)
-
-    @property
-    def bridge_prefix(self) -> str:
-        return self.routes.shm_prefix
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
