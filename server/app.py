@@ -50,7 +50,8 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     with warnings.catch_warnings():
         # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
-        apis = [PredictAPI(settings), CompareAPI(settings)]
+        # Spawned workers run model code: they get the settings without the key (the guard keeps it).
+        apis = [PredictAPI(settings.without_secrets()), CompareAPI(settings.without_secrets())]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
     if guard and settings.auth_inference:
         for api in apis:
@@ -120,7 +121,7 @@ def run_server(settings: Settings) -> int:
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
-    runner = jobs.start_runner(settings) if settings.jobs else None
+    runner = jobs.start_runner(settings.without_secrets()) if settings.jobs else None
     try:
         server = build_server(settings, store)
         server.run(

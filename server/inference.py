@@ -108,9 +108,7 @@ class InferenceAPI(ls.LitAPI):
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings)
-        # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
-        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.writable())
-        confinement.apply(confinement.Confinement(writable=writable))
+        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR))
         self.shm_prefix = prefix_for(self.settings.local_dir)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)

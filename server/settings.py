@@ -79,6 +79,11 @@ class Settings(BaseSettings):
             raise ValueError(f"auth is off on host {self.host}, reachable from other machines: pass --insecure to mean it")
         return self
 
+    def without_secrets(self) -> Settings:
+        """These settings for a process that runs model code: no API key (only the main process and
+        the HTTP front end check it; a memory-safety bug in a model must find nothing to steal)."""
+        return self.model_copy(update={"api_key": None})
+
     @property
     def url(self) -> str:
         shown = "127.0.0.1" if self.host == "0.0.0.0" else self.host
@@ -106,6 +111,10 @@ class Settings(BaseSettings):
     def metrics_dir(self) -> Path:
         # Wiped by the main process at every start: the counters describe this run only.
         return self.local_dir / "metrics"
+
+
+# Read once into Settings, then removed from the process environment before any child starts.
+SECRET_VARIABLES = ("OPTISERVE_API_KEY",)
 
 
 def is_postgres_dsn(location: str) -> bool:

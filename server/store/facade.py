@@ -101,6 +101,11 @@ class Store:
         artifact cache, and, for a job (`model_id`), the model's files."""
         return (*self.artifacts.writable(model_id), *self.db.files())
 
+    def readable(self) -> tuple[Path, ...]:
+        """Local paths a process that serves models must be allowed to read: the index's files and
+        the artifacts (or their local cache); not the rest of the store's directory."""
+        return (*self.artifacts.readable(), *self.db.files())
+
     # ---- health, routing, events and live evidence ----
 
     def record_timeout(self, model_id: str, reason: str, unhealthy_after: int) -> None:
