@@ -83,6 +83,7 @@ def describe() -> str:
 def apply(confinement: Confinement) -> list[str]:
     """Confine the calling process for the rest of its life; returns the layers that took effect."""
     layers = []
+    seccomp = confinement.syscalls is not None and seccomp_filter.available()  # before Landlock: it reads files
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     layers.append("no core dumps")
     if confinement.cpu_seconds is not None:
@@ -94,7 +95,7 @@ def apply(confinement: Confinement) -> list[str]:
         layers.append(f"address space +{confinement.memory_bytes >> 20} MiB")
     if _apply_landlock(confinement):
         layers.append("Landlock")
-    if confinement.syscalls is not None and seccomp_filter.available():
+    if seccomp:
         seccomp_filter.install(confinement.syscalls)
         layers.append("seccomp")
     return layers

@@ -174,11 +174,12 @@ def run_job(settings: Settings, claim: Claim) -> None:
     if model is None or calibration is None or (info.has_labels and labels is None):
         return  # deleted since the claim
     writable = (*store.writable(info.id), settings.metrics_dir.resolve(), Path(tempfile.gettempdir()))
+    filter_syscalls = seccomp_filter.available()  # asked before Landlock (see there)
     confinement.apply(confinement.Confinement(writable=writable, memory_bytes=settings.job_memory_bytes))
     # The finalists' timing forkserver is a new program: it starts (under Landlock and the rlimits)
     # before the seccomp filter forbids execve, and each timing process installs the filter itself.
     policy = SyscallPolicy(network=settings.shared)
-    if seccomp_filter.available():
+    if filter_syscalls:
         start_forkserver(functools.partial(seccomp_filter.install, policy))
         seccomp_filter.install(policy)
     config = dict(info.config or {})

@@ -17,6 +17,7 @@ or the kernel support `available()` is False and `describe()` in confinement.py 
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from dataclasses import dataclass
 
@@ -70,8 +71,11 @@ class SyscallPolicy:
         return frozenset(families)
 
 
+@functools.cache
 def available() -> bool:
-    """Whether this machine can install the filter (libseccomp found, kernel with seccomp filters)."""
+    """Whether this machine can install the filter (libseccomp found, kernel with seccomp filters).
+
+    Ask before Landlock goes on: finding libseccomp runs `ldconfig -p`, and reads /proc."""
     try:
         import pyseccomp  # noqa: F401  (raises RuntimeError without libseccomp)
     except (ImportError, RuntimeError, OSError):
