@@ -28,6 +28,7 @@ from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
+from .record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .routing_plane import RoutingPlane
@@ -46,12 +47,12 @@ class _QuietMonitorShutdown(logging.Filter):
         return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, (OSError, EOFError)))
 
 
-def build_server(settings: Settings, store: Store) -> ls.LitServer:
+def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.LitServer:
     with warnings.catch_warnings():
         # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
         # Spawned workers run model code: they get the settings without the key (the guard keeps it).
-        apis = [PredictAPI(settings.without_secrets()), CompareAPI(settings.without_secrets())]
+        apis = [PredictAPI(settings.without_secrets(), records), CompareAPI(settings.without_secrets(), records)]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
     if guard and settings.auth_inference:
         for api in apis:
@@ -123,7 +124,10 @@ def run_server(settings: Settings) -> int:
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
     runner = jobs.start_runner(settings.without_secrets()) if settings.jobs else None
     try:
-        server = build_server(settings, store)
+        # Workers hold the index read-only; this thread writes their samples and timeouts.
+        writer = RecordWriter(store, settings.unhealthy_after)
+        server = build_server(settings, store, writer.sender)
+        writer.start()
         server.run(
             host=settings.host,
             port=settings.port,

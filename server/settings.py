@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         description="model store: a directory (embedded: SQLite index, model files, metrics) or a postgresql:// DSN "
         "(shared by API replicas and workers; needs --artifacts)",
     )
+    worker_store: str | None = Field(
+        None,
+        description="postgresql:// DSN the inference workers read a shared store with: a role with SELECT only "
+        "(deploy/README.md); default: --store, in read-only sessions",
+    )
     artifacts: str | None = Field(None, description="s3://bucket/prefix holding a shared store's model files (endpoint and keys: AWS_* variables)")
     state_dir: Path | None = Field(
         None, description="this process's local state: metrics, artifact cache, generated API key; default: the store directory, or ./optiserve-state"
@@ -66,6 +71,8 @@ class Settings(BaseSettings):
     def _shared_store_has_artifacts(self) -> Settings:
         if self.shared and not (self.artifacts or "").startswith("s3://"):
             raise ValueError("a postgresql:// store keeps its model files in an object store: pass --artifacts s3://bucket/prefix")
+        if self.worker_store is not None and not (self.shared and is_postgres_dsn(self.worker_store)):
+            raise ValueError("--worker-store is a postgresql:// DSN for the workers of a postgresql:// store")
         if not self.shared and self.artifacts is not None:
             raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
         if self.shared and self.auth and self.api_key is None:
