@@ -243,7 +243,7 @@ def test_the_filter_refuses_exec_and_network_sockets_with_eperm():
     _in_child(confined_with_network)
 
 
-def test_an_inference_worker_cannot_read_the_generated_key_file(tmp_path, monkeypatch):
+def test_an_inference_worker_cannot_read_the_key_file_nor_write_the_index(tmp_path, monkeypatch):
     from server import confinement
     from server.auth import key_path, resolve_key
     from server.settings import Settings
@@ -257,16 +257,69 @@ def test_an_inference_worker_cannot_read_the_generated_key_file(tmp_path, monkey
     settings.metrics_dir.mkdir(parents=True)
     key, _ = resolve_key(None, settings.local_dir)
     store = open_store(settings)
+    assert store.get("m1") is None  # the main process holds the index open (its WAL files exist)
     model_file = store.artifacts.models_dir / "m1" / "original.pt"
     model_file.parent.mkdir(parents=True)
     model_file.write_bytes(b"weights")
 
     def as_a_worker() -> None:
-        confinement.apply(confinement.for_inference_worker(settings, store, SHM_DIR))
+        import sqlite3
+
+        worker_store = open_store(settings, read_only=True)  # as InferenceAPI.setup opens it
+        confinement.apply(confinement.for_inference_worker(settings, worker_store, SHM_DIR))
         with pytest.raises(PermissionError):
             key_path(settings.local_dir).read_text()
         assert model_file.read_bytes() == b"weights"  # what it serves stays readable
-        assert store.get("nothing") is None  # and so does the index
+        assert worker_store.get("nothing") is None  # and so does the index
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            worker_store.reset_health("m1")
+        index = worker_store.db.path
+        with pytest.raises(PermissionError):  # nor around SQLite: Landlock refuses the file itself
+            open(index, "r+b")
+        with pytest.raises(PermissionError):
+            open(f"{index}-wal", "r+b")
+        with pytest.raises(sqlite3.OperationalError):
+            sqlite3.connect(index, isolation_level=None).execute("DELETE FROM models")
 
     assert key_path(settings.local_dir).read_text().strip() == key
     _in_child(as_a_worker)
+
+
+class _Planted:
+    """Unpickling this creates a file: proof that a record was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_the_main_process_writes_what_workers_send_and_refuses_anything_else(tmp_path):
+    import pickle
+
+    from optimizer_pipeline.report import ModelSummary
+    from server.live_window import LiveSample
+    from server.record_channel import RecordWriter
+    from server.schemas import ModelMeta
+    from server.settings import Settings
+    from server.store import new_model_id, now, open_store
+
+    store = open_store(Settings(store=str(tmp_path / "store")))
+    model_id = new_model_id()
+    store.stage_files(model_id, {"original.pt": b"m", "calibration.bin": b"c"})
+    summary = ModelSummary(
+        inputs=["x"], input_shapes=[[4]], input_dtypes=["float32"], outputs=["y"], output_shapes=[[2]], parameters=1, size_bytes=1, exported_methods=[]
+    )
+    store.add_model(ModelMeta(id=model_id, name="m", created_at=now(), summary=summary))
+    writer = RecordWriter(store, unhealthy_after=1)
+    writer.start()
+    endpoint = writer.sender._endpoint  # what a compromised worker holds
+    planted = tmp_path / "unpickled"
+    for forged in (pickle.dumps(_Planted(planted)), b"{not json", b'{"kind": "routing", "model_id": "x", "policy": "optimized"}'):
+        endpoint.send(forged)
+    writer.sender.live([(model_id, LiveSample(revision=0, served="original", served_ms=1.5))], set())
+    writer.sender.timeout(model_id, "the forward call did not finish")
+    wait_until(lambda: not store.get(model_id).health.healthy, "the timeout written by the main process", timeout=10)
+    assert [sample.served_ms for sample in store.live_samples(model_id, 10)] == [1.5]
+    assert not planted.exists()
