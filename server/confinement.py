@@ -3,7 +3,9 @@
 The first line of defence is the vetted op set (optimizer_pipeline.model_ops): a model that can
 touch files or print is refused at upload. This module is the second line, for whatever that walk
 might miss: a process that runs model code gets no core dumps, a CPU-time and address-space cap,
-and, where the kernel offers Landlock, a filesystem it may write only where its job needs to.
+where the kernel offers Landlock a filesystem it may write (and, for workers and validation, read)
+only where its job needs to, and a seccomp filter (seccomp_filter.py): no exec, no ptrace, no
+sockets beyond what it needs. Such processes also get no API key (Settings.without_secrets).
 
 Landlock comes from the maintained `landlock` package (ctypes over the three syscalls); a kernel
 without it leaves the rlimits in force, and `describe()` says so in the start-up log.
