@@ -60,7 +60,12 @@ class RecordSender:
         self._send_live(samples, sorted(compared))
 
     def timeout(self, model_id: str, reason: str) -> None:
-        self._send(TimeoutRecord(model_id=model_id, reason=reason[:2000]).model_dump_json().encode())
+        # Sent by the watchdog just before the worker ends: it must not wait for a busy writer.
+        data = TimeoutRecord(model_id=model_id, reason=reason[:2000]).model_dump_json().encode()
+        try:
+            self._endpoint.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            logger.error("the timeout of model %s could not be recorded: the main process's writer is behind", model_id)
 
     def _send_live(self, samples: list[tuple[str, LiveSample]], compared: list[str]) -> None:
         data = LiveRecord(samples=samples, compared=compared).model_dump_json().encode()
