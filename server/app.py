@@ -30,6 +30,7 @@ from .metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
+from .record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
 from .routes import ManagementRoutes
 from .runtimes import marks_dir, reset_marks
@@ -51,11 +52,12 @@ class _QuietMonitorShutdown(logging.Filter):
         return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, (OSError, EOFError)))
 
 
-def build_server(settings: Settings, store: Store) -> ls.LitServer:
+def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.LitServer:
     with warnings.catch_warnings():
         # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
-        apis = [PredictAPI(settings), CompareAPI(settings)]
+        # Spawned workers run model code: they get the settings without the key (the guard keeps it).
+        apis = [PredictAPI(settings.without_secrets(), records), CompareAPI(settings.without_secrets(), records)]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
     if guard and settings.auth_inference:
         for api in apis:
@@ -132,9 +134,12 @@ def run_server(settings: Settings) -> int:
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
-    runner = jobs.start_runner(settings) if settings.jobs else None
+    runner = jobs.start_runner(settings.without_secrets()) if settings.jobs else None
     try:
-        server = build_server(settings, store)
+        # Workers hold the index read-only; this thread writes their samples and timeouts.
+        writer = RecordWriter(store, settings.unhealthy_after)
+        server = build_server(settings, store, writer.sender)
+        writer.start()
         prefix = shared_tensors.prefix_for(settings.local_dir)
         # No segment outlives its request's deadline by much: older ones are an answer nobody waited
         # for, or a request of an API server that died.

@@ -36,6 +36,7 @@ from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
 from .observer import LiveObserver
 from .oip_call import InferCall, RawInfer
+from .record_channel import RecordSender
 from .routing import Route, choose
 from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
@@ -93,7 +94,7 @@ class InferenceAPI(ls.LitAPI):
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, records: RecordSender) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size if self.batched else 1,
             batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
@@ -101,6 +102,7 @@ class InferenceAPI(ls.LitAPI):
             loop=GreedyBatchLoop(),
         )
         self.settings = settings
+        self.records = records  # what a worker writes, the main process writes for it
 
     def setup(self, device: str) -> None:
         die_with_parent()
@@ -109,10 +111,9 @@ class InferenceAPI(ls.LitAPI):
         torch.set_num_threads(self.settings.worker_threads)
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
-        self.store = open_store(self.settings)
-        # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
-        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, marks_dir(self.settings.local_dir).resolve(), *self.store.writable())
-        confinement.apply(confinement.Confinement(writable=writable))
+        self.store = open_store(self.settings, read_only=True)
+        warm_marks = marks_dir(self.settings.local_dir).resolve()
+        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
@@ -121,7 +122,7 @@ class InferenceAPI(ls.LitAPI):
         """The watchdog's last act before this worker ends: count the timeout, answer what is held."""
         message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
         try:
-            self.store.record_timeout(model_id, message, self.settings.unhealthy_after)
+            self.records.timeout(model_id, message)
         finally:
             self.loop.answer_held(HTTPException(504, {"code": "model_timeout", "message": message}))
 
@@ -309,7 +310,7 @@ class PredictAPI(InferenceAPI):
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         # Shadow forwards run on the observer's thread, under a time limit of their own.
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
-        self.observer = LiveObserver(self.store, self._shadow_forward)
+        self.observer = LiveObserver(self.store, self._shadow_forward, self.records)
         # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
         self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()

@@ -15,6 +15,7 @@ cannot finish, fail or report progress on a job that another worker now runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -28,12 +29,14 @@ from pathlib import Path
 import torch
 
 from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
+from optimizer_pipeline.latency_alone import start_forkserver
 from optimizer_pipeline.processes import die_with_parent
 
-from . import confinement
+from . import confinement, seccomp_filter
 from .metrics import OPTIMIZATION_SECONDS
-from .processes import interrupt_on_sigterm
+from .processes import adopt_orphans, interrupt_on_sigterm, stop_orphans
 from .schemas import VariantInfo
+from .seccomp_filter import SyscallPolicy
 from .settings import Settings
 from .store import Claim, Store, open_store
 
@@ -70,6 +73,7 @@ def run_forever(settings: Settings) -> None:
 def work(settings: Settings, role: str = "worker") -> int:
     """Run jobs until SIGTERM or Ctrl-C; `optiserve worker` runs this in the foreground."""
     interrupt_on_sigterm()
+    adopt_orphans()
     store = open_store(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     next_expiry_check = 0.0
@@ -126,6 +130,10 @@ def _supervise(settings: Settings, store: Store, claim: Claim) -> None:
     except KeyboardInterrupt:
         stop(child)
         raise
+    finally:
+        # What the job started and left behind when it died (its timing forkserver, still starting):
+        # adopted by this runner, ended here.
+        stop_orphans()
     if child.exitcode != 0:
         cause = f"signal {signal.Signals(-child.exitcode).name}" if child.exitcode < 0 else f"exit code {child.exitcode}"
         store.fail_job(claim, f"the optimization process died ({cause}); the original model keeps serving")
@@ -166,7 +174,14 @@ def run_job(settings: Settings, claim: Claim) -> None:
     if model is None or calibration is None or (info.has_labels and labels is None):
         return  # deleted since the claim
     writable = (*store.writable(info.id), settings.metrics_dir.resolve(), Path(tempfile.gettempdir()))
+    filter_syscalls = seccomp_filter.available()  # asked before Landlock (see there)
     confinement.apply(confinement.Confinement(writable=writable, memory_bytes=settings.job_memory_bytes))
+    # The finalists' timing forkserver is a new program: it starts (under Landlock and the rlimits)
+    # before the seccomp filter forbids execve, and each timing process installs the filter itself.
+    policy = SyscallPolicy(network=settings.shared)
+    if filter_syscalls:
+        start_forkserver(functools.partial(seccomp_filter.install, policy))
+        seccomp_filter.install(policy)
     config = dict(info.config or {})
     config["threads"] = min(config.get("threads") or settings.job_threads, settings.job_threads)
     started = time.perf_counter()

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
         description="model store: a directory (embedded: SQLite index, model files, metrics) or a postgresql:// DSN "
         "(shared by API replicas and workers; needs --artifacts)",
     )
+    worker_store: str | None = Field(
+        None,
+        description="postgresql:// DSN the inference workers read a shared store with: a role with SELECT only "
+        "(deploy/README.md); default: --store, in read-only sessions",
+    )
     artifacts: str | None = Field(None, description="s3://bucket/prefix holding a shared store's model files (endpoint and keys: AWS_* variables)")
     state_dir: Path | None = Field(
         None, description="this process's local state: metrics, artifact cache, generated API key; default: the store directory, or ./optiserve-state"
@@ -91,6 +96,8 @@ class Settings(BaseSettings):
     def _shared_store_has_artifacts(self) -> Settings:
         if self.shared and not (self.artifacts or "").startswith("s3://"):
             raise ValueError("a postgresql:// store keeps its model files in an object store: pass --artifacts s3://bucket/prefix")
+        if self.worker_store is not None and not (self.shared and is_postgres_dsn(self.worker_store)):
+            raise ValueError("--worker-store is a postgresql:// DSN for the workers of a postgresql:// store")
         if not self.shared and self.artifacts is not None:
             raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
         if self.shared and (missing := [name for name in ("psycopg", "psycopg_pool", "boto3") if not _installed(name)]):
@@ -107,6 +114,11 @@ class Settings(BaseSettings):
         if not self.auth and self.host not in ("127.0.0.1", "::1") and not self.insecure:
             raise ValueError(f"auth is off on host {self.host}, reachable from other machines: pass --insecure to mean it")
         return self
+
+    def without_secrets(self) -> Settings:
+        """These settings for a process that runs model code: no API key (only the main process and
+        the HTTP front end check it; a memory-safety bug in a model must find nothing to steal)."""
+        return self.model_copy(update={"api_key": None})
 
     @property
     def url(self) -> str:
@@ -142,6 +154,10 @@ def _installed(module: str) -> bool:
         return find_spec(module) is not None
     except ValueError:  # in sys.modules without a spec: blocked, or half imported
         return False
+
+
+# Read once into Settings, then removed from the process environment before any child starts.
+SECRET_VARIABLES = ("OPTISERVE_API_KEY",)
 
 
 def is_postgres_dsn(location: str) -> bool:
