@@ -24,8 +24,8 @@ from typing import Literal
 
 STEP_FLOOR_S = 60.0  # a step's deadline is never shorter than this unless the config says so
 STEP_FACTOR = 20.0  # ... and otherwise this many times the original's forward over the calibration set
-# More candidates than this exceeding their deadline and the rest are not tried: the model hangs
-# on transformed variants, and each further hang costs a deadline and a restart.
+# Once this many candidates exceeded their deadline, candidates that never ran are not tried: the
+# model evidently hangs once transformed, and each further hang costs a deadline and a restart.
 MAX_HUNG = 3
 
 
