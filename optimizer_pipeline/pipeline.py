@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import jit
+from . import jit, watch
 from .allocator import pin_malloc_thresholds
 from .calibration import Batch, load_calibration, load_labels
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
@@ -53,7 +53,7 @@ def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> Pipeli
 def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
     """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
     parse_config(config)
-    module, batch = _load_inputs(model, calibration, labels)
+    module, batch, _ = _load_inputs(model, calibration, labels)
     return _summarize(module, batch, _size(model), source_format(_read(model)))
 
 
@@ -71,14 +71,15 @@ def optimize(
     notify = progress or (lambda stage, fraction: None)
     settings = parse_config(config)
     notify("loading", 0.0)
-    original, batch = _load_inputs(model, calibration, labels)
+    with watch.step("loading it and running two calibration samples", watch.step_seconds(settings.candidate_timeout, None)):
+        original, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
     original_bytes = _read(model)
     original_runtime = source_format(original_bytes)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
         search = settings.search_config()
-        references = make_references(original, batch, settings, threads, search.folds if search else 1)
+        references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
@@ -124,13 +125,31 @@ def optimize(
     return OptimizationResult(Variant("original", original_runtime, original_bytes), optimized, report, built_variants)
 
 
-def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch]:
+def _measure_original(
+    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int, two_samples_seconds: float
+) -> list[Reference]:
+    """The references, each with the deadline of a candidate's steps: max(60 s, 20x the original's
+    forward over the calibration set), unless the config sets `candidate_timeout`."""
+    # Before it is measured, the forward is guessed from the first call on two samples (an overestimate:
+    # a first call pays for TorchScript's profiling run).
+    guess = two_samples_seconds * max(len(batch) / 2, 1) * folds
+    with watch.step("running it over the calibration set", watch.step_seconds(settings.candidate_timeout, guess)):
+        started = time.perf_counter()
+        references = make_references(original, batch, settings, threads, folds)
+        forward_seconds = (time.perf_counter() - started) / folds
+    seconds = watch.step_seconds(settings.candidate_timeout, forward_seconds)
+    return [replace(reference, step_seconds=seconds) for reference in references]
+
+
+def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch, float]:
+    """The model, the calibration batch, and the seconds the model took on its first two samples."""
     module = load_model(model)
     batch = load_calibration(calibration, jit.forward_argument_names(module))
     if labels is not None:
         batch = replace(batch, labels=load_labels(labels, len(batch)))
+    started = time.perf_counter()
     check_model_accepts(module, batch)
-    return module, batch
+    return module, batch, time.perf_counter() - started
 
 
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:

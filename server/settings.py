@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     job_timeout: float = Field(
         3600.0, gt=0, le=7 * 86400, description="wall-clock limit of one optimization job; past it the job fails (not retried)"
     )
+    job_concurrency: int = Field(1, ge=1, le=64, description="optimization jobs a runner (the server's, or `optiserve worker`) runs at once")
+    job_step_timeout: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="upper bound on the deadline of one model-running step of a job (an upload's candidate_timeout is cut to it); "
+        "a candidate past its deadline fails alone and the search goes on",
+    )
     job_memory_bytes: int = Field(16 * 2**30, ge=256 * 2**20, description="memory one optimization job may map beyond torch itself")
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
