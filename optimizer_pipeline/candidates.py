@@ -43,6 +43,7 @@ class Reference:
     timing_batches: tuple[Batch, ...]
     tolerance: Tolerance
     threads: int
+    unlabeled_held_out: int = 0  # of held_out's samples, how many came from the unlabeled set (they have no labels)
 
 
 class PassFailed(Exception):

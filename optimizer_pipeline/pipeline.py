@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from . import jit
 from .allocator import pin_malloc_thresholds
-from .calibration import Batch, load_calibration, load_labels
+from .calibration import Batch, load_calibration, load_labels, load_unlabeled
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
 from .choice import choose
 from .config import PipelineConfig
@@ -25,7 +25,8 @@ from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
 from .search.runner import run_search
-from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report
+from .stages import StageClock
+from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report, UnlabeledSummary
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path
@@ -49,10 +50,15 @@ def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> Pipeli
         raise InvalidConfigError(f"invalid pipeline config: {problems}") from None
 
 
-def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
-    """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
+def inspect_upload(
+    model: Source, calibration: Source, labels: Source | None = None, config: Any = None, unlabeled: Source | None = None
+) -> ModelSummary:
+    """Everything an upload needs to pass before it is accepted; fast (runs two samples; the unlabeled
+    set's layout is only compared with the calibration batch's)."""
     parse_config(config)
     module, batch = _load_inputs(model, calibration, labels)
+    if unlabeled is not None:
+        load_unlabeled(unlabeled, jit.forward_argument_names(module), batch)
     return _summarize(module, batch, _size(model))
 
 
@@ -63,20 +69,27 @@ def optimize(
     labels: Source | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    unlabeled: Source | None = None,
 ) -> OptimizationResult:
-    """`name` is what the report calls the model (the upload's name); the report falls back to its class."""
+    """`name` is what the report calls the model (the upload's name); the report falls back to its class.
+
+    `unlabeled`: more inputs in the calibration batch's layout, without labels. They feed the passes
+    that fit weights (distillation, reconstruction, sensitivity) and certify fidelity on more
+    held-out samples; the calibration batch alone still calibrates the quantizers."""
     started = time.perf_counter()
     pin_malloc_thresholds()
-    notify = progress or (lambda stage, fraction: None)
+    clock = StageClock(progress or (lambda stage, fraction: None))
+    notify = clock.notify
     settings = parse_config(config)
     notify("loading", 0.0)
     original, batch = _load_inputs(model, calibration, labels)
+    extra, offered = _load_unlabeled(unlabeled, original, batch, settings)
     original_bytes = _read(model)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
         search = settings.search_config()
-        references = make_references(original, batch, settings, threads, search.folds if search else 1)
+        references = make_references(original, batch, settings, threads, search.folds if search else 1, unlabeled=extra)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
@@ -86,6 +99,7 @@ def optimize(
         confirm_finalists(built, references[0], settings)
     reference = references[0]
     notify("choosing", 0.97)
+    clock.stop()
     candidates = [b.report for b in built]
     if summary is not None:
         summary.pareto = pareto_front(candidates, reference.tolerance)  # re-timing may have moved trials off it
@@ -104,12 +118,14 @@ def optimize(
             train_samples=len(reference.train),
             held_out_samples=len(reference.held_out),
             labels=batch.labels is not None,
+            unlabeled=_unlabeled_summary(reference, offered),
         ),
         baseline_accuracy=_baseline_accuracy(reference),
         candidates=candidates,
         search=summary,
         chosen=chosen,
         seconds=round(time.perf_counter() - started, 3),
+        stage_seconds=clock.seconds(),
     )
     winner = next((b for b in built if b.report.name == chosen.candidate and b.archive is not None), None)
     optimized = (
@@ -129,6 +145,28 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
         batch = replace(batch, labels=load_labels(labels, len(batch)))
     check_model_accepts(module, batch)
     return module, batch
+
+
+def _load_unlabeled(source: Source | None, original: jit.ScriptModule, batch: Batch, settings: PipelineConfig) -> tuple[Batch | None, int]:
+    """(the unlabeled samples the run uses, how many were given). Past `max_unlabeled_samples` the
+    rest are left out: each one held out costs a forward per candidate."""
+    if source is None:
+        return None, 0
+    given = load_unlabeled(source, jit.forward_argument_names(original), batch)
+    used = given.take(torch.arange(min(len(given), settings.max_unlabeled_samples)))  # a copy: the file's map is let go
+    return used, len(given)
+
+
+def _unlabeled_summary(reference: Reference, offered: int) -> UnlabeledSummary | None:
+    if offered == 0:
+        return None
+    fitting = reference.train.unlabeled
+    return UnlabeledSummary(
+        given=offered,
+        used=reference.unlabeled_held_out + (len(fitting) if fitting is not None else 0),
+        fitting=len(fitting) if fitting is not None else 0,
+        held_out=reference.unlabeled_held_out,
+    )
 
 
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     job_memory_bytes: int = Field(16 * 2**30, ge=256 * 2**20, description="memory one optimization job may map beyond torch itself")
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
+    max_unlabeled_bytes: int = Field(
+        2**30,
+        ge=0,
+        description="largest `unlabeled` part of an upload (413 above), on top of max_upload_bytes; streamed to disk, never held in memory; 0 refuses unlabeled sets",
+    )
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
