@@ -95,13 +95,15 @@ def _labels_or_ignored(batch: Batch) -> torch.Tensor:
 def load_unlabeled(source: bytes | str | Path, input_names: Sequence[str], like: Batch) -> Batch:
     """Read the unlabeled set (the calibration file formats) and check it has the calibration batch's
     layout: the same inputs, each with the same per-sample shape and dtype. Any number of samples."""
-    data = _read(source)
-    if data.startswith(NPY_MAGIC):
-        value = _load_npy(data)
-    elif _is_npz(data):
-        value = _load_npz(data)
-    else:
-        value = _load_torch(data, what="unlabeled")
+    value = _load_mapped(source)
+    if value is None:
+        data = _read(source)
+        if data.startswith(NPY_MAGIC):
+            value = _load_npy(data)
+        elif _is_npz(data):
+            value = _load_npz(data)
+        else:
+            value = _load_torch(data, what="unlabeled")
     try:
         inputs = _as_inputs(value, list(input_names), min_samples=1)
     except InvalidCalibrationError as exc:
@@ -120,6 +122,23 @@ def check_same_layout(inputs: Sequence[torch.Tensor], calibration: Sequence[torc
                 f"{list(expected.shape[1:])} and {str(expected.dtype).removeprefix('torch.')}; give inputs in the "
                 f"calibration batch's layout (any number of samples along the first dimension)"
             )
+
+
+def _load_mapped(source: bytes | str | Path):
+    """A torch.save file read through mmap (None for bytes, numpy files or the legacy format): an
+    unlabeled set may be larger than the memory a validation or a job may map twice over."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return None
+    path = Path(source)
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if all(name.endswith(".npy") for name in archive.namelist()):
+            return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None  # read whole below, where the error says what is wrong
 
 
 def load_calibration(source: bytes | str | Path, input_names: Sequence[str]) -> Batch:

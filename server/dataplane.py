@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 from optimizer_pipeline import Report
 from optimizer_pipeline.report.html import render_html
 
-from .errors import ApiError, not_found
+from .errors import ApiError, not_found, status_code_name
 from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
 from .store import NameTakenError, Store, new_model_id, now
 from .validation import ValidationLimits, validate_upload
@@ -48,7 +48,7 @@ class UploadLimits:
         if unlabeled is not None and unlabeled > self.max_unlabeled_bytes:
             raise ApiError(
                 413,
-                "payload_too_large",
+                status_code_name(413),
                 f"the unlabeled part is {unlabeled} bytes, above the limit of {self.max_unlabeled_bytes} bytes "
                 f"(OPTISERVE_MAX_UNLABELED_BYTES); send fewer samples or raise the limit",
             )
@@ -56,7 +56,7 @@ class UploadLimits:
         if rest > self.max_upload_bytes:
             raise ApiError(
                 413,
-                "payload_too_large",
+                status_code_name(413),
                 f"the model, calibration and labels parts are {rest} bytes together, above the limit of "
                 f"{self.max_upload_bytes} bytes (OPTISERVE_MAX_UPLOAD_BYTES)",
             )
