@@ -24,7 +24,9 @@ from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
+from .search.first_plans import first_plans_for
 from .search.runner import run_search
+from .search.settings import SearchConfig
 from .stages import StageClock
 from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report, UnlabeledSummary
 from .variants import OptimizationResult, Variant
@@ -88,7 +90,7 @@ def optimize(
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
-        search = settings.search_config()
+        search, first_note = _default_first_plans(settings, original)
         references = make_references(original, batch, settings, threads, search.folds if search else 1, unlabeled=extra)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
@@ -103,6 +105,7 @@ def optimize(
     candidates = [b.report for b in built]
     if summary is not None:
         summary.pareto = pareto_front(candidates, reference.tolerance)  # re-timing may have moved trials off it
+        summary.first_note = first_note
     chosen = choose(candidates, settings, search.objective if search else "latency")
     report = Report(
         version=REPORT_VERSION,
@@ -145,6 +148,15 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
         batch = replace(batch, labels=load_labels(labels, len(batch)))
     check_model_accepts(module, batch)
     return module, batch
+
+
+def _default_first_plans(settings: PipelineConfig, original: jit.ScriptModule) -> tuple[SearchConfig | None, str | None]:
+    """The search to run; the default one leaves out first plans that cannot pay on this model."""
+    search = settings.search_config()
+    if search is None or settings.search is not None or not search.first:
+        return search, None
+    first, note = first_plans_for(search.first, original)
+    return search.model_copy(update={"first": first}), note
 
 
 def _load_unlabeled(source: Source | None, original: jit.ScriptModule, batch: Batch, settings: PipelineConfig) -> tuple[Batch | None, int]:

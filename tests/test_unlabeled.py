@@ -146,3 +146,6 @@ def test_the_default_search_tries_pruned_compound_plans_given_an_unlabeled_set()
     assert any(c.plan[-1]["pass"] in ("quantize_static", "ov_quantize", "ort_quantize_static") for c in built)
     assert report.calibration.held_out_samples >= MIN_HELD_OUT
     assert "trials" in report.stage_seconds
+    # A conv model: the default search spends no first trial on dynamic int8.
+    assert "dynamic int8" in report.search.first_note
+    assert not any(c.plan[-1]["pass"].endswith("quantize_dynamic") for c in report.candidates if c.origin == "first")

@@ -154,6 +154,7 @@ class SearchSummary(BaseModel):
         "version 2; version 1 used each trial's first timing"
     )
     fallback_note: str | None = None
+    first_note: str | None = Field(None, description="first plans of the default search left out on this model, and why")
     compound_note: str | None = Field(None, description="whether compound plans (pruning → distillation → int8) were tried, and why")
 
 
