@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
             raise ValueError("a postgresql:// store keeps its model files in an object store: pass --artifacts s3://bucket/prefix")
         if not self.shared and self.artifacts is not None:
             raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
+        if self.shared and (missing := [name for name in ("psycopg", "psycopg_pool", "boto3") if not _installed(name)]):
+            raise ValueError(
+                f"a postgresql:// store needs the [shared] extra ({', '.join(missing)} not installed): pip install 'optiserve[shared]'"
+            )
         if self.shared and self.auth and self.api_key is None:
             # A key generated per process would differ between replicas behind one Service.
             raise ValueError("replicas of a shared store must share one API key: set OPTISERVE_API_KEY (or --api-key)")
@@ -111,6 +116,13 @@ class Settings(BaseSettings):
     def metrics_dir(self) -> Path:
         # Wiped by the main process at every start: the counters describe this run only.
         return self.local_dir / "metrics"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec: blocked, or half imported
+        return False
 
 
 def is_postgres_dsn(location: str) -> bool:
