@@ -13,6 +13,8 @@ import requests
 import torch
 
 import tiny_models
+from clients.models import ModelStatus
+from clients.status_summary import status_summary
 from optimizer_pipeline import optimize
 from optimizer_pipeline.calibration import load_calibration, load_unlabeled
 from optimizer_pipeline.config import PipelineConfig
@@ -76,6 +78,7 @@ def test_per_stage_times_are_in_the_report_and_the_status(server):
     assert list(report["stage_seconds"])[:3] == ["loading", "measuring the original", "candidates"]
     assert all(seconds >= 0 for seconds in report["stage_seconds"].values())
     assert status["stage_seconds"] == report["stage_seconds"]
+    assert "  stages: loading " in status_summary(ModelStatus.model_validate(status))
 
 
 def test_an_unlabeled_set_in_another_layout_is_refused_naming_the_mismatch(server):
