@@ -51,6 +51,9 @@ def _add_optimize(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save) or torch.export program (torch.export.save, .pt2)")
     parser.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")
     parser.add_argument("--labels", type=Path, help="int64 class ids, one per calibration sample")
+    parser.add_argument(
+        "--unlabeled", type=Path, help="more inputs in the calibration batch's layout, without labels: distillation, reconstruction, certification"
+    )
     parser.add_argument("--config", type=Path, help="pipeline config JSON file")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.set_defaults(handler=reporting_errors(_optimize))
@@ -66,7 +69,9 @@ def _optimize(args: argparse.Namespace) -> int:
     config = _read_config(args.config) if args.config else None
     with ProgressBar() as bar:
         try:
-            result = optimize(args.model, args.calibration, config=config, labels=args.labels, progress=bar.update)
+            result = optimize(
+                args.model, args.calibration, config=config, labels=args.labels, progress=bar.update, unlabeled=args.unlabeled
+            )
         except OptimizerError as exc:
             raise CliError(ExitCode.INPUT, str(exc)) from exc
     written = result.save(args.out)

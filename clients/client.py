@@ -60,11 +60,17 @@ class OptiserveClient:
         config: Mapping[str, Any] | str | os.PathLike[str] | None = None,
         name: str | None = None,
         replace: bool = False,
+        unlabeled: FileLike | None = None,
     ) -> UploadResult:
-        """Upload a TorchScript model and its calibration batch; optimization starts in the background."""
+        """Upload a TorchScript model and its calibration batch; optimization starts in the background.
+
+        `unlabeled`: optional, any number of inputs in the calibration batch's layout (same file
+        formats), for distillation, reconstruction and certifying fidelity on more samples."""
         files = {"model": _file_part(model, "model.pt"), "calibration": _file_part(calibration, "calibration.pt")}
         if labels is not None:
             files["labels"] = _file_part(labels, "labels.pt")
+        if unlabeled is not None:
+            files["unlabeled"] = _file_part(unlabeled, "unlabeled.pt")
         form: dict[str, str] = {"replace": "true" if replace else "false"}
         if name is not None:
             form["name"] = name

@@ -108,6 +108,7 @@ class ModelStatus(_Lenient):
     chosen: ChosenCandidate | None = None
     routing: dict[str, Any] | None = None
     live: LiveStatus | None = None  # GET /models/{id} only
+    stage_seconds: dict[str, float] | None = None  # GET /models/{id} of a ready model only
 
     @property
     def finished(self) -> bool:

@@ -28,6 +28,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     upload.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save) or torch.export program (.pt2)")
     upload.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")
     upload.add_argument("--labels", type=Path, help="int64 class ids, one per calibration sample")
+    upload.add_argument("--unlabeled", type=Path, help="more inputs in the calibration batch's layout, without labels (distillation, certification)")
     upload.add_argument("--config", type=Path, help="pipeline config JSON file")
     upload.add_argument("--name", help="[a-z0-9._-], at most 64 (default: from the file name)")
     upload.add_argument("--replace", action="store_true", help="replace the model that has this name")
@@ -115,7 +116,9 @@ def _with_client(args: argparse.Namespace, handler: ClientHandler) -> int:
 
 
 def _upload(args: argparse.Namespace, client: OptiserveClient) -> int:
-    accepted = client.upload(args.model, args.calibration, labels=args.labels, config=args.config, name=args.name, replace=args.replace)
+    accepted = client.upload(
+        args.model, args.calibration, labels=args.labels, config=args.config, name=args.name, replace=args.replace, unlabeled=args.unlabeled
+    )
     print(f"uploaded {accepted.name} (id {accepted.id}); the original serves now; status: {args.url}{accepted.status_url}")
     if args.wait:
         print(status_summary(client.wait(accepted.id)))

@@ -18,6 +18,8 @@ def status_summary(model: ModelStatus) -> str:
     seconds = getattr(model, "optimization_seconds", None)
     if model.finished and seconds is not None:
         lines.append(f"  optimization took {seconds:.1f} s")
+    if model.stage_seconds:
+        lines.append("  stages: " + ", ".join(f"{stage} {spent:.1f} s" for stage, spent in model.stage_seconds.items()))
     if model.error:
         lines.append(f"  optimization failed: {model.error}")
     lines += [f"  note: {note}" for note in getattr(model, "notes", None) or []]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InvalidCalibrationError, InvalidLabelsError
+from .errors import InvalidCalibrationError, InvalidLabelsError, InvalidUnlabeledError
 from .outputs import NamedOutputs
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -29,6 +29,10 @@ class Batch:
     teacher_outputs: NamedOutputs | None = None
     # The original model itself, for distillation on inputs made from these (augmentation).
     teacher: torch.jit.ScriptModule | None = None
+    # More inputs in this layout, without labels (the upload's unlabeled set, with the teacher's
+    # outputs). Only passes that fit weights read them (`for_fitting`); quantizers calibrate on the
+    # samples above alone, and a sub-batch (take, head, split) does not carry them.
+    unlabeled: Batch | None = None
 
     def __len__(self) -> int:
         return int(self.inputs[0].shape[0])
@@ -55,8 +59,86 @@ class Batch:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         return self.take(order[held:]), self.take(order[:held])
 
+    def for_fitting(self, limit: int | None = None) -> Batch:
+        """These samples followed by the unlabeled ones (at most `limit` in all): what distillation,
+        reconstruction and sensitivity fit on. Unlabeled samples carry the label IGNORE_LABEL."""
+        extra = self.unlabeled
+        if extra is None or (limit is not None and limit <= len(self)):
+            return self if limit is None or limit >= len(self) else self.head(limit)
+        if limit is not None:
+            extra = extra.take(torch.arange(min(len(extra), limit - len(self))))
+        return concat(self, extra)
+
     def describe(self) -> str:
         return ", ".join(f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in self.inputs)
+
+
+IGNORE_LABEL = -100  # a sample without a label (cross_entropy's default ignore_index)
+
+
+def concat(first: Batch, second: Batch) -> Batch:
+    """Both batches' samples in one (the teacher and the unlabeled set of `first` are kept)."""
+    labels = None
+    if first.labels is not None or second.labels is not None:
+        labels = torch.cat([_labels_or_ignored(first), _labels_or_ignored(second)])
+    teacher = None
+    if first.teacher_outputs is not None and second.teacher_outputs is not None:
+        teacher = [(n, torch.cat([a, b])) for (n, a), (_, b) in zip(first.teacher_outputs, second.teacher_outputs)]
+    inputs = tuple(torch.cat([a, b]) for a, b in zip(first.inputs, second.inputs))
+    return Batch(inputs, labels, teacher, first.teacher)
+
+
+def _labels_or_ignored(batch: Batch) -> torch.Tensor:
+    return batch.labels if batch.labels is not None else torch.full((len(batch),), IGNORE_LABEL, dtype=torch.int64)
+
+
+def load_unlabeled(source: bytes | str | Path, input_names: Sequence[str], like: Batch) -> Batch:
+    """Read the unlabeled set (the calibration file formats) and check it has the calibration batch's
+    layout: the same inputs, each with the same per-sample shape and dtype. Any number of samples."""
+    value = _load_mapped(source)
+    if value is None:
+        data = _read(source)
+        if data.startswith(NPY_MAGIC):
+            value = _load_npy(data)
+        elif _is_npz(data):
+            value = _load_npz(data)
+        else:
+            value = _load_torch(data, what="unlabeled")
+    try:
+        inputs = _as_inputs(value, list(input_names), min_samples=1)
+    except InvalidCalibrationError as exc:
+        raise InvalidUnlabeledError(f"unlabeled set: {exc}") from None
+    check_same_layout(inputs, like.inputs)
+    return Batch(inputs)
+
+
+def check_same_layout(inputs: Sequence[torch.Tensor], calibration: Sequence[torch.Tensor]) -> None:
+    """Raise InvalidUnlabeledError naming the first input whose per-sample shape or dtype differs."""
+    for position, (tensor, expected) in enumerate(zip(inputs, calibration)):
+        if tuple(tensor.shape[1:]) != tuple(expected.shape[1:]) or tensor.dtype != expected.dtype:
+            raise InvalidUnlabeledError(
+                f"the unlabeled set's input {position} has per-sample shape {list(tensor.shape[1:])} and dtype "
+                f"{str(tensor.dtype).removeprefix('torch.')}, but the calibration batch's has "
+                f"{list(expected.shape[1:])} and {str(expected.dtype).removeprefix('torch.')}; give inputs in the "
+                f"calibration batch's layout (any number of samples along the first dimension)"
+            )
+
+
+def _load_mapped(source: bytes | str | Path):
+    """A torch.save file read through mmap (None for bytes, numpy files or the legacy format): an
+    unlabeled set may be larger than the memory a validation or a job may map twice over."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return None
+    path = Path(source)
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if all(name.endswith(".npy") for name in archive.namelist()):
+            return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None  # read whole below, where the error says what is wrong
 
 
 def load_calibration(source: bytes | str | Path, input_names: Sequence[str]) -> Batch:
@@ -169,7 +251,7 @@ def _load_torch(data: bytes, what: str):
         ) from None
 
 
-def _as_inputs(value, input_names: list[str]) -> tuple[torch.Tensor, ...]:
+def _as_inputs(value, input_names: list[str], min_samples: int = 2) -> tuple[torch.Tensor, ...]:
     if isinstance(value, torch.Tensor):
         tensors = [value]
     elif isinstance(value, (list, tuple)):
@@ -203,7 +285,9 @@ def _as_inputs(value, input_names: list[str]) -> tuple[torch.Tensor, ...]:
     if len(sizes) != 1:
         shapes = [tuple(t.shape) for t in tensors]
         raise InvalidCalibrationError(f"calibration inputs disagree on the batch size (first dimension): {shapes}")
-    if sizes.pop() < 2:
+    if sizes.pop() < min_samples:
+        if min_samples == 1:
+            raise InvalidCalibrationError("it holds no samples (the first dimension is 0)")
         raise InvalidCalibrationError(
             "the calibration batch needs at least 2 samples (first dimension); more is better: part is held out "
             "to measure fidelity, and quantization calibrates on the rest"

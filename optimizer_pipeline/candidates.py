@@ -44,6 +44,7 @@ class Reference:
     tolerance: Tolerance
     threads: int
     step_seconds: float = watch.STEP_FLOOR_S  # the deadline of each step that runs a candidate (watch.py)
+    unlabeled_held_out: int = 0  # of held_out's samples, how many came from the unlabeled set (they have no labels)
 
 
 class PassFailed(Exception):

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
-from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIMING_SECONDS, Seed
+from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIME_BUDGET_S, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
 from .report import Fidelity
@@ -151,6 +151,22 @@ class PipelineConfig(BaseModel):
         "each candidate); in a server job a candidate past it fails alone and the search goes on. "
         "Default: max(60 s, 20x the original's forward over the calibration set)",
     )
+    unlabeled_holdout_fraction: float = Field(
+        0.5, gt=0, lt=1, description="share of the unlabeled set held out to certify fidelity; the rest feeds distillation and reconstruction"
+    )
+    max_unlabeled_samples: int = Field(
+        1024, ge=1, le=1_000_000, description="unlabeled samples used at most (each held-out one costs a forward per candidate)"
+    )
+    time_budget_seconds: float = Field(
+        240.0,
+        gt=0,
+        le=MAX_TIME_BUDGET_S,
+        description="wall time the default search aims to finish in, re-timing included (the built-in single passes always run); "
+        "raise it to let compound plans (pruning → distillation → int8) run on larger models",
+    )
+    compound_plans: bool = Field(
+        True, description="let the default search try pruning → reconstruction → distillation → int8 when the data can certify it"
+    )
 
     @model_validator(mode="after")
     def _one_source_of_plans(self) -> PipelineConfig:
@@ -173,7 +189,7 @@ class PipelineConfig(BaseModel):
             return None
         if isinstance(self.search, SearchConfig):
             return self.search
-        return SearchConfig(strategy="random", first=DEFAULT_CANDIDATES)
+        return SearchConfig(strategy="random", first=DEFAULT_CANDIDATES, compound=self.compound_plans)
 
     def resolved_tolerance(self, has_class_scores: bool) -> Tolerance:
         if self.tolerance is not None:

@@ -39,3 +39,7 @@ class InvalidConfigError(OptimizerError):
     """The pipeline config does not validate."""
 
     http_status = 422
+
+
+class InvalidUnlabeledError(InvalidCalibrationError):
+    """The unlabeled set cannot be read, or its layout differs from the calibration batch's."""

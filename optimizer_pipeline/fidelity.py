@@ -44,7 +44,9 @@ def first_class_scores(outputs: NamedOutputs) -> str | None:
 
 
 def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((scores.argmax(dim=1) == labels).float().mean())
+    # Held-out samples from the unlabeled set carry a negative label (calibration.IGNORE_LABEL).
+    known = labels >= 0
+    return float((scores.argmax(dim=1)[known] == labels[known]).float().mean())
 
 
 def _output_fidelity(name: str, reference: torch.Tensor, candidate: torch.Tensor) -> OutputFidelity:

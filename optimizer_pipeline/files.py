@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write to a temp file in the same directory, fsync it, then os.replace over the target."""
+    atomic_write_stream(path, io.BytesIO(data))
+
+
+def atomic_write_stream(path: str | os.PathLike[str], stream: BinaryIO, chunk_bytes: int = 1 << 20) -> Path:
+    """atomic_write_bytes for a file object, copied in chunks (never held whole in memory)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -16,7 +24,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             # mkstemp creates 0600; stored models and reports are ordinary readable files.
             os.fchmod(handle.fileno(), 0o644)
-            handle.write(data)
+            shutil.copyfileobj(stream, handle, chunk_bytes)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)
@@ -24,6 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(target.parent)
+    return target
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from . import jit, watch
 from .allocator import pin_malloc_thresholds
-from .calibration import Batch, load_calibration, load_labels
+from .calibration import Batch, load_calibration, load_labels, load_unlabeled
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
 from .choice import choose
 from .config import PipelineConfig
@@ -24,9 +24,12 @@ from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
+from .search.first_plans import first_plans_for
 from .search.runner import run_search
 from .exported import is_exported_archive
-from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report
+from .search.settings import SearchConfig
+from .stages import StageClock
+from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report, UnlabeledSummary
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path
@@ -50,10 +53,15 @@ def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> Pipeli
         raise InvalidConfigError(f"invalid pipeline config: {problems}") from None
 
 
-def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
-    """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
+def inspect_upload(
+    model: Source, calibration: Source, labels: Source | None = None, config: Any = None, unlabeled: Source | None = None
+) -> ModelSummary:
+    """Everything an upload needs to pass before it is accepted; fast (runs two samples; the unlabeled
+    set's layout is only compared with the calibration batch's)."""
     parse_config(config)
     module, batch, _ = _load_inputs(model, calibration, labels)
+    if unlabeled is not None:
+        load_unlabeled(unlabeled, jit.forward_argument_names(module), batch)
     return _summarize(module, batch, _size(model), source_format(_read(model)))
 
 
@@ -64,22 +72,29 @@ def optimize(
     labels: Source | None = None,
     progress: ProgressCallback | None = None,
     name: str | None = None,
+    unlabeled: Source | None = None,
 ) -> OptimizationResult:
-    """`name` is what the report calls the model (the upload's name); the report falls back to its class."""
+    """`name` is what the report calls the model (the upload's name); the report falls back to its class.
+
+    `unlabeled`: more inputs in the calibration batch's layout, without labels. They feed the passes
+    that fit weights (distillation, reconstruction, sensitivity) and certify fidelity on more
+    held-out samples; the calibration batch alone still calibrates the quantizers."""
     started = time.perf_counter()
     pin_malloc_thresholds()
-    notify = progress or (lambda stage, fraction: None)
+    clock = StageClock(progress or (lambda stage, fraction: None))
+    notify = clock.notify
     settings = parse_config(config)
     notify("loading", 0.0)
     with watch.step("loading it and running two calibration samples", watch.step_seconds(settings.candidate_timeout, None)):
         original, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
+    extra, offered = _load_unlabeled(unlabeled, original, batch, settings)
     original_bytes = _read(model)
     original_runtime = source_format(original_bytes)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
-        search = settings.search_config()
-        references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds)
+        search, first_note = _default_first_plans(settings, original)
+        references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds, extra)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
@@ -89,9 +104,11 @@ def optimize(
         confirm_finalists(built, references[0], settings)
     reference = references[0]
     notify("choosing", 0.97)
+    clock.stop()
     candidates = [b.report for b in built]
     if summary is not None:
         summary.pareto = pareto_front(candidates, reference.tolerance)  # re-timing may have moved trials off it
+        summary.first_note = first_note
     chosen = choose(candidates, settings, search.objective if search else "latency")
     report = Report(
         version=REPORT_VERSION,
@@ -107,12 +124,14 @@ def optimize(
             train_samples=len(reference.train),
             held_out_samples=len(reference.held_out),
             labels=batch.labels is not None,
+            unlabeled=_unlabeled_summary(reference, offered),
         ),
         baseline_accuracy=_baseline_accuracy(reference),
         candidates=candidates,
         search=summary,
         chosen=chosen,
         seconds=round(time.perf_counter() - started, 3),
+        stage_seconds=clock.seconds(),
     )
     winner = next((b for b in built if b.report.name == chosen.candidate and b.archive is not None), None)
     optimized = (
@@ -126,7 +145,13 @@ def optimize(
 
 
 def _measure_original(
-    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int, two_samples_seconds: float
+    original: jit.ScriptModule,
+    batch: Batch,
+    settings: PipelineConfig,
+    threads: int,
+    folds: int,
+    two_samples_seconds: float,
+    unlabeled: Batch | None = None,
 ) -> list[Reference]:
     """The references, each with the deadline of a candidate's steps: max(60 s, 20x the original's
     forward over the calibration set), unless the config sets `candidate_timeout`."""
@@ -135,7 +160,7 @@ def _measure_original(
     guess = two_samples_seconds * max(len(batch) / 2, 1) * folds
     with watch.step("running it over the calibration set", watch.step_seconds(settings.candidate_timeout, guess)):
         started = time.perf_counter()
-        references = make_references(original, batch, settings, threads, folds)
+        references = make_references(original, batch, settings, threads, folds, unlabeled=unlabeled)
         forward_seconds = (time.perf_counter() - started) / folds
     seconds = watch.step_seconds(settings.candidate_timeout, forward_seconds)
     return [replace(reference, step_seconds=seconds) for reference in references]
@@ -150,6 +175,37 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
     started = time.perf_counter()
     check_model_accepts(module, batch)
     return module, batch, time.perf_counter() - started
+
+
+def _default_first_plans(settings: PipelineConfig, original: jit.ScriptModule) -> tuple[SearchConfig | None, str | None]:
+    """The search to run; the default one leaves out first plans that cannot pay on this model."""
+    search = settings.search_config()
+    if search is None or settings.search is not None or not search.first:
+        return search, None
+    first, note = first_plans_for(search.first, original)
+    return search.model_copy(update={"first": first}), note
+
+
+def _load_unlabeled(source: Source | None, original: jit.ScriptModule, batch: Batch, settings: PipelineConfig) -> tuple[Batch | None, int]:
+    """(the unlabeled samples the run uses, how many were given). Past `max_unlabeled_samples` the
+    rest are left out: each one held out costs a forward per candidate."""
+    if source is None:
+        return None, 0
+    given = load_unlabeled(source, jit.forward_argument_names(original), batch)
+    used = given.take(torch.arange(min(len(given), settings.max_unlabeled_samples)))  # a copy: the file's map is let go
+    return used, len(given)
+
+
+def _unlabeled_summary(reference: Reference, offered: int) -> UnlabeledSummary | None:
+    if offered == 0:
+        return None
+    fitting = reference.train.unlabeled
+    return UnlabeledSummary(
+        given=offered,
+        used=reference.unlabeled_held_out + (len(fitting) if fitting is not None else 0),
+        fitting=len(fitting) if fitting is not None else 0,
+        held_out=reference.unlabeled_held_out,
+    )
 
 
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:

@@ -11,32 +11,53 @@ from dataclasses import replace
 import torch
 
 from . import jit
-from .calibration import Batch
+from .calibration import Batch, concat
 from .candidates import Reference
 from .config import PipelineConfig
 from .fidelity import first_class_scores
 from .model_loading import run_model
 
 
-def make_references(original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int = 1) -> list[Reference]:
+def make_references(
+    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int = 1, unlabeled: Batch | None = None
+) -> list[Reference]:
+    """`unlabeled` (optional) is split once: one part joins every fold's held-out samples, the rest
+    rides along with the training part for the passes that fit weights (Batch.for_fitting)."""
     target = settings.batch_size or min(32, len(batch))
     timing = tuple(batch.head(size) for size in ([1, target] if target > 1 else [1]))
     splits = [batch.split(settings.holdout_fraction, settings.seed)] if folds == 1 else _folds(batch, folds, settings.seed)
+    fitting, extra_held_out = _split_unlabeled(unlabeled, settings)
+    if fitting is not None:
+        fitting = replace(fitting, teacher_outputs=run_model(original, fitting))
     references = []
     for train, held_out in splits:
+        if extra_held_out is not None:
+            held_out = concat(held_out, extra_held_out)
         held_out_outputs = run_model(original, held_out)
         references.append(
             Reference(
                 original=original,
-                train=replace(train, teacher_outputs=run_model(original, train), teacher=original),
+                train=replace(train, teacher_outputs=run_model(original, train), teacher=original, unlabeled=fitting),
                 held_out=held_out,
                 held_out_outputs=held_out_outputs,
                 timing_batches=timing,
                 tolerance=settings.resolved_tolerance(first_class_scores(held_out_outputs) is not None),
                 threads=threads,
+                unlabeled_held_out=0 if extra_held_out is None else len(extra_held_out),
             )
         )
     return references
+
+
+def _split_unlabeled(unlabeled: Batch | None, settings: PipelineConfig) -> tuple[Batch | None, Batch | None]:
+    """(fitting part, held-out part). A single sample is held out: certifying comes first."""
+    if unlabeled is None:
+        return None, None
+    count = len(unlabeled)
+    held = count if count == 1 else min(count - 1, max(1, round(count * settings.unlabeled_holdout_fraction)))
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(settings.seed))
+    fitting = unlabeled.take(order[held:]) if held < count else None
+    return fitting, unlabeled.take(order[:held])
 
 
 def _folds(batch: Batch, folds: int, seed: int) -> list[tuple[Batch, Batch]]:

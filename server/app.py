@@ -21,7 +21,7 @@ from optimizer_pipeline.processes import die_with_parent
 from . import confinement, jobs, shared_tensors
 from .api_docs import describe_api
 from .auth import BearerKey
-from .dataplane import ManagementPlane
+from .dataplane import ManagementPlane, UploadLimits
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
@@ -89,10 +89,13 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.
     describe_api(app)
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
+    parts = UploadLimits(settings.max_upload_bytes, settings.max_unlabeled_bytes)
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), workers_ready, guard).router())
     oip = OipRoutes(store, predict_bridge, workers_ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, upload_max_bytes=settings.max_upload_bytes + settings.max_unlabeled_bytes
+    )
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings, grpc_lifespan(settings, oip, predict_bridge, guard))

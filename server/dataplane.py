@@ -11,12 +11,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from optimizer_pipeline import Report
 from optimizer_pipeline.report.html import render_html
 
-from .errors import ApiError, not_found
+from .errors import ApiError, not_found, status_code_name
 from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
 from .store import NameTakenError, Store, new_model_id, now
 from .validation import ValidationLimits, validate_upload
@@ -31,12 +31,42 @@ class Upload:
     name: str | None = None
     filename: str | None = None
     replace: bool = False
+    # The unlabeled set: a file the HTTP layer spooled to disk, copied into the store in chunks.
+    unlabeled: BinaryIO | None = None
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Per-part size limits of an upload (the body limit in limits.py allows their sum)."""
+
+    max_upload_bytes: int
+    max_unlabeled_bytes: int
+
+    def check(self, part_sizes: dict[str, int | None]) -> None:
+        """413 naming the setting when the model, calibration and labels together, or the unlabeled part, are too big."""
+        unlabeled = part_sizes.pop("unlabeled", None)
+        if unlabeled is not None and unlabeled > self.max_unlabeled_bytes:
+            raise ApiError(
+                413,
+                status_code_name(413),
+                f"the unlabeled part is {unlabeled} bytes, above the limit of {self.max_unlabeled_bytes} bytes "
+                f"(OPTISERVE_MAX_UNLABELED_BYTES); send fewer samples or raise the limit",
+            )
+        rest = sum(size or 0 for size in part_sizes.values())
+        if rest > self.max_upload_bytes:
+            raise ApiError(
+                413,
+                status_code_name(413),
+                f"the model, calibration and labels parts are {rest} bytes together, above the limit of "
+                f"{self.max_upload_bytes} bytes (OPTISERVE_MAX_UPLOAD_BYTES)",
+            )
 
 
 class ManagementPlane:
-    def __init__(self, store: Store, limits: ValidationLimits) -> None:
+    def __init__(self, store: Store, limits: ValidationLimits, parts: UploadLimits | None = None) -> None:
         self.store = store
         self.limits = limits
+        self.parts = parts
 
     def create_model(self, upload: Upload) -> UploadAccepted:
         model_id = new_model_id()
@@ -49,9 +79,12 @@ class ManagementPlane:
             files["labels.bin"] = upload.labels
         directory = self.store.stage_files(model_id, files)
         try:
-            summary = validate_upload(directory, upload.labels is not None, config, self.limits)
+            if upload.unlabeled is not None:
+                self.store.stage_stream(model_id, "unlabeled.bin", upload.unlabeled)
+            summary = validate_upload(directory, upload.labels is not None, config, self.limits, has_unlabeled=upload.unlabeled is not None)
             meta = ModelMeta(
-                id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None
+                id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None,
+                has_unlabeled=upload.unlabeled is not None,
             )
             replaced = self.store.add_model(meta, replace=upload.replace)
         except NameTakenError:

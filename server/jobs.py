@@ -264,7 +264,8 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
     # Fetched before the confinement (from a remote store they land in its cache).
     model, calibration = store.file(info.id, "original.pt"), store.file(info.id, "calibration.bin")
     labels = store.file(info.id, "labels.bin") if info.has_labels else None
-    if model is None or calibration is None or (info.has_labels and labels is None):
+    unlabeled = store.file(info.id, "unlabeled.bin") if info.has_unlabeled else None
+    if model is None or calibration is None or (info.has_labels and labels is None) or (info.has_unlabeled and unlabeled is None):
         return  # deleted since the claim
     writable = (*store.writable(info.id), settings.metrics_dir.resolve(), Path(tempfile.gettempdir()))
     filter_syscalls = seccomp_filter.available()  # asked before Landlock (see there)
@@ -280,7 +281,9 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
     started = time.perf_counter()
     try:
         with watching(_AnnouncedSteps(hung=dict(hung or {}), seen=seen, sender=steps, cap=settings.job_step_timeout)):
-            result = optimize(model, calibration, config=config, labels=labels, name=info.name, progress=_ThrottledProgress(store, claim))
+            result = optimize(
+                model, calibration, config=config, labels=labels, name=info.name, progress=_ThrottledProgress(store, claim), unlabeled=unlabeled
+            )
     except Exception as exc:
         seconds = time.perf_counter() - started
         if not isinstance(exc, OptimizerError):

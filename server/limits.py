@@ -12,23 +12,37 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .errors import error_response, status_code_name
 
 
-class BodySizeLimitMiddleware:
-    """413 when Content-Length is over the limit; for chunked bodies, as soon as the count passes it."""
+UPLOAD_ROUTE = ("POST", "/models")
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodySizeLimitMiddleware:
+    """413 when Content-Length is over the limit; for chunked bodies, as soon as the count passes it.
+
+    An upload (POST /models) may also carry an unlabeled set, streamed to disk: its body may be
+    `upload_max_bytes` (the upload's parts and the unlabeled part's limits together); the route
+    checks each part against its own limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes or max_bytes
 
-    def _message(self) -> str:
-        return f"request body is larger than the limit of {self.max_bytes} bytes (OPTISERVE_MAX_UPLOAD_BYTES)"
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        if (scope.get("method"), scope["path"]) == UPLOAD_ROUTE and self.upload_max_bytes != self.max_bytes:
+            return self.upload_max_bytes, "OPTISERVE_MAX_UPLOAD_BYTES + OPTISERVE_MAX_UNLABELED_BYTES"
+        return self.max_bytes, "OPTISERVE_MAX_UPLOAD_BYTES"
+
+    def _message(self, limit: int, setting: str) -> str:
+        return f"request body is larger than the limit of {limit} bytes ({setting})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await error_response(413, status_code_name(413), self._message(), path=scope["path"])(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await error_response(413, status_code_name(413), self._message(limit, setting), path=scope["path"])(scope, receive, send)
             return
         received = 0
 
@@ -36,10 +50,10 @@ class BodySizeLimitMiddleware:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 # Raised inside the route's body parsing; FastAPI passes HTTPException through (anything
                 # else it turns into a 400), and the error handlers answer it.
-                raise HTTPException(413, self._message())
+                raise HTTPException(413, self._message(limit, setting))
             return message
 
         await self.app(scope, counting_receive, send)

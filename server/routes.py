@@ -92,7 +92,16 @@ class ManagementRoutes:
         config: str | None = Form(None, description="pipeline config as a JSON object"),
         name: str | None = Form(None, description="[a-z0-9._-], at most 64; default: from the file name"),
         replace: bool = Form(False, description="replace the model that has this name"),
+        unlabeled: UploadFile | None = File(
+            None,
+            description="optional unlabeled set: any number of inputs in the calibration batch's layout (same file formats); "
+            "feeds distillation and reconstruction and certifies fidelity; streamed to disk, at most OPTISERVE_MAX_UNLABELED_BYTES",
+        ),
     ) -> UploadAccepted:
+        # Sizes are checked before any part is read into memory (the multipart parser spooled them to disk).
+        if self.plane.parts is not None:
+            sizes = {"model": model.size, "calibration": calibration.size, "labels": labels.size if labels else None}
+            self.plane.parts.check(sizes | {"unlabeled": unlabeled.size if unlabeled else None})
         upload = Upload(
             model=await model.read(),
             calibration=await calibration.read(),
@@ -101,6 +110,7 @@ class ManagementRoutes:
             name=name,
             filename=model.filename,
             replace=replace,
+            unlabeled=unlabeled.file if unlabeled is not None else None,
         )
         return await run_in_threadpool(self.plane.create_model, upload)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 from .errors import ApiError, not_found
 from .live_window import live_status
 from .routing import Guard, Pinned, RoutingPolicy, Shadow, Split
@@ -15,7 +18,16 @@ class RoutingPlane:
 
     def status(self, ref: str) -> ModelStatus:
         info = self._model(ref)
-        return ModelStatus(**info.model_dump(), live=live_status(self.store, info))
+        return ModelStatus(**info.model_dump(), live=live_status(self.store, info), stage_seconds=self._stage_seconds(info))
+
+    def _stage_seconds(self, info: ModelInfo) -> dict[str, float] | None:
+        path = self.store.file(info.id, "report.json") if info.state == "ready" else None
+        if path is None:
+            return None
+        try:
+            return _report_stage_seconds(str(path), path.stat().st_mtime_ns)
+        except (OSError, ValueError):
+            return None
 
     def set_routing(self, ref: str, policy: RoutingPolicy) -> ModelStatus:
         info = self._model(ref)
@@ -83,3 +95,10 @@ def _require_optimized(info: ModelInfo, purpose: str) -> None:
     if info.variant("optimized") is None and info.state in ("ready", "failed"):
         why = info.error if info.state == "failed" else (info.chosen.reason if info.chosen else "nothing qualified")
         raise ApiError(409, "variant_not_available", f"model {info.name!r} has no optimized variant to {purpose}: {why}")
+
+
+@functools.lru_cache(maxsize=256)
+def _report_stage_seconds(path: str, mtime_ns: int) -> dict[str, float] | None:
+    """The report's per-stage times; cached per file version, as status is polled every half second."""
+    with open(path, "rb") as handle:
+        return json.load(handle).get("stage_seconds") or None

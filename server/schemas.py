@@ -44,6 +44,7 @@ class ModelMeta(BaseModel):
     summary: ModelSummary
     config: dict[str, Any] | None = None
     has_labels: bool = False
+    has_unlabeled: bool = Field(False, description="an unlabeled set was uploaded (stored as unlabeled.bin, used by the optimization)")
 
 
 class VariantInfo(BaseModel):
@@ -93,6 +94,9 @@ class ModelStatus(ModelInfo):
     """GET /models/{id}: the model, plus what its live traffic shows."""
 
     live: LiveStatus
+    stage_seconds: dict[str, float] | None = Field(
+        None, description="wall time per optimization stage, from the report (once the optimization is ready)"
+    )
 
 
 class RoutingEvent(BaseModel):

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         description="bytes of /dev/shm that large tensors in flight may hold at once (beyond: small ones take the slower "
         "queue, large ones get 503 shm_full); default: half of /dev/shm",
     )
+    max_unlabeled_bytes: int = Field(
+        2**30,
+        ge=0,
+        description="largest `unlabeled` part of an upload (413 above), on top of max_upload_bytes; streamed to disk, never held in memory; 0 refuses unlabeled sets",
+    )
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
     variant_cache_bytes: int = Field(

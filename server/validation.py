@@ -36,12 +36,12 @@ class ValidationLimits:
     memory_bytes: int
 
 
-def validate_upload(directory: Path, has_labels: bool, config: Any, limits: ValidationLimits) -> ModelSummary:
+def validate_upload(directory: Path, has_labels: bool, config: Any, limits: ValidationLimits, has_unlabeled: bool = False) -> ModelSummary:
     """Run `inspect_upload` on the files staged in `directory`; raise ApiError (4xx) if they do not pass."""
     with _forkserver_without_secrets():
         receiver, sender = _context.Pipe(duplex=False)
         child = _context.Process(
-            target=_validate_in_child, args=(sender, directory, has_labels, config, limits), name="optiserve-validate"
+            target=_validate_in_child, args=(sender, directory, has_labels, config, limits, has_unlabeled), name="optiserve-validate"
         )
         child.start()
     sender.close()
@@ -92,7 +92,9 @@ def _crash_message(exitcode: int | None, limits: ValidationLimits) -> str:
     return f"the validation process exited unexpectedly (exit code {exitcode})"
 
 
-def _validate_in_child(sender: Connection, directory: Path, has_labels: bool, config: Any, limits: ValidationLimits) -> None:
+def _validate_in_child(
+    sender: Connection, directory: Path, has_labels: bool, config: Any, limits: ValidationLimits, has_unlabeled: bool = False
+) -> None:
     die_with_parent(signal.SIGKILL)
     _silence_output()  # TorchScript can print; what it prints must not reach the server log
     import torch
@@ -111,6 +113,7 @@ def _validate_in_child(sender: Connection, directory: Path, has_labels: bool, co
             directory / "calibration.bin",
             directory / "labels.bin" if has_labels else None,
             config,
+            directory / "unlabeled.bin" if has_unlabeled else None,
         )
         sender.send(("ok", summary.model_dump_json()))
     except Exception as exc:

@@ -189,3 +189,16 @@ def test_folds_stop_once_the_tolerance_is_out_of_reach():
     assert trial.status == "ok" and not trial.meets_tolerance
     assert len(trial.fidelity_folds) == 1
     assert any(note.startswith("stopped after 1 of 3 folds") for note in trial.notes)
+
+
+def test_the_default_first_plans_leave_dynamic_int8_out_on_a_conv_model_only():
+    from optimizer_pipeline import jit
+    from optimizer_pipeline.config import DEFAULT_CANDIDATES
+    from optimizer_pipeline.search.first_plans import first_plans_for
+
+    cnn, _ = tiny_models.cnn_bn()
+    kept, note = first_plans_for(DEFAULT_CANDIDATES, jit.load_archive(cnn))
+    assert [plan[-1]["pass"] for plan in DEFAULT_CANDIDATES if plan not in kept] == ["quantize_dynamic", "ort_quantize_dynamic"]
+    assert "94% of the weights are conv kernels" in note
+    mlp, _ = tiny_models.mlp()
+    assert first_plans_for(DEFAULT_CANDIDATES, jit.load_archive(mlp)) == (DEFAULT_CANDIDATES, None)

@@ -27,6 +27,8 @@ BATCH_NORM_TYPES = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Sync
 INTERNAL_SPLIT_SEED = 1
 # Best of a sweep on a pruned CNN with the kl loss (sgd diverged at 1e-2; adam did worse at 1e-2 and 1e-3).
 DEFAULT_LR = {"adam": 3e-3, "rmsprop": 1e-3, "sgd": 3e-3}
+# Calibration plus unlabeled samples trained on at most; `steps` and the deadline bound the time either way.
+MAX_FITTING_SAMPLES = 8192
 
 
 class DistillationConfig(PassConfig):
@@ -83,6 +85,9 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
         raise ValueError(
             "finetune needs the original model's outputs on the calibration batch (Batch.teacher_outputs)"
         )
+    given = len(calibration)
+    # The unlabeled set (if uploaded) is what distillation needs most: far more inputs to match the teacher on.
+    calibration = calibration.for_fitting(MAX_FITTING_SAMPLES)
     train, held_out = calibration.split(config.holdout_fraction, seed=INTERNAL_SPLIT_SEED)
     masks = _zero_masks(model)
     optimizer = _optimizer([p for p in model.parameters() if p.requires_grad], config)
@@ -130,6 +135,7 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
         "fidelity_before": before,
         "fidelity_after": after,
         "internal_split": {"train": len(train), "held_out": len(held_out)},
+        "unlabeled_samples": len(calibration) - given,
         "masked_parameters": sorted(masks),
     }
     if cut_short:
@@ -156,8 +162,8 @@ def _loss(student: NamedOutputs, teacher: NamedOutputs, config: DistillationConf
 
 def _label_loss(student: NamedOutputs, batch: Batch, config: DistillationConfig) -> torch.Tensor | float:
     """Cross-entropy of the first class-score output against the labels, when there are labels."""
-    if batch.labels is None or config.label_weight == 0:
-        return 0.0
+    if batch.labels is None or config.label_weight == 0 or not bool((batch.labels >= 0).any()):
+        return 0.0  # unlabeled samples carry a negative label, which cross_entropy ignores
     scores = next((s for (_, s), (_, t) in zip(student, batch.teacher_outputs) if is_class_scores(t)), None)
     return 0.0 if scores is None else config.label_weight * F.cross_entropy(scores, batch.labels)
 

@@ -29,6 +29,9 @@ SHAPE_PROBE_SAMPLES = 3
 CHECK_SAMPLES = 8
 # Samples each sensitivity measurement prunes, refits and runs (scope "sensitivity").
 SENSITIVITY_SAMPLES = 128
+# Samples the least-squares refit and the BatchNorm re-estimate read at most, calibration and unlabeled
+# together: the refit keeps MAX_ROWS rows a layer whatever the count, so more samples mean more variety.
+FITTING_SAMPLES = 256
 # 1: no reconstruction; 2: `reconstruct` added (on unless a stored version-1 config is re-run).
 CONFIG_VERSION = 2
 
@@ -87,10 +90,11 @@ def prune_structured(model: jit.ScriptModule, calibration: Batch, config: PruneS
     if analysis.whole_model_reason:
         return PassOutput(model, {"parameters_before": parameters_before, "parameters_after": parameters_before,
                                   "not_pruned": analysis.whole_model_reason})
-    scores = _scores(model, analysis, calibration, config)
+    fitting = calibration.for_fitting(FITTING_SAMPLES)  # with the unlabeled set, if one was uploaded
+    scores = _scores(model, analysis, fitting, config)
     allocation = None
     if config.scope == "sensitivity":
-        allocation = _allocate(model, analysis, scores, calibration, config)
+        allocation = _allocate(model, analysis, scores, fitting, config)
         keep_counts = allocation.keep
     else:
         keep_counts = _keep_counts(analysis, scores, config)
@@ -107,7 +111,7 @@ def prune_structured(model: jit.ScriptModule, calibration: Batch, config: PruneS
     details = _details(analysis, keep_counts, parameters_before, _parameter_count(pruned), allocation)
     if original is not None and removed:
         with jit.quiet_torch():
-            refits = reconstruct(original, pruned, pruned_consumers(analysis, removed), calibration, config.reconstruction_ridge)
+            refits = reconstruct(original, pruned, pruned_consumers(analysis, removed), fitting, config.reconstruction_ridge)
         details["reconstructed"] = [
             {"layer": r.layer, "error_before": round(r.error_before, 5), "error_after": round(r.error_after, 5), "rows": r.rows}
             for r in refits
@@ -115,7 +119,8 @@ def prune_structured(model: jit.ScriptModule, calibration: Batch, config: PruneS
     if config.recalibrate_batchnorm and removed:
         # Removed inputs shift the statistics every later BatchNorm normalizes with.
         with jit.quiet_torch():
-            details["recalibrated_batchnorm"] = recalibrate_batchnorm(pruned, calibration)
+            details["recalibrated_batchnorm"] = recalibrate_batchnorm(pruned, fitting)
+    details["fitting_samples"] = {"calibration": min(len(calibration), len(fitting)), "unlabeled": max(0, len(fitting) - len(calibration))}
     return PassOutput(pruned, details)
 
 

@@ -85,7 +85,7 @@ class CandidateReport(BaseModel):
     plan: list[dict[str, Any]]
     runtime: Runtime = "torchscript"
     status: Literal["ok", "failed", "skipped"]
-    origin: Literal["candidate", "first", "space", "fallback"] = "candidate"
+    origin: Literal["candidate", "first", "space", "fallback", "compound"] = "candidate"
     error: str | None = Field(None, description="why it failed, or why it was skipped")
     failed_pass: str | None = None
     fidelity: Fidelity | None = None
@@ -120,11 +120,21 @@ class ModelSummary(BaseModel):
     )
 
 
+class UnlabeledSummary(BaseModel):
+    """How the upload's unlabeled set was used."""
+
+    given: int = Field(description="samples in the unlabeled file")
+    used: int = Field(description="samples used (at most the config's max_unlabeled_samples)")
+    fitting: int = Field(description="fed distillation, reconstruction and sensitivity (never quantizer calibration)")
+    held_out: int = Field(description="held out with the calibration's held-out samples, to certify fidelity")
+
+
 class CalibrationSummary(BaseModel):
     samples: int
     train_samples: int
-    held_out_samples: int
+    held_out_samples: int = Field(description="samples fidelity is judged on, unlabeled ones included")
     labels: bool
+    unlabeled: UnlabeledSummary | None = Field(None, description="absent when no unlabeled set was uploaded")
 
 
 class Chosen(BaseModel):
@@ -151,6 +161,8 @@ class SearchSummary(BaseModel):
         "version 2; version 1 used each trial's first timing"
     )
     fallback_note: str | None = None
+    first_note: str | None = Field(None, description="first plans of the default search left out on this model, and why")
+    compound_note: str | None = Field(None, description="whether compound plans (pruning → distillation → int8) were tried, and why")
 
 
 # 1: before model_name and class_name; 2: before timed_alone (finalists timed in-process). Older ones read with those absent.
@@ -173,6 +185,9 @@ class Report(BaseModel):
     search: SearchSummary | None = None
     chosen: Chosen
     seconds: float
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="wall time per stage (loading, measuring the original, trials, ...), in order"
+    )
 
     def candidate(self, name: str) -> CandidateReport:
         for candidate in self.candidates:

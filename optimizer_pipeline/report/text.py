@@ -63,7 +63,14 @@ def samples_text(view: ReportView) -> str:
     """The samples the fidelity verdicts rest on."""
     if view.folds > 1:
         return f"{view.report.calibration.samples} samples, each held out once over {view.folds} folds"
-    return f"{view.report.calibration.held_out_samples} held-out samples (of {view.report.calibration.samples})"
+    calibration = view.report.calibration
+    if calibration.unlabeled is not None and calibration.unlabeled.held_out:
+        own = calibration.held_out_samples - calibration.unlabeled.held_out
+        return (
+            f"{calibration.held_out_samples} held-out samples ({own} of the {calibration.samples} calibration samples and "
+            f"{calibration.unlabeled.held_out} of the unlabeled set; {calibration.unlabeled.fitting} more unlabeled fed distillation)"
+        )
+    return f"{calibration.held_out_samples} held-out samples (of {calibration.samples})"
 
 
 def baseline_text(view: ReportView) -> str:

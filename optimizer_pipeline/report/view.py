@@ -156,12 +156,14 @@ def _comparable_ms(baseline_ms: float | None, speedup: float | None) -> float | 
 
 def _time_text(report: Report) -> str:
     search = report.search
+    stages = "; by stage: " + ", ".join(f"{stage} {spent:.1f} s" for stage, spent in report.stage_seconds.items()) if report.stage_seconds else ""
     if search is None:
-        return f"{report.seconds:.1f} s in all; fixed candidates, no time budget"
+        return f"{report.seconds:.1f} s in all; fixed candidates, no time budget{stages}"
+    compound = "".join(f"; {note}" for note in (search.first_note, search.compound_note) if note)
     return (
         f"{report.seconds:.1f} s in all, against a time budget of {search.time_budget_s:.1f} s ({search.budget_source}); "
         f"the trials ended at {search.elapsed_s:.1f} s and the rest timed the finalists alone; "
-        f"search stopped: {search.stopped_because}"
+        f"search stopped: {search.stopped_because}{stages}{compound}"
     )
 
 

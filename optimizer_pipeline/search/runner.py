@@ -19,6 +19,7 @@ from ..config import PipelineConfig, Tolerance
 from ..deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
+from .compound import compound_plans
 from .pareto import pareto_front
 from .settings import SearchConfig
 from ..passes.plan import Plan
@@ -55,6 +56,9 @@ class _State:
     budget_source: str
     durations: list[float] = field(default_factory=list)
     misses: dict[str, float] = field(default_factory=dict)  # dominance signature -> smallest amount that missed
+    met: dict[str, float] = field(default_factory=dict)  # compound plans: signature -> largest amount that met the tolerance
+    compound_note: str | None = None
+    budget_after_compound: float | None = None  # the budget to fall back to once the compound plans ran
     ran: int = 0
     skipped: int = 0
     latency_seconds: float = 0.0  # the longest latency measurement of one trial so far
@@ -102,6 +106,12 @@ def run_search(
     while queue:
         if state.budget_source == "pending" and state.ran and queue[0].origin != "first":
             _set_auto_budget(state)
+        if search.compound and state.compound_note is None and state.ran and queue[0].origin != "first":
+            _queue_compound(state, built, queue, references[0], settings)
+        if state.budget_after_compound is not None and queue[0].origin not in ("compound", "fallback"):
+            # The extra time was for the compound plans, not for random trials of the space.
+            state.budget = max(state.budget_after_compound, state.elapsed() + state.reserve())
+            state.budget_after_compound = None
         if search.max_trials is not None and state.ran >= search.max_trials:
             stopped = f"max_trials ({search.max_trials}) reached"
             break
@@ -121,7 +131,7 @@ def run_search(
             else:
                 state.ran += 1
             continue
-        reason = _dominated(trial.plan, state.misses)
+        reason = _dominated(trial.plan, state.misses) or (_pruning_less(trial.plan, state.met) if trial.origin == "compound" else None)
         if reason:
             built.append(_skipped(trial, reason))
             state.skipped += 1
@@ -148,8 +158,24 @@ def run_search(
         elapsed_s=round(state.elapsed(), 1),
         stopped_because=stopped,
         pareto=pareto_front([b.report for b in built], references[0].tolerance),
+        compound_note=state.compound_note,
     )
     return SearchOutcome(built, summary)
+
+
+def _queue_compound(state: _State, built: list[BuiltCandidate], queue: list[Trial], reference: Reference, settings: PipelineConfig) -> None:
+    """After the first trials: queue the compound plans that can pay and be certified, next in line,
+    and give the search the optimization's whole time budget for them (unless the config set one)."""
+    seconds_left = settings.time_budget_seconds - state.elapsed() - state.reserve()
+    decision = compound_plans(built, reference, seconds_left)
+    state.compound_note = decision.note
+    if not decision.plans:
+        return
+    queue[:0] = [Trial(plan, "compound") for plan in decision.plans]
+    if state.budget_source != "config" and state.budget < settings.time_budget_seconds:
+        state.budget_after_compound = state.budget
+        state.budget = settings.time_budget_seconds
+        state.budget_source = f"time_budget_seconds ({settings.time_budget_seconds:g} s): compound plans were queued"
 
 
 def _ordered(plans: list[Plan], search: SearchConfig) -> list[Plan]:
@@ -254,6 +280,10 @@ def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tole
 
 def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:
     report = candidate.report
+    if report.status == "ok" and report.meets_tolerance and trial.origin == "compound":
+        signature, amount = _amount_signature(trial.plan)
+        if signature is not None:
+            state.met[signature] = max(amount, state.met.get(signature, amount))
     if report.status != "ok" or report.meets_tolerance:
         return
     signature, amount = _amount_signature(trial.plan)
@@ -282,6 +312,13 @@ def _dominated(plan: Plan, misses: dict[str, float]) -> str | None:
     signature, amount = _amount_signature(plan)
     if signature is not None and signature in misses and amount >= misses[signature]:
         return f"dominated: the same plan with amount {misses[signature]:g} already missed the tolerance"
+    return None
+
+
+def _pruning_less(plan: Plan, met: dict[str, float]) -> str | None:
+    signature, amount = _amount_signature(plan)
+    if signature is not None and signature in met and amount < met[signature]:
+        return f"not needed: the same plan pruning {met[signature]:g} met the tolerance, and pruning less is only slower"
     return None
 
 

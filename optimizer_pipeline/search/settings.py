@@ -33,6 +33,11 @@ class SearchConfig(BaseModel):
         description="plans to try before the space (default with `auto`: the built-in single passes)",
     )
     sensitive_fallback: bool = Field(True, description="retry quantized plans that miss with sensitive layers in float")
+    compound: bool = Field(
+        False,
+        description="after the first plans, try pruning → distillation → int8 plans when int8 alone leaves fidelity headroom and "
+        "enough held-out samples can certify them (on in the default search)",
+    )
 
     # Every pass spec is checked here, so that a bad value is the upload's 422, not a failed job later.
     @field_validator("space")

@@ -12,8 +12,9 @@ the index row that names them commits, so a crash leaves either no model (and an
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
-from optimizer_pipeline.files import atomic_write_bytes, atomic_write_text
+from optimizer_pipeline.files import atomic_write_bytes, atomic_write_stream, atomic_write_text
 from optimizer_pipeline.report import Chosen
 
 from ..live_window import LiveSample
@@ -45,6 +46,10 @@ class Store:
         for filename, data in files.items():
             atomic_write_bytes(directory / filename, data)
         return directory
+
+    def stage_stream(self, model_id: str, filename: str, stream: BinaryIO) -> Path:
+        """Copy a (possibly large) file object into the staging directory in chunks, atomically."""
+        return atomic_write_stream(self.artifacts.staging(model_id) / filename, stream)
 
     def discard_staged(self, model_id: str) -> None:
         self.artifacts.delete_model(model_id)
