@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import warnings
 
@@ -47,13 +48,15 @@ def load_exported_program(data: bytes) -> torch.export.ExportedProgram:
 
 def _tempdir_for_confined_import() -> None:
     # torch.export.load imports torch._dynamo, which asks tempfile for a directory and creates its
-    # compile cache there, though loading never compiles. A confined process may create nothing, so it
-    # is pointed at a directory that exists (creating it is then a no-op) and that it cannot write.
-    if tempfile.tempdir is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        try:
-            tempfile.gettempdir()
-        except FileNotFoundError:
-            tempfile.tempdir = os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/"
+    # compile cache there, though loading never compiles. A confined process may create nothing, so
+    # the cache is pointed at a directory that exists (creating it is then a no-op).
+    if "torch._dynamo" in sys.modules:
+        return
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/")
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        tempfile.tempdir = "/"
 
 
 def runnable(program: torch.export.ExportedProgram) -> torch.nn.Module:
