@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
+from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.processes import die_with_parent
 
 from . import confinement
@@ -156,6 +157,7 @@ def run_job(settings: Settings, claim: Claim) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the runner decides
     os.nice(settings.job_nice)
     torch.set_num_threads(settings.job_threads)
+    harden_torch()
     store = open_store(settings)
     info = store.get(claim.model_id)
     if info is None:

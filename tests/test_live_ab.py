@@ -167,6 +167,63 @@ def test_routing_requests_are_checked_and_need_the_key(server, models):
     assert requests.post(f"{url}/models/unoptimized/promote", headers=AUTH, timeout=30).status_code == 409
 
 
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("routing", {"mode": "split", "optimized_share": "0.5"}, "optimized_share"),
+        ("routing", {"mode": "split", "optimized_share": True}, "optimized_share"),
+        ("routing", {"mode": "shadow", "sample": "1"}, "sample"),
+        ("routing", {"mode": "pinned", "variant": "original", "version": 10**19}, "version"),
+        ("routing", {"mode": "pinned", "variant": "original", "version": True}, "version"),
+        ("guard", {"min_cosine": -1}, "min_cosine"),
+        ("guard", {"min_cosine": "0.9"}, "min_cosine"),
+        ("guard", {"min_agreement": 0}, "min_agreement"),
+        ("guard", {"min_agreement": True}, "min_agreement"),
+        ("guard", {"min_cosine": 0.9, "window": 100.0}, "window"),
+        ("guard", {"min_cosine": 0.9, "version": 12345678901234567890}, "version"),
+    ],
+    ids=[
+        "share_string", "share_bool", "sample_string", "version_20_digits", "version_bool",
+        "min_cosine_negative", "min_cosine_string", "min_agreement_zero", "min_agreement_bool", "window_float", "guard_version",
+    ],
+)
+def test_routing_and_guard_refuse_a_string_or_bool_for_a_number_and_meaningless_bounds(server, models, path, body, field):
+    refused = put(server.url, f"/models/faithful/{path}", body)
+    assert refused.status_code == 422, refused.text
+    assert field in refused.json()["error"]["message"]
+
+
+def test_routing_and_guard_still_take_json_integers_for_numbers_and_read_back_what_they_stored(server, models):
+    url = server.url
+    assert put(url, "/models/faithful/routing", {"mode": "split", "optimized_share": 1, "sample": 0, "version": 1}).status_code == 200
+    assert status(url, "faithful")["routing"] == {"mode": "split", "optimized_share": 1.0, "sample": 0.0, "version": 1}
+    assert put(url, "/models/faithful/guard", {"min_cosine": 1, "window": 100}).status_code == 200
+    assert status(url, "faithful")["guard"]["min_cosine"] == 1.0
+    assert put(url, "/models/faithful/routing", {"mode": "pinned", "variant": "optimized"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"min_speedup": "1.5"}, "min_speedup"),
+        ({"min_speedup": True}, "min_speedup"),
+        ({"threads": 1.0}, "threads"),
+        ({"threads": True}, "threads"),
+        ({"tolerance": {"metric": "cosine", "threshold": "0.99"}}, "threshold"),
+        ({"tolerance": {"metric": "cosine", "threshold": -1}}, "threshold"),
+        ({"tolerance": {"metric": "agreement", "threshold": 2}}, "threshold"),
+        ({"tolerance": {"metric": "agreement", "threshold": 0.99, "cosine_floor": -0.5}}, "cosine_floor"),
+        ({"latency": {"rounds": "10"}}, "rounds"),
+        ({"force": 1, "plan": [{"pass": "freeze"}]}, "force"),
+    ],
+    ids=["string_float", "bool_float", "float_int", "bool_int", "string_threshold", "negative_cosine", "agreement_above_1", "negative_floor", "string_rounds", "int_bool"],
+)
+def test_an_upload_config_with_a_string_or_bool_for_a_number_is_a_422(server, mlp, config, field):
+    refused = upload(server.url, mlp[0], mlp[1], name="strict-config", config=config)
+    assert refused.status_code == 422, refused.text
+    assert field in refused.json()["error"]["message"]
+
+
 def test_a_policy_and_its_events_survive_kill_9_and_restart(tmp_path, mlp):
     archive, inputs = mlp
     store = tmp_path / "store"
