@@ -122,9 +122,10 @@ def check_model_ops(module: torch.jit.ScriptModule) -> None:
     shown = "; ".join(f.describe() for f in findings[:5])
     more = f" (and {len(findings) - 5} more)" if len(findings) > 5 else ""
     raise UnsafeModelError(
-        f"the model uses ops that optiserve does not run: {shown}{more}. Uploaded models may hold tensor "
-        "math and control flow only; file, process, network and printing ops (torch.from_file, print, "
-        "Python calls) and ops of custom namespaces are refused. Remove them from the exported model"
+        f"the model uses ops that optiserve does not run: {shown}{more}. Uploaded models may hold only ops "
+        "on optiserve's allowlist (dense tensor math and control flow); sparse and nested tensors, file, "
+        "process, network and printing ops (torch.from_file, print, Python calls) and ops of custom "
+        "namespaces are refused. Remove them from the exported model"
     )
 
 

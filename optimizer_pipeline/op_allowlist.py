@@ -35,7 +35,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         TupleIndex DictConstruct CreateObject RaiseException Uninitialized unchecked_cast isinstance
         NumToTensor ImplicitTensorToNum device dtype layout is_cuda is_cpu is_mkldnn
         is_quantized is_sparse is_nested is_meta requires_grad data shape min max abs Enter Exit
-        fork
+        fork type
         """
     ),
     "aten": _ops(
@@ -49,22 +49,22 @@ ALLOWED: dict[str, frozenset[str]] = {
         pow abs neg sign sgn add add_ sub sub_ mul mul_ div div_ true_divide floor_divide rsub
         eq ne lt le gt ge eq_ ne_ lt_ le_ gt_ ge_ logical_and logical_or logical_not logical_xor
         bitwise_and bitwise_or bitwise_not bitwise_xor isfinite isinf isnan nan_to_num
-        warn dim size numel stride is_contiguous is_floating_point is_complex device dtype
+        warn is_grad_enabled is_autocast_enabled dim size numel stride is_contiguous is_floating_point is_complex device dtype
         _shape_as_tensor item _local_scalar_dense
         tensor scalar_tensor zeros zeros_like ones ones_like full full_like fill_ zero_ arange linspace
-        eye tril triu one_hot clone detach detach_ contiguous to type_as float double half bfloat16
+        new_ones new_zeros new_full new_tensor eye tril triu one_hot clone detach detach_ contiguous to type_as float double half bfloat16
         int long short bool char byte copy_ requires_grad_
         view view_as reshape reshape_as flatten unflatten squeeze squeeze_ unsqueeze unsqueeze_ permute
         transpose transpose_ t numpy_T mT movedim swapaxes expand expand_as repeat repeat_interleave
         tile cat concat concatenate stack hstack vstack split_with_sizes 
         chunk tensor_split unbind narrow select slice flip roll diagonal diag
         index_select index_put index_put_ gather take masked_select masked_fill masked_fill_ where clamp clamp_ clamp_min
-        clamp_max clip maximum minimum max min amax amin argmax argmin topk sort argsort kthvalue
+        clamp_min_ clamp_max clamp_max_ clip maximum minimum max min amax amin argmax argmin topk sort argsort kthvalue
         sum mean prod std var std_mean var_mean norm linalg_vector_norm frobenius_norm cumsum cumprod
         logsumexp all any count_nonzero
         sin cos tan asin acos atan atan2 sinh cosh tanh tanh_ sigmoid sigmoid_ erf erfc exp2 expm1
         rsqrt reciprocal square lerp addcmul addcdiv hypot
-        relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu silu_ mish hardswish
+        relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu silu_ mish mish_ hardswish
         hardswish_ hardsigmoid hardsigmoid_ hardtanh hardtanh_ softplus softsign prelu _prelu_kernel
         glu logsigmoid threshold threshold_ softmax log_softmax _softmax _log_softmax
         matmul mm bmm addmm addmv addbmm baddbmm mv dot outer einsum linear bilinear _trilinear
@@ -80,7 +80,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         pad constant_pad_nd reflection_pad1d reflection_pad2d replication_pad1d replication_pad2d
         pixel_shuffle pixel_unshuffle channel_shuffle upsample_nearest1d upsample_nearest2d
         upsample_nearest3d upsample_linear1d upsample_bilinear2d upsample_bicubic2d upsample_trilinear3d
-        _upsample_nearest_exact1d _upsample_nearest_exact2d _upsample_bilinear2d_aa
+        _upsample_nearest_exact1d _upsample_nearest_exact2d _upsample_nearest_exact3d
+        _upsample_bilinear2d_aa _upsample_bicubic2d_aa _upsample_lanczos2d_aa
         scaled_dot_product_attention _scaled_dot_product_attention_math _native_multi_head_attention
         _transformer_encoder_layer_fwd _masked_softmax
         lstm gru rnn_tanh rnn_relu lstm_cell gru_cell rnn_tanh_cell rnn_relu_cell
@@ -99,7 +100,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         conv1d conv1d_relu conv2d conv2d_relu conv3d conv3d_relu conv_transpose1d conv_transpose2d
         conv1d_prepack conv2d_prepack conv3d_prepack conv_transpose1d_prepack conv_transpose2d_prepack
         conv2d_unpack add add_relu add_scalar add_scalar_relu mul mul_relu mul_scalar mul_scalar_relu
-        cat cat_relu batch_norm1d batch_norm2d batch_norm3d batch_norm2d_relu layer_norm group_norm
+        cat cat_relu batch_norm batch_norm_relu batch_norm1d batch_norm2d batch_norm3d batch_norm2d_relu layer_norm group_norm
         instance_norm hardswish relu6 leaky_relu sigmoid elu threshold
         quantized_lstm_cell_dynamic quantized_gru_cell_dynamic
         """

@@ -95,6 +95,8 @@ def test_a_faithful_variant_over_the_same_traffic_is_not_rolled_back(server, mod
     assert live["fidelity"]["agreement_lower"] == pytest.approx(count / (count + 1.959964**2), abs=1e-4)
     assert live["guard"]["state"] == "ok"
     assert {entry["variant"] for entry in live["latency"]} == {"original", "optimized"}
+    # The shadow runs at the lowest priority: its figure is its thread's CPU time, and says so.
+    assert {(entry["variant"], entry["clock"]) for entry in live["latency"]} == {("optimized", "wall"), ("original", "thread_cpu")}
     kinds = [e["kind"] for e in requests.get(f"{url}/models/faithful/events", timeout=30).json()["events"]]
     assert kinds == ["guard", "routing"]
     assert status(url, "faithful")["routing"]["mode"] == "shadow"

@@ -268,10 +268,11 @@ def test_the_variants_our_passes_make_pass(model_name: str, spec: dict):
 
 LIBRARY_PASSES = [
     ("lib:encoder:scripted", {"pass": "freeze"}),
-    ("lib:encoder:scripted", {"pass": "quantize_dynamic"}),
+    ("lib:encoder:traced", {"pass": "quantize_dynamic"}),
     ("lib:encoder:traced", {"pass": "quantize_static"}),
     ("lib:attention:traced", {"pass": "quantize_dynamic"}),
-    ("lib:recurrent:scripted", {"pass": "quantize_dynamic"}),
+    ("lib:recurrent:traced", {"pass": "quantize_dynamic"}),
+    ("lib:recurrent:scripted", {"pass": "freeze"}),
     ("lib:upsampling:traced", {"pass": "quantize_static"}),
     ("lib:zoo:traced", {"pass": "quantize_static"}),
 ]
