@@ -61,6 +61,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         index_select index_put index_put_ gather take masked_select masked_fill masked_fill_ where clamp clamp_ clamp_min
         clamp_min_ clamp_max clamp_max_ clip maximum minimum max min amax amin argmax argmin topk sort argsort kthvalue
         sum mean prod std var std_mean var_mean norm linalg_vector_norm frobenius_norm cumsum cumprod
+        cummax cummin logcumsumexp
         logsumexp all any count_nonzero
         sin cos tan asin acos atan atan2 sinh cosh tanh tanh_ sigmoid sigmoid_ erf erfc exp2 expm1
         rsqrt reciprocal square lerp addcmul addcdiv hypot
