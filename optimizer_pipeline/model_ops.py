@@ -99,10 +99,13 @@ def check_archive_code(data: bytes) -> None:
         raise UnsafeModelError(f"the archive {problem} ({member.split('/', 1)[-1]}); optiserve refuses it. " + _REFUSED_HOW_TO)
 
 
-def unvetted_ops(module: torch.jit.ScriptModule) -> list[Finding]:
-    """Every op of `module` outside the vetted set, with where it sits; one finding per op and place."""
+def unvetted_ops(module: torch.jit.ScriptModule, submodules: bool = True) -> list[Finding]:
+    """Every op of `module` outside the vetted set, with where it sits; one finding per op and place.
+
+    `submodules=False` walks only the top module's methods: inlined, they hold everything those can
+    run, i.e. all a server ever calls (what a worker checks on load, several times faster)."""
     findings: dict[tuple[str, str], Finding] = {}
-    for path, method in _methods(module):
+    for path, method in _methods(module, submodules):
         refused = {kind for kind in _kinds(method.inlined_graph) if not is_vetted(kind)}
         if not refused:
             continue
@@ -114,9 +117,9 @@ def unvetted_ops(module: torch.jit.ScriptModule) -> list[Finding]:
     return list(findings.values())
 
 
-def check_model_ops(module: torch.jit.ScriptModule) -> None:
+def check_model_ops(module: torch.jit.ScriptModule, submodules: bool = True) -> None:
     """Raise UnsafeModelError naming each op outside the vetted set and where it sits."""
-    findings = unvetted_ops(module)
+    findings = unvetted_ops(module, submodules)
     if not findings:
         return
     shown = "; ".join(f.describe() for f in findings[:5])
@@ -138,9 +141,9 @@ def _first_few(names: list[str], count: int = 4) -> str:
     return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
 
 
-def _methods(module: torch.jit.ScriptModule) -> Iterator[tuple[str, torch._C.ScriptMethod]]:
+def _methods(module: torch.jit.ScriptModule, submodules: bool = True) -> Iterator[tuple[str, torch._C.ScriptMethod]]:
     """(dotted path, method) for every compiled method of the module and all its submodules."""
-    for prefix, submodule in module.named_modules():
+    for prefix, submodule in module.named_modules() if submodules else [("", module)]:
         for name in submodule._c._method_names():
             yield (f"{prefix}.{name}" if prefix else name), submodule._c._get_method(name)
 
