@@ -1,4 +1,8 @@
-# optiserve on CPU. Build: docker build -t optiserve .   Run: docker run -p 8000:8000 -v optiserve-store:/data optiserve
+# optiserve on CPU. Build: docker build -t optiserve .   Run: docker run --shm-size=1g -p 8000:8000 -v optiserve-store:/data optiserve
+# --shm-size: tensors of 256 KiB and up cross between the HTTP and inference processes through
+# /dev/shm, which Docker makes 64 MiB by default. Give it the large tensors you expect in flight at
+# once (requests and answers); the server uses at most half (OPTISERVE_SHM_BUDGET_BYTES), and past
+# that answers 503 shm_full. An `optiserve worker` container needs no more than the default.
 # Scale-out: the same image runs `serve --no-jobs` (API replicas) and `worker` on a shared store; see deploy/README.md.
 # A smaller image: pass PyTorch's CPU-only wheel index as --build-arg TORCH_INDEX_URL=...; by default
 # pip takes torch==2.13.0 from PyPI, which is the larger CUDA-enabled build (it runs on CPU too).
@@ -13,6 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OPTISERVE_STORE=/data/store
 
 WORKDIR /app
+
+# libseccomp: the seccomp filter of every process that runs model code (server/seccomp_filter.py).
+RUN apt-get update && apt-get install -y --no-install-recommends libseccomp2 && rm -rf /var/lib/apt/lists/*
 
 # torch alone and first: it is by far the largest layer and changes least often.
 RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"

@@ -41,6 +41,7 @@ class LabelledTask:
     labels: bytes
     test: Batch
     train_seconds: float
+    model: torch.nn.Module | None = None  # the trained eager module, for exporting it another way
 
 
 def traced(model: torch.nn.Module, example: tuple[torch.Tensor, ...]) -> bytes:
@@ -72,6 +73,7 @@ def labelled_task(name: str, calibration_size: int, test_size: int) -> LabelledT
         labels=saved(train_y[-calibration_size:]),
         test=Batch((test_x[:test_size],), test_y[:test_size]),
         train_seconds=time.perf_counter() - started,
+        model=model,
     )
 
 

@@ -11,7 +11,8 @@ is the median over rounds. Bodies are built before timing, so every server pays 
 - cost per MB of tensor (an identity model, input and output the same size), 1 to 16 MB:
   raw bytes to the bare FastAPI route (the floor), tritonclient and OptiserveClient (binary),
   OIP JSON number lists encoded and decoded by wire/;
-- the server's peak RSS growth for one 64 MB input.
+- the server's peak RSS growth for one 64 MB input;
+- OIP over gRPC (tritonclient.grpc) beside REST, and the first request after ready (bench/serving_grpc.py).
 
 Prints the tables and the issue's targets, and writes bench/results/serving.json.
 """
@@ -47,6 +48,7 @@ from bench.models import ResNetSmall  # noqa: E402
 from clients import OptiserveClient  # noqa: E402
 from optimizer_pipeline.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
+from bench.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
 from server_harness import API_KEY, FORCED_FREEZE, ServerProcess  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
 from wire import decode_response, encode_request  # noqa: E402
@@ -59,6 +61,7 @@ SERVER_ENV = {
     "OPTISERVE_WORKER_THREADS": str(WORKER_THREADS),
     "OPTISERVE_MAX_BATCH_SIZE": "16",
     "OPTISERVE_MAX_UPLOAD_BYTES": str(512 * 2**20),
+    **GRPC_ENV,
 }
 PAYLOAD_MB = (1, 4, 16)
 RSS_PROBE_MB = 64
@@ -149,6 +152,7 @@ def server_callers(name: str, sample: torch.Tensor, bare: dict[str, str], optise
         "optiserve /predict JSON": poster(optiserve + "/predict", predict_body, {"Content-Type": "application/json"}),
         "optiserve /v2 JSON": poster(infer, v2_json),
         "optiserve /v2 binary": poster(infer, v2_binary, v2_headers),
+        "optiserve gRPC (tritonclient.grpc)": grpc_caller(name, sample, input_name),
     }
 
 
@@ -362,8 +366,9 @@ def main() -> int:
         input_names = upload_all(optiserve, archives)
         rss_mb = peak_rss_growth(optiserve, input_names["identity"])  # first, before smaller payloads raise the peaks
         rows = latency_table(archives, bare, optiserve.url, input_names, args.seconds, args.rounds)
+        first_request = first_request_row(optiserve, *archives["mid"])
         payload = payload_table(bare["identity"]["FastAPI (bare)"], optiserve.url, input_names["identity"], args.rounds)
-    checks = targets(rows, payload, rss_mb)
+    checks = targets(rows, payload, rss_mb) + grpc_targets(rows, first_request)
     print("\n" + "\n".join(checks))
     results = {
         "torch": torch.__version__,
@@ -376,6 +381,7 @@ def main() -> int:
         "latency": rows,
         "payload_cost": payload,
         "rss_growth_mb_for_64mb_input": round(rss_mb, 1),
+        "first_request_after_ready": first_request,
         "targets": checks,
     }
     atomic_write_text(args.out, json.dumps(results, indent=2))

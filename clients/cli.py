@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optimize(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "optimize",
-        help="optimize a TorchScript model locally and write original.pt, optimized.pt, report.json",
+        help="optimize a model locally and write original.pt (or .pt2), optimized.pt (or .onnx, .ovir), report.json",
     )
-    parser.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save)")
+    parser.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save) or torch.export program (torch.export.save, .pt2)")
     parser.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")
     parser.add_argument("--labels", type=Path, help="int64 class ids, one per calibration sample")
     parser.add_argument("--config", type=Path, help="pipeline config JSON file")

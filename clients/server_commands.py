@@ -25,7 +25,7 @@ ClientHandler = Callable[[argparse.Namespace, OptiserveClient], int]
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_serve(commands)
     upload = client_parser(commands, "upload", "upload a model; optimization starts in the background", _upload)
-    upload.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save)")
+    upload.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save) or torch.export program (.pt2)")
     upload.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")
     upload.add_argument("--labels", type=Path, help="int64 class ids, one per calibration sample")
     upload.add_argument("--config", type=Path, help="pipeline config JSON file")

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import jit
+from . import jit, watch
 from .calibration import Batch
 from .config import PipelineConfig, Tolerance
 from .fidelity import compare_outputs
@@ -43,6 +43,7 @@ class Reference:
     timing_batches: tuple[Batch, ...]
     tolerance: Tolerance
     threads: int
+    step_seconds: float = watch.STEP_FLOOR_S  # the deadline of each step that runs a candidate (watch.py)
 
 
 class PassFailed(Exception):
@@ -110,15 +111,18 @@ def build_candidate(builder: PlanBuilder, name: str, plan: Plan) -> BuiltCandida
     started = time.perf_counter()
     report = new_report(name, plan)
     built = BuiltCandidate(report)
+    seconds = builder.reference.step_seconds
     try:
-        model, report.details = builder.build(plan)
-        runtime = runtime_of(model)
-        report.runtime = runtime.name
-        built.archive = runtime.serialize(model)
-        report.size_bytes = len(built.archive)
-        # Measure the reloaded file, not the in-memory model: the file is what will be served.
-        built.loaded = load_variant(runtime.name, built.archive, builder.reference.threads)
-        measure_fidelity(built.loaded, builder.reference, report)
+        with watch.step("building it", seconds, name):
+            model, report.details = builder.build(plan)
+            runtime = runtime_of(model)
+            report.runtime = runtime.name
+            built.archive = runtime.serialize(model)
+            report.size_bytes = len(built.archive)
+            # Measure the reloaded file, not the in-memory model: the file is what will be served.
+            built.loaded = load_variant(runtime.name, built.archive, builder.reference.threads)
+        with watch.step("checking its fidelity on the held-out data", seconds, name):
+            measure_fidelity(built.loaded, builder.reference, report)
     except Exception as exc:  # a failing candidate is a result, never the end of the pipeline
         fail(built, exc)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -127,11 +131,24 @@ def build_candidate(builder: PlanBuilder, name: str, plan: Plan) -> BuiltCandida
 
 def evaluate_candidate(builder: PlanBuilder, name: str, plan: Plan, config: PipelineConfig) -> BuiltCandidate:
     """Build, measure fidelity, then latency against the original."""
+    not_run = not_run_again(name, plan)
+    if not_run is not None:
+        return not_run
     started = time.perf_counter()
     built = build_candidate(builder, name, plan)
     if built.report.status == "ok":
         measure_latency(built, builder.reference, config)
     built.report.seconds = round(time.perf_counter() - started, 3)
+    return built
+
+
+def not_run_again(name: str, plan: Plan) -> BuiltCandidate | None:
+    """The candidate as an earlier run of this job left it (it exceeded its deadline), or None to run it."""
+    skip = watch.why_skipped(name)
+    if skip is None:
+        return None
+    built = BuiltCandidate(new_report(name, plan))
+    built.report.status, built.report.error = skip
     return built
 
 
@@ -158,16 +175,18 @@ def measure_latency(built: BuiltCandidate, reference: Reference, config: Pipelin
     """Time the candidate against the original at batch 1 and the target batch, taking turns."""
     try:
         for batch in reference.timing_batches:
-            built.report.latency.append(
-                compare_latency(
-                    lambda: reference.original(*batch.inputs),
-                    lambda: built.loaded(*batch.inputs),
-                    batch_size=len(batch),
-                    warmup=config.latency.warmup,
-                    rounds=config.latency.rounds,
-                    max_seconds=config.latency.max_seconds,
+            # The measurement itself is planned to take up to max_seconds: that comes on top.
+            with watch.step(f"timing it at batch {len(batch)}", reference.step_seconds + config.latency.max_seconds, built.report.name):
+                built.report.latency.append(
+                    compare_latency(
+                        lambda: reference.original(*batch.inputs),
+                        lambda: built.loaded(*batch.inputs),
+                        batch_size=len(batch),
+                        warmup=config.latency.warmup,
+                        rounds=config.latency.rounds,
+                        max_seconds=config.latency.max_seconds,
+                    )
                 )
-            )
         built.report.speedup = built.report.latency[-1].speedup
     except Exception as exc:
         fail(built, exc)

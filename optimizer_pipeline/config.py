@@ -159,6 +159,14 @@ class PipelineConfig(BaseModel):
     holdout_fraction: float = Field(0.25, gt=0, lt=1, description="calibration share held out for fidelity")
     seed: Seed = 0
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    candidate_timeout: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="seconds each step that runs a model may take (measuring the original; building, checking and timing "
+        "each candidate); in a server job a candidate past it fails alone and the search goes on. "
+        "Default: max(60 s, 20x the original's forward over the calibration set)",
+    )
 
     @model_validator(mode="after")
     def _one_source_of_plans(self) -> PipelineConfig:

@@ -24,8 +24,9 @@ import statistics
 import sys
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -38,6 +39,9 @@ from .runtimes import load_variant
 
 _context = multiprocessing.get_context("forkserver")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+# Run first in every timing process (a picklable callable: it crosses the forkserver), e.g. the
+# server's seccomp filter, which the forkserver itself cannot have (it is started by execve).
+_confine_child: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,25 @@ def time_alone(
     return measured
 
 
+def start_forkserver(confine_child: Callable[[], object] | None = None) -> None:
+    """Start the timing processes' forkserver now, and have each timing process call `confine_child` first.
+
+    A caller about to forbid execve (a seccomp filter) starts it before: later it could not."""
+    global _confine_child
+    _confine_child = confine_child
+    _context.set_forkserver_preload([__name__])
+    with _starting_a_child():
+        forkserver.ensure_running()
+
+
 def _time_in_child(
     subject: Subject, inputs: tuple[torch.Tensor, ...], threads: int, warmup: int, calls: int, timeout_s: float
 ) -> AloneMeasurement:
     receiver, sender = _context.Pipe(duplex=False)
     child = _context.Process(
-        target=_measure, args=(sender, subject.runtime, subject.data, inputs, threads, warmup, calls), name="optiserve-timing"
+        target=_measure,
+        args=(sender, subject.runtime, subject.data, inputs, threads, warmup, calls, _confine_child),
+        name="optiserve-timing",
     )
     with _starting_a_child():
         child.start()
@@ -130,12 +147,21 @@ def _starting_a_child() -> Iterator[None]:
 
 
 def _measure(
-    sender: Connection, runtime: str, data: bytes, inputs: tuple[torch.Tensor, ...], threads: int, warmup: int, calls: int
+    sender: Connection,
+    runtime: str,
+    data: bytes,
+    inputs: tuple[torch.Tensor, ...],
+    threads: int,
+    warmup: int,
+    calls: int,
+    confine: Callable[[], object] | None = None,
 ) -> None:
     """The child: load the stored variant as a worker would, warm it up, time `calls` calls."""
     # Its parent is the forkserver, which exits when the process that timed through it dies (a job
     # killed mid-search): this child must not keep a core busy after that.
     die_with_parent(signal.SIGKILL)
+    if confine is not None:
+        confine()  # before the variant (the uploader's code) is even loaded
     try:
         pin_malloc_thresholds()
         torch.set_num_threads(threads)

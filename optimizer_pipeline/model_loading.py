@@ -14,6 +14,7 @@ import torch
 from . import jit
 from .calibration import Batch, check_labels_fit
 from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputError
+from .exported import is_exported_archive, load_exported_program, traced_stand_in
 from .fidelity import first_class_scores
 from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
@@ -22,19 +23,25 @@ from .outputs import NamedOutputs, flatten_outputs
 _CAUSE = re.compile(r"^[\w.]+(?:Error|Exception): ", re.MULTILINE)
 
 HOW_TO_EXPORT = (
-    "Export it with `torch.jit.save(torch.jit.trace(model.eval(), example_inputs), 'model.pt')` "
-    "(or torch.jit.script(model) for data-dependent control flow)."
+    "Export it with `torch.export.save(torch.export.export(model.eval(), example_inputs, dynamic_shapes=...), "
+    "'model.pt2')`, or as TorchScript with `torch.jit.save(torch.jit.trace(model.eval(), example_inputs), 'model.pt')`."
 )
 
 
 def load_model(source: bytes | str | Path) -> jit.ScriptModule:
-    """Load a TorchScript archive (path or bytes), or raise InvalidModelError saying what it is instead.
+    """Load a TorchScript archive or a torch.export program (path or bytes), told apart by content, or
+    raise InvalidModelError saying what it is instead. A program comes back as its TorchScript stand-in
+    (exported/loading.py), which is what the passes work on.
 
-    Its code is vetted (model_ops.py) before any of it runs; UnsafeModelError refuses it otherwise."""
+    Its code is vetted (model_ops.py, exported/archive.py) before any of it runs; UnsafeModelError refuses it otherwise."""
     data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     data = bytes(data)
     if not data:
         raise InvalidModelError("the model file is empty. " + HOW_TO_EXPORT)
+    if is_exported_archive(data):
+        module = traced_stand_in(load_exported_program(data))
+        check_model_ops(module)
+        return module
     check_archive_code(data)
     try:
         module = jit.load_archive(data)
@@ -55,11 +62,8 @@ def _diagnose(data: bytes, exc: Exception) -> str:
         names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     except zipfile.BadZipFile:
         return "the archive is corrupt or truncated; upload the complete file written by torch.jit.save."
-    if any(name.endswith("archive_format") or "serialized_exported_program" in name for name in names):
-        return (
-            "this is a torch.export ExportedProgram (.pt2), not TorchScript; optiserve serves TorchScript. "
-            + HOW_TO_EXPORT
-        )
+    if any("serialized_exported_program" in name for name in names):
+        return "this is a torch.export program in the format of an older PyTorch; save it again with this one. " + HOW_TO_EXPORT
     if any(name.endswith("data.pkl") for name in names) and not any("/code/" in name for name in names):
         return _diagnose_torch_save(data)
     return f"the TorchScript archive could not be loaded ({_first_line(exc)}). " + HOW_TO_EXPORT

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import jit
+from . import jit, watch
 from .allocator import pin_malloc_thresholds
 from .calibration import Batch, load_calibration, load_labels
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
@@ -25,7 +25,8 @@ from .passes import Plan
 from .references import make_references
 from .search.pareto import pareto_front
 from .search.runner import run_search
-from .report import REPORT_VERSION, CalibrationSummary, ModelSummary, Report
+from .exported import is_exported_archive
+from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path
@@ -52,8 +53,8 @@ def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> Pipeli
 def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
     """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
     parse_config(config)
-    module, batch = _load_inputs(model, calibration, labels)
-    return _summarize(module, batch, _size(model))
+    module, batch, _ = _load_inputs(model, calibration, labels)
+    return _summarize(module, batch, _size(model), source_format(_read(model)))
 
 
 def optimize(
@@ -70,13 +71,15 @@ def optimize(
     notify = progress or (lambda stage, fraction: None)
     settings = parse_config(config)
     notify("loading", 0.0)
-    original, batch = _load_inputs(model, calibration, labels)
+    with watch.step("loading it and running two calibration samples", watch.step_seconds(settings.candidate_timeout, None)):
+        original, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
     original_bytes = _read(model)
+    original_runtime = source_format(original_bytes)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
         search = settings.search_config()
-        references = make_references(original, batch, settings, threads, search.folds if search else 1)
+        references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
@@ -98,7 +101,7 @@ def optimize(
         tolerance=reference.tolerance.model_dump(),
         min_speedup=settings.min_speedup,
         model_name=name,
-        model=_summarize(original, batch, len(original_bytes)),
+        model=_summarize(original, batch, len(original_bytes), original_runtime),
         calibration=CalibrationSummary(
             samples=len(batch),
             train_samples=len(reference.train),
@@ -115,20 +118,38 @@ def optimize(
     optimized = (
         Variant("optimized", winner.report.runtime, winner.archive)
         if winner
-        else Variant("optimized", "torchscript", original_bytes)
+        else Variant("optimized", original_runtime, original_bytes)
     )
     notify("done", 1.0)
     built_variants = {b.report.name: Variant(b.report.name, b.report.runtime, b.archive) for b in built if b.archive}
-    return OptimizationResult(Variant("original", "torchscript", original_bytes), optimized, report, built_variants)
+    return OptimizationResult(Variant("original", original_runtime, original_bytes), optimized, report, built_variants)
 
 
-def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch]:
+def _measure_original(
+    original: jit.ScriptModule, batch: Batch, settings: PipelineConfig, threads: int, folds: int, two_samples_seconds: float
+) -> list[Reference]:
+    """The references, each with the deadline of a candidate's steps: max(60 s, 20x the original's
+    forward over the calibration set), unless the config sets `candidate_timeout`."""
+    # Before it is measured, the forward is guessed from the first call on two samples (an overestimate:
+    # a first call pays for TorchScript's profiling run).
+    guess = two_samples_seconds * max(len(batch) / 2, 1) * folds
+    with watch.step("running it over the calibration set", watch.step_seconds(settings.candidate_timeout, guess)):
+        started = time.perf_counter()
+        references = make_references(original, batch, settings, threads, folds)
+        forward_seconds = (time.perf_counter() - started) / folds
+    seconds = watch.step_seconds(settings.candidate_timeout, forward_seconds)
+    return [replace(reference, step_seconds=seconds) for reference in references]
+
+
+def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch, float]:
+    """The model, the calibration batch, and the seconds the model took on its first two samples."""
     module = load_model(model)
     batch = load_calibration(calibration, jit.forward_argument_names(module))
     if labels is not None:
         batch = replace(batch, labels=load_labels(labels, len(batch)))
+    started = time.perf_counter()
     check_model_accepts(module, batch)
-    return module, batch
+    return module, batch, time.perf_counter() - started
 
 
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:
@@ -148,7 +169,12 @@ def _baseline_accuracy(reference: Reference) -> float | None:
     return accuracy(dict(reference.held_out_outputs)[scores], reference.held_out.labels)
 
 
-def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> ModelSummary:
+def source_format(data: bytes) -> ModelFormat:
+    """What an upload is, by content: a torch.export program or TorchScript."""
+    return "exported" if is_exported_archive(data) else "torchscript"
+
+
+def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int, model_format: ModelFormat) -> ModelSummary:
     outputs = check_model_accepts(module, batch)
     return ModelSummary(
         class_name=module.original_name,
@@ -161,6 +187,7 @@ def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int) -> Model
         parameters=sum(p.numel() for p in module.parameters()),
         size_bytes=size_bytes,
         exported_methods=jit.exported_method_names(module),
+        format=model_format,
     )
 
 

@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute
 from swagger_ui_bundle import swagger_ui_path
 
 from .inference import CompareAPI, PredictAPI
-from .schemas import CompareResponse, ErrorBody, PredictResponse
+from .schemas import CompareResponse, ErrorBody, InferenceRequest, PredictRequest, PredictResponse
 
 ASSETS_URL = "/static/docs"
 DESCRIPTION = (
@@ -103,6 +103,7 @@ def _document_inference_routes(app: FastAPI) -> None:
             dependencies=route.dependencies,
             summary=summary,
             responses={200: {"model": answer}, **errors},
+            openapi_extra=route.openapi_extra,  # the body schema of a route that reads its body itself
         )
 
 
@@ -113,6 +114,7 @@ def _document_errors_as_json(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
+            _add_request_schemas(generate())
             for operation in (op for path in generate()["paths"].values() for op in path.values()):
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content")
@@ -121,6 +123,16 @@ def _document_errors_as_json(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _add_request_schemas(schema: dict[str, Any]) -> None:
+    # /predict and /compare parse their bodies themselves (predict_route.py), so FastAPI does not
+    # collect the request models their documentation points to.
+    schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (PredictRequest, InferenceRequest):
+        found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(found.pop("$defs", {}))
+        schemas.setdefault(model.__name__, found)
 
 
 def _path(route: BaseRoute) -> str | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import warnings
 import multiprocessing
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from multiprocessing.managers import SyncManager
 
 import litserve as ls
@@ -24,18 +25,23 @@ from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
+from .litserve_bridge import QueueBridge, drop_gzip, supervise_api_servers, take_over_route
 from .metrics import RequestMetricsMiddleware
+from .oip_grpc import check_port_free, grpc_lifespan
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
+from .record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
 from .routes import ManagementRoutes
+from .runtimes import marks_dir, reset_marks
 from .routing_plane import RoutingPlane
 from .settings import Settings
 from .store import Store, open_store
 from .validation import ValidationLimits
 
 logger = logging.getLogger("optiserve")
+# How often the main process looks for stale shared-memory segments (a dead API server is seen at once).
+SUPERVISE_SECONDS = 5.0
 
 
 class _QuietMonitorShutdown(logging.Filter):
@@ -46,11 +52,12 @@ class _QuietMonitorShutdown(logging.Filter):
         return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, (OSError, EOFError)))
 
 
-def build_server(settings: Settings, store: Store) -> ls.LitServer:
+def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.LitServer:
     with warnings.catch_warnings():
         # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
         warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
-        apis = [PredictAPI(settings), CompareAPI(settings)]
+        # Spawned workers run model code: they get the settings without the key (the guard keeps it).
+        apis = [PredictAPI(settings.without_secrets(), records), CompareAPI(settings.without_secrets(), records)]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
     if guard and settings.auth_inference:
         for api in apis:
@@ -66,11 +73,13 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
         restart_workers=True,
     )
     drop_gzip(server)
-    take_over_route(server, PredictAPI.endpoint)
     app = server.app
-    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
+    space = shared_tensors.space_for(settings.local_dir, settings.shm_budget_bytes)
     inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
-    PredictRoute(predict_bridge).install(app, inference_dependencies)
+    for api in apis:  # JSON bodies read within max_json_bytes, and large ones parsed in the worker
+        take_over_route(server, api.endpoint)
+        PredictRoute(QueueBridge(server, api.endpoint), settings.max_json_bytes, space, api.request_schema).install(app, inference_dependencies)
+    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
 
     def workers_ready() -> bool:
         # A Manager dict shared with the workers; it exists once run() has started them.
@@ -81,15 +90,16 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits), RoutingPlane(store), workers_ready, guard).router())
-    app.include_router(OipRoutes(store, predict_bridge, workers_ready, shared_tensors.prefix_for(settings.local_dir)).router(), dependencies=inference_dependencies)
+    oip = OipRoutes(store, predict_bridge, workers_ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
+    app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
-    _wrap_lifespan(app, settings)
+    _wrap_lifespan(app, settings, grpc_lifespan(settings, oip, predict_bridge, guard))
     return server
 
 
-def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
+def _wrap_lifespan(app: FastAPI, settings: Settings, grpc: Callable[[], AbstractAsyncContextManager[None]] | None = None) -> None:
     # LitServe never runs on_event("startup"); wrapping the lifespan is the hook that does run.
     inner = app.router.lifespan_context
 
@@ -98,7 +108,7 @@ def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
         die_with_parent()
         if getattr(instance, "response_queue_id", 0) == 0:
             print(f"optiserve is up at {settings.url}  (store: {settings.store_description})", flush=True)
-        async with inner(instance) as state:
+        async with inner(instance) as state, (grpc or nullcontext)():
             yield state
 
     app.router.lifespan_context = lifespan
@@ -113,16 +123,28 @@ def _manager_that_dies_with_parent() -> SyncManager:
 
 
 def run_server(settings: Settings) -> int:
+    if settings.grpc_port and (problem := check_port_free(settings)):
+        print(f"error: {problem}", flush=True)
+        return 1
     store = open_store(settings)
     _recover(settings, store)
+    reset_marks(settings.local_dir)  # warm marks of the last run's workers
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
     logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
     multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
-    runner = jobs.start_runner(settings) if settings.jobs else None
+    runner = jobs.start_runner(settings.without_secrets()) if settings.jobs else None
     try:
-        server = build_server(settings, store)
+        # Workers hold the index read-only; this thread writes their samples and timeouts.
+        writer = RecordWriter(store, settings.unhealthy_after)
+        server = build_server(settings, store, writer.sender)
+        writer.start()
+        prefix = shared_tensors.prefix_for(settings.local_dir)
+        # No segment outlives its request's deadline by much: older ones are an answer nobody waited
+        # for, or a request of an API server that died.
+        stale = 2 * settings.request_timeout + 10
+        supervise_api_servers(server, every=SUPERVISE_SECONDS, tick=lambda: shared_tensors.sweep(prefix, older_than=stale))
         server.run(
             host=settings.host,
             port=settings.port,

@@ -43,12 +43,33 @@ class BearerKey:
     def __init__(self, key: str) -> None:
         self._key = key.encode()
 
+    def __reduce__(self) -> tuple:
+        # LitServe pickles each LitAPI, with its `authorize` hook (this), into the inference workers
+        # it spawns; they never check a key, so theirs is one that refuses everything.
+        return (_refuse_all, ())
+
+    def __copy__(self) -> BearerKey:
+        return self  # a copy in this process (not a pickle) keeps working
+
+    def __deepcopy__(self, memo: dict) -> BearerKey:
+        return self
+
     def __call__(self, request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        self.check(request.headers.get("authorization", ""))
+
+    def check(self, authorization: str) -> None:
+        """The same check on an Authorization value from elsewhere (gRPC metadata)."""
+        scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not given:
             raise _unauthorized("this route needs 'Authorization: Bearer <key>'")
         if not hmac.compare_digest(given.strip().encode(), self._key):
             raise _unauthorized("the API key is wrong")
+
+
+def _refuse_all() -> BearerKey:
+    guard = BearerKey.__new__(BearerKey)
+    guard._key = b""  # compare_digest of a non-empty key with b"" is False; an empty one is refused above
+    return guard
 
 
 def _unauthorized(reason: str) -> ApiError:

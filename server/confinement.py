@@ -3,7 +3,9 @@
 The first line of defence is the vetted op set (optimizer_pipeline.model_ops): a model that can
 touch files or print is refused at upload. This module is the second line, for whatever that walk
 might miss: a process that runs model code gets no core dumps, a CPU-time and address-space cap,
-and, where the kernel offers Landlock, a filesystem it may write only where its job needs to.
+where the kernel offers Landlock a filesystem it may write (and, for workers and validation, read)
+only where its job needs to, and a seccomp filter (seccomp_filter.py): no exec, no ptrace, no
+sockets beyond what it needs. Such processes also get no API key (Settings.without_secrets).
 
 Landlock comes from the maintained `landlock` package (ctypes over the three syscalls); a kernel
 without it leaves the rlimits in force, and `describe()` says so in the start-up log.
@@ -15,10 +17,20 @@ import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import seccomp_filter
+from .seccomp_filter import SyscallPolicy
+
+if TYPE_CHECKING:
+    from .settings import Settings
+    from .store import Store
 
 # Read-only paths a confined process still needs: the interpreter, libraries, CPU topology.
 # Not /etc (passwd, secrets) and not /proc/<pid> (environ): only what libraries look up.
-_SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/proc/cpuinfo", "/proc/meminfo", "/sys/devices/system/cpu", "/dev/urandom")
+_SYSTEM_READ_PATHS = ("/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/proc/cpuinfo", "/proc/meminfo", "/sys/devices/system/cpu", "/dev/urandom")
+# What name resolution and TLS read, for a process that talks to a shared store over the network.
+_NETWORK_READ_PATHS = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/gai.conf", "/etc/host.conf", "/etc/ssl", "/etc/ca-certificates")
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,23 @@ class Confinement:
     readable: tuple[Path, ...] | None = None
     memory_bytes: int | None = None  # added on top of what the process has mapped already
     cpu_seconds: int | None = None
+    # None: no seccomp filter (a process that must still start a program, see seccomp_filter.py).
+    syscalls: SyscallPolicy | None = None
+    # Talks to a shared store over TCP: name resolution's files become readable (with `readable`).
+    network: bool = False
+
+
+def for_inference_worker(settings: Settings, store: Store, shm_dir: Path, extra_writable: tuple[Path, ...] = ()) -> Confinement:
+    """An inference worker writes only metrics, the index and shared-memory tensors. It reads only the
+    store's index and files besides the libraries: not the rest of the store's directory, which holds
+    the generated API key (`<store>/api-key`). It opens TCP sockets only to a shared store."""
+    metrics_dir = settings.metrics_dir.resolve()
+    return Confinement(
+        writable=(metrics_dir, shm_dir, *store.writable(), *extra_writable),
+        readable=(*store.readable(), metrics_dir),
+        syscalls=SyscallPolicy(network=settings.shared),
+        network=settings.shared,
+    )
 
 
 def landlock_abi() -> int:
@@ -45,13 +74,18 @@ def landlock_abi() -> int:
 def describe() -> str:
     """One line for the start-up log: which confinement layers this machine gives model code."""
     abi = landlock_abi()
-    landlock_text = f"Landlock ABI {abi} (filesystem writes confined)" if abi else "Landlock unavailable (rlimits only)"
-    return f"model code runs confined: vetted TorchScript ops, rlimits (no core dumps, CPU time, address space), {landlock_text}"
+    landlock_text = f"Landlock ABI {abi} (filesystem confined)" if abi else "Landlock unavailable (rlimits only)"
+    seccomp_text = "seccomp (no exec, ptrace or new network sockets)" if seccomp_filter.available() else "seccomp unavailable"
+    return (
+        f"model code runs confined: vetted TorchScript ops, rlimits (no core dumps, CPU time, address space), {landlock_text}, "
+        f"{seccomp_text}, no secrets (no API key in its settings, environment or readable files)"
+    )
 
 
 def apply(confinement: Confinement) -> list[str]:
     """Confine the calling process for the rest of its life; returns the layers that took effect."""
     layers = []
+    seccomp = confinement.syscalls is not None and seccomp_filter.available()  # before Landlock: it reads files
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     layers.append("no core dumps")
     if confinement.cpu_seconds is not None:
@@ -63,6 +97,9 @@ def apply(confinement: Confinement) -> list[str]:
         layers.append(f"address space +{confinement.memory_bytes >> 20} MiB")
     if _apply_landlock(confinement):
         layers.append("Landlock")
+    if seccomp:
+        seccomp_filter.install(confinement.syscalls)
+        layers.append("seccomp")
     return layers
 
 
@@ -85,7 +122,8 @@ def _apply_landlock(confinement: Confinement) -> bool:
     handled = write_access if confinement.readable is None else FSAccess.all()
     ruleset = Ruleset(restrict_rules=handled)
     if confinement.readable is not None:
-        paths = {*map(Path, _SYSTEM_READ_PATHS), *map(Path, _python_paths()), *confinement.readable}
+        network = _NETWORK_READ_PATHS if confinement.network else ()
+        paths = {*map(Path, _SYSTEM_READ_PATHS), *map(Path, network), *map(Path, _python_paths()), *confinement.readable}
         for path in sorted(paths):
             if path.exists():
                 ruleset.allow(str(path), rules=read_access if path.is_dir() else FSAccess.READ_FILE)
@@ -101,6 +139,7 @@ def _apply_landlock(confinement: Confinement) -> bool:
 def _python_paths() -> list[str]:
     # Not every sys.path entry: a source checkout on sys.path may hold the store itself.
     import optimizer_pipeline
+    import wire
 
-    packages = [str(Path(optimizer_pipeline.__file__).parent), str(Path(__file__).parent)]
+    packages = [str(Path(p.__file__).parent) for p in (optimizer_pipeline, wire)] + [str(Path(__file__).parent)]
     return [sys.prefix, sys.base_prefix, sys.exec_prefix, *packages]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -86,9 +87,19 @@ async def _optimizer_error(request: Request, exc: OptimizerError) -> JsonRespons
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JsonResponse:
-    problems = [_describe(error) for error in exc.errors()]
-    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return error_response(422, "invalid_request", "invalid request: " + "; ".join(problems), details, path=request.url.path)
+    message, details = _validation_problems(exc.errors())
+    return error_response(422, "invalid_request", message, details, path=request.url.path)
+
+
+def validation_error_body(errors: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The 422 body of a request that failed validation: where the API server's handler and a worker's parse agree."""
+    return error_body(422, "invalid_request", *_validation_problems(errors))
+
+
+def _validation_problems(errors: Sequence[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    problems = [_describe(error) for error in errors]
+    details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    return "invalid request: " + "; ".join(problems), details
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JsonResponse:
@@ -121,7 +132,9 @@ def status_code_name(status: int) -> str:
 def _describe(error: dict[str, Any]) -> str:
     if error.get("type") == "json_invalid":
         reason = error.get("ctx", {}).get("error", "decode error")
-        return f"the body is not valid JSON ({reason} at character {error.get('loc', ('', '?'))[-1]})"
+        position = error.get("loc", ("", "?"))[-1]
+        # json.loads gives a character position; pydantic's parser puts line and column in its reason.
+        return f"the body is not valid JSON ({reason} at character {position})" if isinstance(position, int) else f"the body is not valid JSON ({reason})"
     # 'body' prefixes every body field; users know their own field names without it.
     location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
     return f"{location or 'body'}: {error.get('msg', 'invalid')}"

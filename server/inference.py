@@ -28,7 +28,7 @@ from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.outputs import NamedOutputs
 from optimizer_pipeline.processes import die_with_parent
 from wire import WireTensor, encode_response
-from wire.codec import Encoded
+from wire.codec import Encoded, WireError
 
 from . import confinement, metrics
 from .codec import wire_ready
@@ -36,12 +36,14 @@ from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_watchdog import ForwardWatchdog
 from .litserve_bridge import GreedyBatchLoop
 from .observer import LiveObserver
-from .oip_call import InferCall
+from .oip_call import InferCall, RawInfer
+from .record_channel import RecordSender
 from .routing import Route, choose
-from .runtimes import RunVariant, VariantCache
+from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
-from .shared_tensors import MIN_BYTES, SHM_DIR, SharedArray, SharedResponse, prefix_for, share
+from .predict_route import BodyError, JsonBody
+from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedArray, SharedResponse, ShmFull, space_for
 from .store import open_store
 from .tensors import TensorDecodeError, to_object, to_torch
 
@@ -89,10 +91,11 @@ class Ran:
 
 class InferenceAPI(ls.LitAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
+    request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, records: RecordSender) -> None:
         super().__init__(
             max_batch_size=settings.max_batch_size if self.batched else 1,
             batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
@@ -100,6 +103,7 @@ class InferenceAPI(ls.LitAPI):
             loop=GreedyBatchLoop(),
         )
         self.settings = settings
+        self.records = records  # what a worker writes, the main process writes for it
 
     def setup(self, device: str) -> None:
         die_with_parent()
@@ -109,19 +113,18 @@ class InferenceAPI(ls.LitAPI):
         harden_torch()
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
-        self.store = open_store(self.settings)
-        # Workers write only metrics, the index and shared-memory tensors; what they read is not confined.
-        writable = (self.settings.metrics_dir.resolve(), SHM_DIR, *self.store.writable())
-        confinement.apply(confinement.Confinement(writable=writable))
-        self.shm_prefix = prefix_for(self.settings.local_dir)
-        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads)
+        self.store = open_store(self.settings, read_only=True)
+        warm_marks = marks_dir(self.settings.local_dir).resolve()
+        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
+        self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
+        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
     def _overran(self, model_id: str, seconds: float) -> None:
         """The watchdog's last act before this worker ends: count the timeout, answer what is held."""
         message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
         try:
-            self.store.record_timeout(model_id, message, self.settings.unhealthy_after)
+            self.records.timeout(model_id, message)
         finally:
             self.loop.answer_held(HTTPException(504, {"code": "model_timeout", "message": message}))
 
@@ -132,10 +135,16 @@ class InferenceAPI(ls.LitAPI):
         return list(output)
 
     def predict(self, x):
-        requests = x if isinstance(x, list) else [x]
+        requests = list(x) if isinstance(x, list) else [x]
         outcomes: list[Union[Outcome, None]] = [None] * len(requests)
         groups: dict[tuple, list[int]] = defaultdict(list)
         for position, request in enumerate(requests):
+            if isinstance(request, (JsonBody, RawInfer)):  # too large for the API server to parse
+                try:
+                    requests[position] = request = self._parse(request)
+                except BodyError as error:
+                    outcomes[position] = Outcome(error.status, error.body)
+                    continue
             groups[(request.model, getattr(request, "variant", None))].append(position)
         for (ref, variant), positions in groups.items():
             pending = [Pending(p, requests[p]) for p in positions]
@@ -152,6 +161,14 @@ class InferenceAPI(ls.LitAPI):
                 outcomes[item.position] = _in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
 
+    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
+        if isinstance(request, JsonBody):
+            return request.parse(self.request_schema)
+        try:
+            return request.decode()
+        except WireError as exc:
+            raise BodyError(400, {"error": str(exc)}) from None
+
     def encode_response(self, output: Outcome) -> Response:
         # LitServe builds /predict's route from this annotation. Only /v2 answers (raw bodies, which the
         # OIP route turns back into a Response) can be a SharedResponse.
@@ -159,7 +176,11 @@ class InferenceAPI(ls.LitAPI):
         if output.raw is not None:
             headers.update(output.raw.headers)
             if output.raw.size >= MIN_BYTES:
-                return SharedResponse(output.status, headers, share(output.raw.chunks, self.shm_prefix))
+                try:
+                    return SharedResponse(output.status, headers, self.shm.share(output.raw.chunks))
+                except ShmFull as exc:
+                    if output.raw.size > QUEUE_FALLBACK_BYTES:
+                        return JsonResponse({"error": str(exc)}, status_code=503, headers={k: headers[k] for k in (metrics.MODEL_HEADER, metrics.VARIANT_HEADER)})
             return Response(output.raw.body(), status_code=output.status, headers=headers)
         return JsonResponse(output.body, status_code=output.status, headers=headers)
 
@@ -215,7 +236,7 @@ class InferenceAPI(ls.LitAPI):
 
         # Loading warms the model up with a forward call, which gets the same hard limit.
         with (watchdog or self.watchdog).watching(info.id):
-            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info))
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info), variant.size_bytes)
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
@@ -283,6 +304,7 @@ class InferenceAPI(ls.LitAPI):
 
 class PredictAPI(InferenceAPI):
     endpoint = "/predict"
+    request_schema = PredictRequest
 
     def setup(self, device: str) -> None:
         super().setup(device)
@@ -291,7 +313,10 @@ class PredictAPI(InferenceAPI):
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         # Shadow forwards run on the observer's thread, under a time limit of their own.
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
-        self.observer = LiveObserver(self.store, self._shadow_forward)
+        self.observer = LiveObserver(self.store, self._shadow_forward, self.records)
+        # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
+        self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 
     def decode_request(self, request: PredictRequest) -> PredictRequest:
         return request
@@ -336,6 +361,7 @@ class PredictAPI(InferenceAPI):
 class CompareAPI(InferenceAPI):
     endpoint = "/compare"
     batched = False  # an A/B view of one request, not a throughput path
+    request_schema = InferenceRequest
 
     def decode_request(self, request: InferenceRequest) -> InferenceRequest:
         return request

@@ -10,21 +10,33 @@
   answer took 0.8 s of the API server's CPU, 100x the rest of the request; tensors barely compress.
 - `GreedyBatchLoop`: how a worker collects a batch (a loop is a public LitAPI argument; the queue
   items and the sentinel it handles are not).
+- `supervise_api_servers`: LitServe forks its API server processes once and never looks at them
+  again; one that died (SIGBUS, kill -9) left the shared listening socket open with nobody to
+  answer, so clients hung. They are watched, and restarted the way LitServe started them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import logging
+import multiprocessing
 import pickle
+import signal
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from multiprocessing.connection import wait
 from typing import Any
 
 import litserve as ls
+import uvicorn
 from fastapi import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from litserve.loops.base import _SENTINEL_VALUE, _StopLoopError
 from litserve.loops.simple_loops import BatchedLoop
+from litserve.server import _Server
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException, ResponseBufferItem
 
 # How long an idle worker blocks on its queue before LitServe's loop gets control back.
@@ -33,6 +45,7 @@ IDLE_WAKE_SECONDS = 1.0
 # else is likely queued, and asking (one more round trip to LitServe's queue manager) would cost a
 # lone request more than its forward call on a small model.
 BACKLOG_SECONDS = 0.0005
+logger = logging.getLogger("optiserve")
 
 
 class QueueBridge:
@@ -126,3 +139,59 @@ class GreedyBatchLoop(BatchedLoop):
         failure = PickleableHTTPException.from_exception(error)
         for response_queue_id, uid in self._held:
             self.put_response(self._transport, response_queue_id, uid, failure, LitAPIStatus.ERROR, LoopResponseType.REGULAR)
+
+
+def supervise_api_servers(server: ls.LitServer, every: float, tick: Callable[[], None]) -> None:
+    """Once `run()` has forked the API servers, restart any that dies; `tick` runs every `every` seconds meanwhile.
+
+    A thread of the main process watches their sentinels (the main thread is parked in run()). A
+    restarted server takes the same response queue id, so answers still find their way.
+    """
+    start_servers, shut_down = server._start_server, server._perform_graceful_shutdown
+    stopping = threading.Event()
+
+    def start(port, count, log_level, sockets, worker_type, **kwargs):
+        workers = start_servers(port, count, log_level, sockets, worker_type, **kwargs)
+        if worker_type == "process":
+            launch = lambda index: _fork_api_server(server, index, port, log_level, sockets, kwargs)  # noqa: E731
+            watcher = threading.Thread(target=_watch, args=(workers, launch, stopping, every, tick), daemon=True, name="optiserve-api-supervisor")
+            watcher.start()
+        return workers
+
+    def shutdown(*args, **kwargs):
+        stopping.set()  # LitServe is about to stop the API servers itself: no restarts from here on
+        return shut_down(*args, **kwargs)
+
+    server._start_server, server._perform_graceful_shutdown = start, shutdown
+
+
+def _watch(workers: dict[int, Any], launch: Callable[[int], Any], stopping: threading.Event, every: float, tick: Callable[[], None]) -> None:
+    while not stopping.is_set():
+        wait([process.sentinel for process in workers.values()], timeout=every)
+        for index, process in list(workers.items()):
+            if process.is_alive() or stopping.is_set():
+                continue
+            code = process.exitcode
+            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            logger.error("API server %d (pid %d) died (%s); restarting it", index, process.pid, how)
+            workers[index] = launch(index)  # the dict LitServe's shutdown stops, so it stops this one too
+        try:
+            tick()
+        except Exception:
+            logger.exception("periodic front-end upkeep failed")
+    # A restarted server dies with the thread that forked it (PR_SET_PDEATHSIG follows the thread):
+    # this one stays until LitServe's shutdown has stopped them all.
+    wait([process.sentinel for process in workers.values()], timeout=60)
+
+
+def _fork_api_server(server: ls.LitServer, index: int, port: int, log_level: str, sockets: list, kwargs: dict) -> Any:
+    # As LitServer._start_server (litserve 0.2.19) starts each API server, for one index.
+    server.app.response_queue_id = index
+    app = copy.copy(server.app)
+    server._prepare_app_run(app)
+    config = uvicorn.Config(
+        app=app, host="0.0.0.0", port=port, log_level=log_level, timeout_graceful_shutdown=server.uvicorn_graceful_timeout, **kwargs
+    )
+    process = multiprocessing.get_context("fork").Process(target=_Server(config=config).run, args=(index, sockets), name=f"LitServer-{index}")
+    process.start()
+    return process

@@ -17,7 +17,7 @@ from typing import IO
 from pydantic import SecretStr, ValidationError
 
 from .auth import resolve_key
-from .settings import Settings
+from .settings import SECRET_VARIABLES, Settings
 
 FLAG_TYPES = {int: int, float: float, str: str, Path: Path}
 
@@ -72,7 +72,7 @@ def run_worker(settings: Settings) -> int:
     from .jobs import work  # only now: it creates the Prometheus metrics (and imports torch)
 
     print(f"optiserve worker running jobs from {settings.store_description}", flush=True)
-    return work(settings)
+    return work(settings.without_secrets())  # it checks no key; its job processes run model code
 
 
 COMMANDS = {"serve": serve, "worker": run_worker}
@@ -88,7 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    _forget_secret_sources()
     return COMMANDS[args.command](settings)
+
+
+def _forget_secret_sources() -> None:
+    """The key lives in the Settings object from now on, not in the environment or sys.argv.
+
+    Every child inherits the environment, and spawned ones (LitServe's inference workers, the job
+    runner) get a copy of sys.argv: processes that run model code must find no key in either."""
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+    argv, hidden = list(sys.argv), False
+    for position, argument in enumerate(argv):
+        if hidden:
+            argv[position], hidden = "***", False
+        elif argument == "--api-key":
+            hidden = True
+        elif argument.startswith("--api-key="):
+            argv[position] = "--api-key=***"
+    sys.argv[:] = argv
 
 
 def _take_local_dir(settings: Settings) -> IO[bytes] | None:

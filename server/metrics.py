@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -82,6 +82,19 @@ LIVE_DROPPED = Counter(
     "optiserve_live_dropped_observations",
     "Served requests left out of live evidence because the worker's observer was behind",
     ["model"],
+)
+# Residency of loaded variants, per inference worker (pid): file sizes of the variants its cache holds.
+VARIANT_CACHE_BYTES = Gauge(
+    "optiserve_variant_cache_bytes",
+    "Bytes of model variants an inference worker keeps loaded (their file sizes), per worker pid",
+    ["api"],  # /predict or /compare; a label also keeps processes that hold no cache from reporting a 0
+    multiprocess_mode="liveall",  # one series per worker (pid label), not a sum across them
+)
+VARIANT_LOADS = Counter("optiserve_variant_loads", "Variant loads into an inference worker, per worker pid", ["api", "pid"])
+VARIANT_EVICTIONS = Counter(
+    "optiserve_variant_evictions",
+    "Variants an inference worker dropped to stay within --cache-size / --variant-cache-bytes (or never kept: larger than the bound)",
+    ["api", "pid"],
 )
 
 

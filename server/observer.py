@@ -2,8 +2,9 @@
 
 The serving thread hands every answered request over (`observe` only enqueues). This thread then
 runs the shadow forward where the route asks for one, compares the two variants' outputs, measures
-the inputs against the calibration batch, records one LiveSample per request in the store, and lets
-the guard judge the window: when it trips, the original takes all the traffic in every worker.
+the inputs against the calibration batch, and sends one LiveSample per request to the main process,
+which records it and lets the guard judge the window: when it trips, the original takes all the
+traffic in every worker.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
 
 from . import metrics
-from .live_window import InputMoments, LiveSample, live_status
-from .routing import Pinned, Route
-from .schemas import ModelInfo, RoutingEvent
-from .store import Store, now
+from .live_window import InputMoments, LiveSample
+from .record_channel import RecordSender
+from .routing import Route
+from .schemas import ModelInfo
+from .store import Store
 
 logger = logging.getLogger("optiserve")
 
@@ -67,9 +69,10 @@ class _Pending:
 
 
 class LiveObserver:
-    def __init__(self, store: Store, shadow_forward: ShadowForward) -> None:
-        self.store = store
+    def __init__(self, store: Store, shadow_forward: ShadowForward, records: RecordSender) -> None:
+        self.store = store  # read-only here: samples go to the main process, which writes them
         self.shadow_forward = shadow_forward
+        self.records = records
         self._queue: queue.Queue[Observation] = queue.Queue(MAX_QUEUED)
         self._queued_bytes = 0
         self._lock = threading.Lock()
@@ -140,20 +143,8 @@ class LiveObserver:
         pending.samples.append((info.id, sample))
 
     def _flush(self, pending: _Pending) -> None:
-        self.store.record_live(pending.samples)
-        for model_id in pending.compared:
-            info = self.store.get(model_id)
-            if info is None:
-                continue
-            status = live_status(self.store, info)
-            verdict = status.guard  # summarize has judged the window already
-            if verdict.state != "tripped":
-                continue
-            event = RoutingEvent(
-                at=now(), kind="rollback", trigger="guard", reason=verdict.reason, routing=Pinned(variant="original"), fidelity=status.fidelity
-            )
-            if self.store.roll_back(model_id, info.routing_revision, event):
-                logger.warning("model %r rolled back to its original: %s", info.name, verdict.reason)
+        # The main process writes them and judges the guard of the models compared (record_channel.py).
+        self.records.live(pending.samples, pending.compared)
 
     # ---- drift ----
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import version as package_version
+from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,25 +20,36 @@ from starlette.concurrency import run_in_threadpool
 
 from wire import ModelMetadata
 from wire.codec import HEADER_LENGTH, WireError, decode_request
-from wire.schemas import ErrorBody, InferenceRequest, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
+from wire.schemas import ErrorBody, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
 
 from .codec import DATATYPES
 from .errors import ApiError, JsonResponse, not_found
 from .litserve_bridge import QueueBridge
-from .oip_call import InferCall
-from .predict_route import ROUTING_KEY_HEADER
+from .oip_call import InferCall, RawInfer
+from .predict_route import INLINE_PARSE_BYTES, ROUTING_KEY_HEADER, carry, read_body, release, too_large
+from .runtimes import warm_everywhere
 from .schemas import ModelInfo, VariantName
-from .shared_tensors import MIN_BYTES, SharedResponse, share_array
+from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedArray, SharedResponse, SharedSpace, ShmFull
 from .store import Store
 
 VARIANTS = ("original", "optimized")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 503)}
 
 
 class OipRoutes:
-    def __init__(self, store: Store, bridge: QueueBridge, workers_ready: Callable[[], bool], shm_prefix: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bridge: QueueBridge,
+        workers_ready: Callable[[], bool],
+        space: SharedSpace,
+        max_json_bytes: int,
+        warm_marks: Path | None = None,
+    ) -> None:
         self.store = store
-        self.shm_prefix = shm_prefix
+        self.warm_marks = warm_marks  # where the workers say what they have warmed; None: no warm-up check
+        self.space = space
+        self.max_json_bytes = max_json_bytes
         self.bridge = bridge
         self.workers_ready = workers_ready
 
@@ -75,7 +88,7 @@ class OipRoutes:
         return ModelMetadata(
             name=info.name,
             versions=[variant.name for variant in info.variants],
-            platform="pytorch_torchscript",
+            platform="pytorch_export" if summary.format == "exported" else "pytorch_torchscript",
             inputs=_tensors(summary.inputs, summary.input_shapes, summary.input_dtypes),
             # Uploads from before output dtypes were recorded: their outputs go out as float (wire_ready).
             outputs=_tensors(summary.outputs, summary.output_shapes, summary.output_dtypes or ["float32"] * len(summary.outputs)),
@@ -84,33 +97,60 @@ class OipRoutes:
     async def model_ready(self, model: str, version: str | None = None) -> ModelReady:
         info = await self._model(model, None)
         wanted = version or info.default_variant
-        return ModelReady(name=info.name, ready=info.variant(wanted) is not None and info.health.healthy)
+        ready = info.variant(wanted) is not None and info.health.healthy
+        if ready and self.warm_marks is not None:
+            # Ready once every worker has loaded and run the variant(s): the first request pays no load.
+            variants = [v for v in info.variants if version is None or v.name == version]
+            ready = await run_in_threadpool(warm_everywhere, self.warm_marks, info, variants)
+        return ModelReady(name=info.name, ready=ready)
 
     async def infer(self, request: Request, model: str, version: str | None = None) -> Response:
         if version is not None and version not in VARIANTS:
             raise ApiError(404, "version_not_found", f"unknown version {version!r}; the versions are {list(VARIANTS)}")
-        body = await request.body()
+        header_length = request.headers.get(HEADER_LENGTH)
+        routing_key = request.headers.get(ROUTING_KEY_HEADER)
+        if header_length is None:  # all of it is JSON
+            body = await read_body(request, self.max_json_bytes)
+            json_bytes = len(body)
+        else:
+            json_bytes = int(header_length) if header_length.isdigit() else 0  # decode_request explains a bad one
+            if json_bytes > self.max_json_bytes:
+                raise too_large(self.max_json_bytes, "the JSON part of the body (Inference-Header-Content-Length)")
+            body = await request.body()
+        if json_bytes > INLINE_PARSE_BYTES:
+            # Parsing this much JSON would hold the API server for long: the worker decodes it.
+            raw = RawInfer(model, version, carry(body, self.space), header_length, routing_key)
+            del body
+            try:
+                return await self._answer(raw)
+            finally:
+                release(raw.data)
         try:
-            parsed, tensors = decode_request(body, request.headers.get(HEADER_LENGTH))
+            parsed, tensors = decode_request(body, header_length)
         except WireError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
-        shared = [tensor for tensor in tensors if tensor.array.nbytes >= MIN_BYTES]
-        for tensor in shared:
-            tensor.array = share_array(tensor.array, self.shm_prefix)
-        call = InferCall(
-            model=model,
-            variant=version,
-            inputs=tensors,
-            request_id=parsed.id,
-            binary_outputs=_binary_outputs(parsed),
-            requested_outputs=[output.name for output in parsed.outputs] if parsed.outputs else None,
-            routing_key=request.headers.get(ROUTING_KEY_HEADER),
-        )
+        shared = []
         try:
-            answer = await self.bridge.call(call)
+            for tensor in tensors:
+                if tensor.array.nbytes >= MIN_BYTES:
+                    tensor.array = self._share(tensor.array)
+                    if isinstance(tensor.array, SharedArray):
+                        shared.append(tensor.array)
+            return await self._answer(InferCall.of(parsed, tensors, model, version, routing_key))
         finally:
-            for tensor in shared:
-                tensor.array.data.unlink()
+            for array in shared:
+                array.data.unlink()
+
+    def _share(self, array: np.ndarray) -> np.ndarray | SharedArray:
+        try:
+            return self.space.share_array(array)
+        except ShmFull as exc:
+            if array.nbytes <= QUEUE_FALLBACK_BYTES:
+                return array  # through LitServe's queue: slower, but served
+            raise ApiError(503, "shm_full", str(exc)) from None
+
+    async def _answer(self, call: InferCall | RawInfer) -> Response:
+        answer = await self.bridge.call(call)
         return answer.to_response() if isinstance(answer, SharedResponse) else answer
 
     async def repository_index(self) -> list[RepositoryEntry]:
@@ -138,13 +178,6 @@ def _tensors(names: list[str], shapes: list[list[int]], dtypes: list[str]) -> li
         MetadataTensor(name=name, datatype=DATATYPES.get(getattr(torch, dtype, None), "FP32"), shape=[-1, *shape])
         for name, shape, dtype in zip(names, shapes, dtypes)
     ]
-
-
-def _binary_outputs(request: InferenceRequest) -> dict[str, bool] | bool:
-    default = bool((request.parameters or {}).get("binary_data_output", False))
-    if not request.outputs:
-        return default
-    return {output.name: bool((output.parameters or {}).get("binary_data", default)) for output in request.outputs}
 
 
 def _unavailable_reason(info: ModelInfo, variant: VariantName) -> str:

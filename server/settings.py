@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -20,6 +21,11 @@ class Settings(BaseSettings):
         "store",
         description="model store: a directory (embedded: SQLite index, model files, metrics) or a postgresql:// DSN "
         "(shared by API replicas and workers; needs --artifacts)",
+    )
+    worker_store: str | None = Field(
+        None,
+        description="postgresql:// DSN the inference workers read a shared store with: a role with SELECT only "
+        "(deploy/README.md); default: --store, in read-only sessions",
     )
     artifacts: str | None = Field(None, description="s3://bucket/prefix holding a shared store's model files (endpoint and keys: AWS_* variables)")
     state_dir: Path | None = Field(
@@ -40,11 +46,43 @@ class Settings(BaseSettings):
     job_timeout: float = Field(
         3600.0, gt=0, le=7 * 86400, description="wall-clock limit of one optimization job; past it the job fails (not retried)"
     )
+    job_concurrency: int = Field(1, ge=1, le=64, description="optimization jobs a runner (the server's, or `optiserve worker`) runs at once")
+    job_step_timeout: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="upper bound on the deadline of one model-running step of a job (an upload's candidate_timeout is cut to it); "
+        "a candidate past its deadline fails alone and the search goes on",
+    )
     job_memory_bytes: int = Field(16 * 2**30, ge=256 * 2**20, description="memory one optimization job may map beyond torch itself")
     job_attempts: int = Field(2, ge=1, le=10, description="runs a job gets when the server stops during it")
     max_upload_bytes: int = Field(512 * 2**20, ge=1024, description="largest request body accepted (413 above)")
+    max_json_bytes: int = Field(
+        8 * 2**20,
+        ge=1024,
+        description="largest JSON inference body (/predict, /compare, a /v2 JSON part) accepted (413 above: send big tensors "
+        "as /v2 binary data)",
+    )
+    shm_budget_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="bytes of /dev/shm that large tensors in flight may hold at once (beyond: small ones take the slower "
+        "queue, large ones get 503 shm_full); default: half of /dev/shm",
+    )
     max_batch_size: int = Field(16, ge=1, le=4096, description="requests merged into one forward call")
     cache_size: int = Field(8, ge=1, le=1024, description="loaded variants kept per inference worker (LRU)")
+    variant_cache_bytes: int = Field(
+        0,
+        ge=0,
+        description="bytes of loaded variants (their file sizes) each inference worker keeps, least recently used "
+        "dropped first; a larger variant is still served (loaded, used, dropped); 0: only --cache-size bounds it",
+    )
+    grpc_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of OIP v2 over gRPC (KServe's GRPCInferenceService; Triton uses 8001); 0 (default) turns it off",
+    )
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
     forward_timeout: float = Field(
         30.0, gt=0, le=3600, description="hard limit of one forward call; past it the worker is restarted and its requests get 504"
@@ -66,8 +104,14 @@ class Settings(BaseSettings):
     def _shared_store_has_artifacts(self) -> Settings:
         if self.shared and not (self.artifacts or "").startswith("s3://"):
             raise ValueError("a postgresql:// store keeps its model files in an object store: pass --artifacts s3://bucket/prefix")
+        if self.worker_store is not None and not (self.shared and is_postgres_dsn(self.worker_store)):
+            raise ValueError("--worker-store is a postgresql:// DSN for the workers of a postgresql:// store")
         if not self.shared and self.artifacts is not None:
             raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
+        if self.shared and (missing := [name for name in ("psycopg", "psycopg_pool", "boto3") if not _installed(name)]):
+            raise ValueError(
+                f"a postgresql:// store needs the [shared] extra ({', '.join(missing)} not installed): pip install 'optiserve[shared]'"
+            )
         if self.shared and self.auth and self.api_key is None:
             # A key generated per process would differ between replicas behind one Service.
             raise ValueError("replicas of a shared store must share one API key: set OPTISERVE_API_KEY (or --api-key)")
@@ -78,6 +122,11 @@ class Settings(BaseSettings):
         if not self.auth and self.host not in ("127.0.0.1", "::1") and not self.insecure:
             raise ValueError(f"auth is off on host {self.host}, reachable from other machines: pass --insecure to mean it")
         return self
+
+    def without_secrets(self) -> Settings:
+        """These settings for a process that runs model code: no API key (only the main process and
+        the HTTP front end check it; a memory-safety bug in a model must find nothing to steal)."""
+        return self.model_copy(update={"api_key": None})
 
     @property
     def url(self) -> str:
@@ -106,6 +155,17 @@ class Settings(BaseSettings):
     def metrics_dir(self) -> Path:
         # Wiped by the main process at every start: the counters describe this run only.
         return self.local_dir / "metrics"
+
+
+def _installed(module: str) -> bool:
+    try:
+        return find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec: blocked, or half imported
+        return False
+
+
+# Read once into Settings, then removed from the process environment before any child starts.
+SECRET_VARIABLES = ("OPTISERVE_API_KEY",)
 
 
 def is_postgres_dsn(location: str) -> bool:

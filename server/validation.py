@@ -24,6 +24,7 @@ from optimizer_pipeline.report import ModelSummary
 
 from . import confinement
 from .errors import ApiError, optimizer_error_code
+from .seccomp_filter import SyscallPolicy
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["optimizer_pipeline", "server.validation"])
@@ -103,7 +104,7 @@ def _validate_in_child(sender: Connection, directory: Path, has_labels: bool, co
     harden_torch()
     confinement.apply(
         confinement.Confinement(
-            readable=(directory,), memory_bytes=limits.memory_bytes, cpu_seconds=int(limits.seconds) + 1
+            readable=(directory,), memory_bytes=limits.memory_bytes, cpu_seconds=int(limits.seconds) + 1, syscalls=SyscallPolicy()
         )
     )
     try:

@@ -66,6 +66,22 @@ class Loops(nn.Module):
         return x
 
 
+class LoopsOncePruned(nn.Module):
+    """Runs as uploaded, and never returns once any weight of its first layer is zero: its pruned
+    candidates hang, the original and its other candidates do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(16, 64)
+        self.rest = nn.Sequential(nn.ReLU(), nn.Linear(64, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.rest(self.first(x))
+        while bool((self.first.weight == 0.0).any()):
+            y = y + 0.0
+        return y
+
+
 def archive(model: nn.Module) -> bytes:
     return _script(model)
 

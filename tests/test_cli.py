@@ -137,6 +137,17 @@ def test_a_worker_needs_a_shared_store_and_a_shared_store_its_parts(tmp_path, ca
     assert_one_line_error(capsys.readouterr().err, "must share one API key")
 
 
+def test_a_shared_store_without_the_shared_extra_names_the_extra_to_install(tmp_path):
+    # psycopg blocked as if the [shared] extra were not installed; the server must say what to install.
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from clients.cli import main; "
+        "sys.exit(main(['serve', '--store', 'postgresql://db.example/optiserve', '--artifacts', 's3://models']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == ExitCode.INPUT, result.stderr
+    assert_one_line_error(result.stderr, "optiserve[shared]", "psycopg")
+
+
 def test_usage_errors_keep_argparse_exit_code(capsys):
     assert main(["predict", "cli-mlp"]) == ExitCode.USAGE
     assert main(["models", "--url", "localhost:8000"]) == ExitCode.USAGE

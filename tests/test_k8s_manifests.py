@@ -65,3 +65,13 @@ def test_service_and_autoscaler_point_at_the_api_replicas():
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     probes = {probe: pod["spec"]["containers"][0][probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
     assert probes == {"readinessProbe": "/ready", "livenessProbe": "/health"}
+
+
+def test_every_pod_states_the_dev_shm_size_it_needs():
+    # A container's /dev/shm is 64 MiB unless the pod says otherwise; large tensors cross it.
+    for deployment in of_kind("Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["emptyDir"]["medium"] == "Memory" and volume["emptyDir"]["sizeLimit"], deployment["metadata"]["name"]

@@ -34,8 +34,8 @@ def make_store(request, tmp_path, monkeypatch):
         settings = {"store": database.new_database(), "artifacts": f"s3://{objects.new_bucket()}/team-a", "api_key": "k"}
     handles = []
 
-    def make(lease_seconds: float = 30.0, local: str = "state") -> Store:
-        handle = open_store(Settings(**settings, state_dir=tmp_path / local, job_lease=lease_seconds))
+    def make(lease_seconds: float = 30.0, local: str = "state", read_only: bool = False) -> Store:
+        handle = open_store(Settings(**settings, state_dir=tmp_path / local, job_lease=lease_seconds), read_only=read_only)
         handles.append(handle)
         return handle
 
@@ -213,3 +213,27 @@ def _poll(check, timeout: float = 10.0):
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
     return value
+
+
+def test_a_read_only_handle_reads_everything_and_writes_nothing(make_store):
+    """How inference workers open the store: a model's code must not be able to rewrite the index."""
+    writer = make_store()
+    model_id = add(writer, "kept")
+    reader = make_store(read_only=True, local="worker-state")
+    assert reader.get("kept").id == model_id
+    assert reader.file(model_id, "original.pt").read_bytes() == b"model-bytes"
+    event = RoutingEvent(at=now(), kind="rollback", trigger="guard", reason="forged", routing=Pinned(variant="original"))
+    writes = {
+        "timeout": lambda: reader.record_timeout(model_id, "forged", 1),
+        "routing": lambda: reader.set_routing(model_id, Pinned(variant="original").model_dump_json(), event),
+        "rollback": lambda: reader.roll_back(model_id, 0, event),
+        "live": lambda: reader.record_live([(model_id, LiveSample(revision=0, served="original", served_ms=1.0))]),
+        "delete": lambda: reader.delete(model_id),
+    }
+    for name, write in writes.items():
+        with pytest.raises(Exception, match="read-only|readonly") as refused:
+            write()
+        assert refused.type.__name__ in ("OperationalError", "ReadOnlySqlTransaction"), (name, refused.value)
+    info = writer.get(model_id)
+    assert info is not None and info.health.healthy and info.routing_revision == 0
+    assert writer.live_samples(model_id, 10) == []

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from .. import deadline, jit
+from .. import deadline, jit, watch
 from ..limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_LEARNING_RATE, MAX_STEPS, Seed
 from ..calibration import Batch
 from ..fidelity import compare_outputs
@@ -117,6 +117,7 @@ def distill(model: jit.ScriptModule, calibration: Batch, config: DistillationCon
                 best_loss, best_state, best_epoch = held_loss, _snapshot(model), epoch
             if epoch - best_epoch >= config.patience or steps == config.steps:
                 break
+            watch.beat()  # an epoch ended: the step that runs this training is alive
             if deadline.passed():
                 cut_short = f"stopped after epoch {epoch} of {config.epochs}: the search's time budget ran out"
                 break

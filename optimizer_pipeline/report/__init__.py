@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 
 # The runtimes a variant can be served on (one module each in optimizer_pipeline/runtimes/).
-Runtime = Literal["torchscript", "onnxruntime", "openvino"]
+Runtime = Literal["torchscript", "onnxruntime", "openvino", "exported"]
+# The format an upload came in: a TorchScript archive or a torch.export program (.pt2).
+ModelFormat = Literal["torchscript", "exported"]
 
 
 def _finite_or_text(value: float) -> float | str:
@@ -111,6 +113,11 @@ class ModelSummary(BaseModel):
     parameters: int
     size_bytes: int
     exported_methods: list[str]
+    format: ModelFormat = Field(
+        "torchscript",
+        description="torchscript, or exported: a .pt2 program, which serves as the original while the passes work on "
+        "TorchScript traced from it",
+    )
 
 
 class CalibrationSummary(BaseModel):

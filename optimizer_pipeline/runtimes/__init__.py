@@ -1,4 +1,5 @@
-"""Execution runtimes a variant can run on: TorchScript, ONNX Runtime and OpenVINO, one module each.
+"""Execution runtimes a variant can run on: TorchScript, ONNX Runtime, OpenVINO and (for a .pt2
+upload's original) the torch.export program itself, one module each.
 
 Every runtime implements base.RuntimeSupport (recognise, serialize, load with a thread count); the
 pipeline measures candidates and the server's workers load variants through `load_variant`, so a
@@ -10,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from .base import LoadedVariant, RuntimeSupport
+from .exported import ExportedRuntime
 from .onnxruntime import OnnxRuntime
 from .openvino import OpenVinoRuntime
 from .torchscript import TorchScriptRuntime
 
 RUNTIMES: dict[str, RuntimeSupport] = {
-    runtime.name: runtime for runtime in (TorchScriptRuntime(), OnnxRuntime(), OpenVinoRuntime())
+    runtime.name: runtime for runtime in (TorchScriptRuntime(), OnnxRuntime(), OpenVinoRuntime(), ExportedRuntime())
 }
 
 

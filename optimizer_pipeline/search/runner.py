@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report
+from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again
 from ..config import PipelineConfig, Tolerance
 from ..deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
@@ -112,6 +112,15 @@ def run_search(
             stopped = "the next trial would not fit in the time budget"  # the budget itself is stated once, in time_budget_s
             break
         trial = queue.pop(0)
+        not_run = not_run_again(trial.name, trial.plan)
+        if not_run is not None:  # it exceeded its deadline in an earlier run of this job (watch.py)
+            not_run.report.origin = trial.origin
+            built.append(not_run)
+            if not_run.report.status == "skipped":
+                state.skipped += 1
+            else:
+                state.ran += 1
+            continue
         reason = _dominated(trial.plan, state.misses)
         if reason:
             built.append(_skipped(trial, reason))

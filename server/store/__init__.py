@@ -16,12 +16,16 @@ from .stamps import new_model_id, now
 __all__ = ["Claim", "NameTakenError", "Store", "new_model_id", "now", "open_store"]
 
 
-def open_store(settings: Settings) -> Store:
-    """The store the settings name: a directory, or a postgresql:// DSN with s3:// artifacts."""
+def open_store(settings: Settings, read_only: bool = False) -> Store:
+    """The store the settings name: a directory, or a postgresql:// DSN with s3:// artifacts.
+
+    `read_only`: for inference workers, whose writes go through the main process (record_channel.py)."""
     if settings.shared:
         from .s3_artifacts import S3Artifacts
 
         assert settings.artifacts is not None  # the settings' validator insists
-        return Store(PostgresDatabase(settings.store), S3Artifacts(settings.artifacts, settings.local_dir / "cache"), settings.job_lease)
+        dsn = (settings.worker_store or settings.store) if read_only else settings.store
+        database = PostgresDatabase(dsn, read_only=read_only)
+        return Store(database, S3Artifacts(settings.artifacts, settings.local_dir / "cache"), settings.job_lease)
     root = Path(settings.store)
-    return Store(SqliteDatabase(root / "index.sqlite3"), LocalArtifacts(root / "models"), settings.job_lease)
+    return Store(SqliteDatabase(root / "index.sqlite3", read_only=read_only), LocalArtifacts(root / "models"), settings.job_lease)

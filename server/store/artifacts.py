@@ -51,6 +51,10 @@ class ArtifactStore(Protocol):
         """Local directories a process that reads files (and writes the model's, if given) must be allowed to write."""
         ...
 
+    def readable(self) -> tuple[Path, ...]:
+        """Local directories a process that reads models' files must be allowed to read."""
+        ...
+
 
 class LocalArtifacts:
     """The embedded backend: `<store>/models/<model id>/<file name>`, written atomically in place."""
@@ -103,6 +107,10 @@ class LocalArtifacts:
 
     def writable(self, model_id: str | None) -> tuple[Path, ...]:
         return () if model_id is None else (self.models_dir / model_id,)
+
+    def readable(self) -> tuple[Path, ...]:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        return (self.models_dir,)
 
     @staticmethod
     def _key(model_id: str, name: str) -> str:

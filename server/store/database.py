@@ -60,7 +60,11 @@ class Database(Protocol):
     def transaction(self, durable: bool = True) -> Iterator[Session]: ...
 
     def files(self) -> tuple[Path, ...]:
-        """Local files a process that uses the index must be allowed to write."""
+        """Local files of the index (a process that uses it must be allowed to read them)."""
+        ...
+
+    def writable_files(self) -> tuple[Path, ...]:
+        """Of those, the ones a process that uses the index must be allowed to write."""
         ...
 
 
@@ -74,8 +78,11 @@ class SqliteDatabase:
     skip_locked = ""
     clock = "((julianday('now') - 2440587.5) * 86400.0)"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = path
+        # Read-only (inference workers): SQLite refuses every write on the connection, whatever the
+        # process runs; the main process created the file and its schema before any worker starts.
+        self.read_only = read_only
         self._local = threading.local()
 
     def _connection(self) -> sqlite3.Connection:
@@ -87,6 +94,10 @@ class SqliteDatabase:
         return local.connection
 
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30, isolation_level=None)
+            connection.row_factory = _dict_row
+            return connection
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         connection.row_factory = _dict_row
@@ -123,6 +134,10 @@ class SqliteDatabase:
         self._connection()  # they exist once a connection is open; the server's main process keeps one
         return tuple(Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm"))
 
+    def writable_files(self) -> tuple[Path, ...]:
+        # A WAL reader still writes the shared-memory index (-shm): read locks live there.
+        return self.files()[2:] if self.read_only else self.files()
+
 
 # Columns added after the first release: stores created before them gain them at the next start.
 _LATER_COLUMNS = {"jobs": (("lease", "INTEGER NOT NULL DEFAULT 0"), ("lease_expires", "DOUBLE PRECISION"), ("worker", "TEXT"))}
@@ -146,23 +161,29 @@ class PostgresDatabase:
     skip_locked = " FOR UPDATE SKIP LOCKED"
     clock = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
-    def __init__(self, dsn: str, pool_size: int = 4) -> None:
+    def __init__(self, dsn: str, pool_size: int = 4, read_only: bool = False) -> None:
         self.dsn = dsn
         self.pool_size = pool_size
+        # Read-only sessions: a guard against our own bugs, not against a compromised process, which
+        # can turn it off; that takes a role with SELECT only (`worker_store`, deploy/README.md).
+        self.read_only = read_only
         self._pool: PerProcess[Any] = PerProcess(self._open)
 
     def _open(self) -> Any:
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
+        options = {"options": "-c default_transaction_read_only=on"} if self.read_only else {}
         pool = ConnectionPool(
             self.dsn,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **options},
             open=True,
             name=f"optiserve-{os.getpid()}",
         )
+        if self.read_only:
+            return pool  # the schema is the writers' business
         with pool.connection() as connection, connection.transaction():
             connection.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
             connection.execute(schema("postgresql"))
@@ -181,6 +202,9 @@ class PostgresDatabase:
             yield Session(connection, translate=True)
 
     def files(self) -> tuple[Path, ...]:
+        return ()
+
+    def writable_files(self) -> tuple[Path, ...]:
         return ()
 
     def close(self) -> None:

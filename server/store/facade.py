@@ -99,7 +99,12 @@ class Store:
     def writable(self, model_id: str | None = None) -> tuple[Path, ...]:
         """Local paths a process using the store must be allowed to write: the index's files, the
         artifact cache, and, for a job (`model_id`), the model's files."""
-        return (*self.artifacts.writable(model_id), *self.db.files())
+        return (*self.artifacts.writable(model_id), *self.db.writable_files())
+
+    def readable(self) -> tuple[Path, ...]:
+        """Local paths a process that serves models must be allowed to read: the index's files and
+        the artifacts (or their local cache); not the rest of the store's directory."""
+        return (*self.artifacts.readable(), *self.db.files())
 
     # ---- health, routing, events and live evidence ----
 

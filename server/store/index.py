@@ -29,7 +29,7 @@ class ModelIndex:
         if old is not None:
             tx.execute("DELETE FROM models WHERE id = ?", (old["id"],))
         tx.execute("INSERT INTO models (id, name, meta) VALUES (?, ?, ?)", (meta.id, meta.name, meta.model_dump_json()))
-        self.put_variant(tx, meta.id, "original", "torchscript", "original.pt", original_size)
+        self.put_variant(tx, meta.id, "original", meta.summary.format, "original.pt", original_size)
         self.put_files(tx, meta.id, keys)
         return None if old is None else old["id"]
 

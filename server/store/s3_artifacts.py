@@ -99,6 +99,9 @@ class S3Artifacts:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         return (self.cache_dir,)
 
+    def readable(self) -> tuple[Path, ...]:
+        return self.writable(None)
+
     def _cache(self, key: str, data: bytes) -> Path:
         path = self.cache_dir / "objects" / key
         atomic_write_bytes(path, data)  # readers in other processes see no file or a whole one

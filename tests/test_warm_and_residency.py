@@ -1,0 +1,110 @@
+"""Warm before ready, and residency bounded by bytes, against real servers.
+
+- A model says ready (/v2/models/{m}/ready) only once every /predict worker has loaded and run its
+  variants, so the first request after ready costs what the next ones do.
+- A worker keeps at most --variant-cache-bytes of variants loaded (their file sizes), least recently
+  used dropped first; a variant larger than the bound is still served.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import pytest
+import requests
+import torch
+from torch import nn
+
+import tiny_models
+from server_harness import AUTH, FORCED_FREEZE, metric_value, server_fixture, upload, wait_for, wait_until
+
+MB = 1_000_000
+BOUND = 90 * MB  # holds two 40 MB variants, not three
+server = server_fixture({"OPTISERVE_VARIANT_CACHE_BYTES": str(BOUND), "OPTISERVE_MAX_UPLOAD_BYTES": str(300 * MB)})
+CNN_ARCHIVE, CNN_INPUTS = tiny_models.cnn_bn()
+
+
+class Ballasted(nn.Module):
+    """A small MLP carrying an unused buffer: a model file of a chosen size that loads in a moment."""
+
+    def __init__(self, ballast_bytes: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = tiny_models.MLP()
+        self.register_buffer("ballast", torch.randn(ballast_bytes // 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def ballasted(ballast_bytes: int, seed: int) -> bytes:
+    return tiny_models._script(Ballasted(ballast_bytes, seed))
+
+
+def ready(url: str, model: str) -> bool:
+    return requests.get(f"{url}/v2/models/{model}/ready", timeout=10).json()["ready"]
+
+
+def timed_requests(session: requests.Session, url: str, model: str, count: int) -> list[float]:
+    body = {"model": model, "inputs": [CNN_INPUTS[0][:1].tolist()]}
+    seconds = []
+    for _ in range(count):
+        started = time.perf_counter()
+        response = session.post(url + "/predict", json=body, timeout=60)
+        seconds.append(time.perf_counter() - started)
+        assert response.status_code == 200, response.text
+    return seconds
+
+
+@pytest.mark.parametrize("step", ["upload", "replace"])
+def test_first_request_after_ready_costs_what_the_next_ones_do(server, step):
+    accepted = upload(server.url, CNN_ARCHIVE, CNN_INPUTS, name="warm", config=FORCED_FREEZE, replace=step == "replace")
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for(server.url, accepted.json()["id"])["state"] == "ready"
+    wait_until(lambda: ready(server.url, "warm"), "the model to say ready (its variants warm in every worker)", timeout=60)
+    with requests.Session() as session:
+        assert session.get(server.url + "/v2/health/live", timeout=10).status_code == 200  # the connection is up
+        first, *steady = timed_requests(session, server.url, "warm", 21)
+    # Without warm-up the first request pays loading the variant and TorchScript's first optimizing calls.
+    assert first < 3 * statistics.median(steady), (first, statistics.median(steady))
+
+
+def worker_rss(url: str) -> dict[str, int]:
+    """RSS in bytes of each /predict worker, found by the pid label of its residency gauge."""
+    text = requests.get(url + "/metrics", timeout=30).text
+    pids = {line.split('pid="')[1].split('"')[0] for line in text.splitlines() if line.startswith('optiserve_variant_cache_bytes{api="/predict"')}
+    sizes = {}
+    for pid in pids:
+        status = open(f"/proc/{pid}/status").read()
+        sizes[pid] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+    return sizes
+
+
+def test_variants_beyond_the_byte_bound_are_served_in_turn_with_lru_evictions(server):
+    before = worker_rss(server.url)
+    assert before, "no worker reports its residency gauge"
+    archives = {f"heavy{i}": ballasted(40 * MB, i) for i in range(5)} | {"huge": ballasted(100 * MB, 9)}  # huge > the bound
+    inputs = tiny_models.mlp()[1]
+    for name, archive in archives.items():
+        accepted = upload(server.url, archive, inputs, name=name, config=FORCED_FREEZE)
+        assert accepted.status_code == 202, accepted.text
+        assert wait_for(server.url, accepted.json()["id"], timeout=180)["state"] == "ready"
+    x = inputs[0][:2]
+    for _ in range(2):
+        for name, archive in archives.items():
+            body = {"model": name, "variant": "original", "inputs": [x.tolist()]}
+            response = requests.post(server.url + "/predict", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            output = response.json()["outputs"][0]
+            got = torch.tensor(output["data"]).reshape(output["shape"])
+            torch.testing.assert_close(got, tiny_models.local_forward(archive, x), rtol=1e-5, atol=1e-5)
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    assert metric_value(text, "optiserve_variant_evictions_total") >= 6
+    assert metric_value(text, "optiserve_variant_loads_total") >= 12
+    loaded = [float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith("optiserve_variant_cache_bytes{")]
+    assert loaded and max(loaded) <= BOUND
+    after = worker_rss(server.url)
+    # Six variants of 40-100 MB went through each worker; kept all, that would be 300+ MB more.
+    for pid, rss in after.items():
+        assert rss - before.get(pid, rss) < 200 * MB, (pid, before.get(pid), rss)
