@@ -45,6 +45,7 @@ class VariantStatus(_Lenient):
 
 class VariantLatency(_Lenient):
     variant: str
+    clock: str = "wall"  # "thread_cpu": a shadow forward, timed in its thread's CPU time
     requests: int
     p50_ms: float
     p99_ms: float

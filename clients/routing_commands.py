@@ -76,9 +76,13 @@ def ab_summary(model: ModelStatus, events: list[RoutingEvent]) -> str:
     return "\n".join(lines)
 
 
+# Shadow forwards run at the lowest priority: their wall time would be the wait for a core.
+_CLOCKS = {"wall": "wall (served)", "thread_cpu": "thread CPU (shadow)"}
+
+
 def _live_lines(live: LiveStatus) -> list[str]:
-    rows = [("VARIANT", "REQUESTS", "P50 MS", "P99 MS")]
-    rows += [(entry.variant, str(entry.requests), f"{entry.p50_ms:.3f}", f"{entry.p99_ms:.3f}") for entry in live.latency]
+    rows = [("VARIANT", "REQUESTS", "P50 MS", "P99 MS", "CLOCK")]
+    rows += [(e.variant, str(e.requests), f"{e.p50_ms:.3f}", f"{e.p99_ms:.3f}", _CLOCKS.get(e.clock, e.clock)) for e in live.latency]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"  last {live.requests} requests (forward time per call)"]
     lines += ["  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]

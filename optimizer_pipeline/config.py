@@ -13,6 +13,10 @@ from .report import Fidelity
 from .report.confidence import wilson_interval
 from .search.settings import SearchConfig
 
+# Strict: a string or a bool where a number belongs is refused, not coerced ("0.5" or true for a
+# threshold); a JSON integer still passes for a float. Pass options keep their own (lax) configs.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
 
 
@@ -45,14 +49,26 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
 ]
 
 
+_THRESHOLD_RANGE = {"agreement": (0.0, 1.0), "cosine": (0.0, 1.0), "accuracy_drop": (0.0, 1.0)}
+
+
 class Tolerance(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _STRICT
 
     metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
     threshold: float
     cosine_floor: float | None = Field(
-        None, ge=-1, le=1, description="also require the mean cosine to reach this (the default tolerance sets 0.99 with agreement)"
+        None, ge=0, le=1, description="also require the mean cosine to reach this (the default tolerance sets 0.99 with agreement)"
     )
+
+    @model_validator(mode="after")
+    def _meaningful_threshold(self) -> Tolerance:
+        # A threshold outside what the metric can reach is always met or never met: no tolerance at all.
+        # It also becomes the model's live guard (server/live_window.py), which has the same bounds.
+        low, high = _THRESHOLD_RANGE.get(self.metric, (None, None))
+        if low is not None and not low <= self.threshold <= high:
+            raise ValueError(f"a {self.metric} threshold must lie in [{low}, {high}], got {self.threshold}")
+        return self
 
     @property
     def lower_is_better(self) -> bool:
@@ -103,7 +119,7 @@ class Tolerance(BaseModel):
 
 
 class LatencyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _STRICT
 
     warmup: int = Field(3, ge=0, le=100)
     rounds: int = Field(20, ge=3, le=10_000, description="timed calls per model; original and candidate alternate")
@@ -118,7 +134,7 @@ class LatencyConfig(BaseModel):
 
 
 class CandidateSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _STRICT
 
     name: str | None = None
     plan: PlanSpec = Field(min_length=1)
@@ -128,7 +144,7 @@ class CandidateSpec(BaseModel):
 
 
 class PipelineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = _STRICT
 
     plan: PlanSpec | None = Field(None, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")

@@ -6,14 +6,17 @@ So before any of an upload's code runs, every graph it holds is walked (every me
 submodule, each inlined so that called functions and class methods are included, every nested
 block and subgraph) and any op outside the vetted set is refused.
 
-The vetted set is an allowlist of namespaces whose ops are tensor math or interpreter structure,
-minus a denylist of the ops among them that reach outside the process's tensors. A namespace not
-listed (a custom `foo::bar`, or a library's ops) is refused, whatever its op does.
+The vetted set is an explicit allowlist of ops (op_allowlist.py): each one known to touch no memory
+outside its tensors' storage. An op not listed is refused, whatever its namespace or name says:
+sparse and nested constructors (which do not check their indices, so a forward can read and write
+past a buffer), file and print ops, a custom `foo::bar`.
 
 Loading alone can run code too: `torch.jit.load` calls any scripted `__setstate__` in the archive.
-So an archive that defines one is refused before it is loaded (`check_archive_code`).
+So an archive that names one anywhere outside its raw tensor data is refused before it is loaded
+(`check_archive_code`).
 
-This is one layer: it keeps out the ops that reach outside the process, not bugs inside aten kernels.
+This is one layer: it keeps out the ops known to reach outside a tensor, not bugs inside kernels.
+`harden_torch` adds PyTorch's own sparse index checks in every process that runs model code.
 """
 
 from __future__ import annotations
@@ -27,41 +30,26 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UnsafeModelError
+from .op_allowlist import is_allowed
 
-# aten: tensor math; prim: the interpreter's control flow and data structures; quantized: int8
-# kernels, which our own quantize passes emit (with aten::quantize_per_tensor and friends).
-ALLOWED_NAMESPACES = frozenset({"aten", "prim", "quantized"})
-
-# Ops inside the allowed namespaces that do I/O, print, leave TorchScript, or change process-wide
-# state that other models share.
-DENIED_KINDS = frozenset(
-    {
-        "aten::from_file",
-        "aten::save",
-        "aten::_print",
-        "aten::manual_seed",
-        "aten::seed",
-        "prim::Print",
-        "prim::PythonOp",
-        "prim::IgnoredPythonOp",
-        "prim::rpc_async",
-        "prim::rpc_sync",
-        "prim::rpc_remote",
-        # A call left after inlining has a target that is not known statically, so its ops cannot be
-        # checked.
-        "prim::CallFunction",
-        "prim::CallMethod",
-    }
+# Any mention of the hook, not just `def __setstate__`: TorchScript's lexer joins lines ending in a
+# backslash, so `def \\` + newline + `__setstate__` defines it too, and no spelling of the
+# definition can avoid the name itself.
+_SETSTATE = re.compile(rb"__setstate__")
+# Raw tensor storage (weights, constants): bytes no loader reads as code or names.
+# What the archive's loading would do that no graph walk sees. The JIT unpickler rebuilds a pickled
+# sparse tensor (COO or CSR) from its indices unchecked, so a sparse buffer with out-of-range indices
+# read by a plain aten::mm reads past a buffer; the sparse invariant checks do not cover the unpickler.
+_REFUSED_IN_ARCHIVE = (
+    (_SETSTATE, "names a scripted __setstate__, code that torch.jit.load would run before the model could be checked"),
+    (re.compile(rb"_rebuild_sparse_tensor"), "stores a sparse tensor, whose indices loading does not check"),
+    (re.compile(rb"torch\.distributed\.rpc"), "stores a remote reference (torch.distributed.rpc)"),
 )
-# Catches I/O ops that a later torch adds under a new name (e.g. an `aten::_load_...`).
-DENIED_WORDS = ("file", "save", "load", "print", "rpc")
-
-# Allowed although it writes to the log: scripted library code emits it (nn.MultiheadAttention,
-# nn.TransformerEncoderLayer, F.softmax and F.interpolate all hold an aten::warn), so refusing it
-# would refuse every scripted transformer. The processes that run model code route warnings.
-TOLERATED_KINDS = frozenset({"aten::warn"})
-
-_SETSTATE = re.compile(rb"\bdef\s+__setstate__\b")
+_REFUSED_HOW_TO = (
+    "Export the model without custom __getstate__/__setstate__ methods, with dense parameters and buffers (.to_dense())"
+)
+# Anchored at the archive's root directory: code of a user package named `data` is still read.
+_RAW_STORAGE = re.compile(r"^[^/]+/(data|constants)/\d+$")
 
 
 @dataclass(frozen=True)
@@ -74,17 +62,20 @@ class Finding:
 
 
 def is_vetted(kind: str) -> bool:
-    """Whether an op (a node kind like `aten::linear`) may appear in an uploaded model."""
-    if kind in TOLERATED_KINDS:
-        return True
-    namespace, _, name = kind.partition("::")
-    if namespace not in ALLOWED_NAMESPACES or kind in DENIED_KINDS:
-        return False
-    return not any(word in name.lower() for word in DENIED_WORDS)
+    """Whether an op (a node kind like `aten::linear`) may appear in an uploaded model: on the allowlist."""
+    return is_allowed(kind)
+
+
+def harden_torch() -> None:
+    """Process-wide torch settings for every process that runs model code (a second line behind the
+    op allowlist): sparse tensors get their index invariants checked, so an out-of-range index that
+    reached a sparse constructor raises instead of reading or writing past a buffer."""
+    torch.sparse.check_sparse_tensor_invariants.enable()
 
 
 def check_archive_code(data: bytes) -> None:
-    """Refuse an archive whose code would run while it loads (a scripted `__setstate__`).
+    """Refuse an archive whose loading alone would run its code (a scripted `__setstate__`) or build
+    tensors no op check sees (a stored sparse tensor, whose indices torch.jit.load never checks).
 
     Call before `torch.jit.load`; bytes that are not a zip are left to the loader to diagnose."""
     buffer = io.BytesIO(data)
@@ -92,22 +83,29 @@ def check_archive_code(data: bytes) -> None:
         return
     try:
         archive = zipfile.ZipFile(buffer)
-        sources = [name for name in archive.namelist() if "/code/" in name and name.endswith(".py")]
-        hooked = [name for name in sources if _SETSTATE.search(archive.read(name))]
-    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError):
+        # Every member, by its entry (not by name: a zip may hold two members of one name, and
+        # readers differ on which one they take); code under code/ of any extension, pickles included.
+        found = [
+            (info.filename, problem)
+            for info in archive.infolist()
+            if not _RAW_STORAGE.search(info.filename)
+            for pattern, problem in _REFUSED_IN_ARCHIVE
+            if pattern.search(archive.read(info))
+        ]
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, NotImplementedError):
         return  # corrupt: torch.jit.load refuses it before compiling any code
-    if hooked:
-        raise UnsafeModelError(
-            f"the archive defines a scripted __setstate__ ({hooked[0].split('/code/', 1)[1]}), code that "
-            "torch.jit.load would run before the model could be checked; optiserve refuses it. Export the "
-            "model without custom __getstate__/__setstate__ methods"
-        )
+    if found:
+        member, problem = found[0]
+        raise UnsafeModelError(f"the archive {problem} ({member.split('/', 1)[-1]}); optiserve refuses it. " + _REFUSED_HOW_TO)
 
 
-def unvetted_ops(module: torch.jit.ScriptModule) -> list[Finding]:
-    """Every op of `module` outside the vetted set, with where it sits; one finding per op and place."""
+def unvetted_ops(module: torch.jit.ScriptModule, submodules: bool = True) -> list[Finding]:
+    """Every op of `module` outside the vetted set, with where it sits; one finding per op and place.
+
+    `submodules=False` walks only the top module's methods: inlined, they hold everything those can
+    run, i.e. all a server ever calls (what a worker checks on load, several times faster)."""
     findings: dict[tuple[str, str], Finding] = {}
-    for path, method in _methods(module):
+    for path, method in _methods(module, submodules):
         refused = {kind for kind in _kinds(method.inlined_graph) if not is_vetted(kind)}
         if not refused:
             continue
@@ -119,27 +117,33 @@ def unvetted_ops(module: torch.jit.ScriptModule) -> list[Finding]:
     return list(findings.values())
 
 
-def check_model_ops(module: torch.jit.ScriptModule) -> None:
+def check_model_ops(module: torch.jit.ScriptModule, submodules: bool = True) -> None:
     """Raise UnsafeModelError naming each op outside the vetted set and where it sits."""
-    findings = unvetted_ops(module)
+    findings = unvetted_ops(module, submodules)
     if not findings:
         return
     shown = "; ".join(f.describe() for f in findings[:5])
     more = f" (and {len(findings) - 5} more)" if len(findings) > 5 else ""
     raise UnsafeModelError(
-        f"the model uses ops that optiserve does not run: {shown}{more}. Uploaded models may hold tensor "
-        "math and control flow only; file, process, network and printing ops (torch.from_file, print, "
-        "Python calls) and ops of custom namespaces are refused. Remove them from the exported model"
+        f"the model uses ops that optiserve does not run: {shown}{more}. Uploaded models may hold only ops "
+        "on optiserve's allowlist (dense tensor math and control flow); sparse and nested tensors, file, "
+        "process, network and printing ops (torch.from_file, print, Python calls) and ops of custom "
+        "namespaces are refused. Remove them from the exported model"
     )
+
+
+def op_kinds(module: torch.jit.ScriptModule) -> set[str]:
+    """Every op kind in every method of `module` and its submodules, inlined, blocks included."""
+    return {kind for _, method in _methods(module) for kind in _kinds(method.inlined_graph)}
 
 
 def _first_few(names: list[str], count: int = 4) -> str:
     return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
 
 
-def _methods(module: torch.jit.ScriptModule) -> Iterator[tuple[str, torch._C.ScriptMethod]]:
+def _methods(module: torch.jit.ScriptModule, submodules: bool = True) -> Iterator[tuple[str, torch._C.ScriptMethod]]:
     """(dotted path, method) for every compiled method of the module and all its submodules."""
-    for prefix, submodule in module.named_modules():
+    for prefix, submodule in module.named_modules() if submodules else [("", module)]:
         for name in submodule._c._method_names():
             yield (f"{prefix}.{name}" if prefix else name), submodule._c._get_method(name)
 

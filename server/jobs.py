@@ -36,6 +36,7 @@ import torch
 
 from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
 from optimizer_pipeline.latency_alone import start_forkserver
+from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.processes import die_with_parent
 from optimizer_pipeline.watch import Step, StepWatch, deadline_text, watching
 
@@ -257,6 +258,7 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the runner decides
     os.nice(settings.job_nice)
     torch.set_num_threads(settings.job_threads)
+    harden_torch()
     store = open_store(settings)
     info = store.get(claim.model_id)
     if info is None:

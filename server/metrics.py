@@ -34,7 +34,8 @@ def _latency_histogram(name: str, documentation: str, labels: list[str]) -> Hist
 
 FORWARD_SECONDS = _latency_histogram(
     "optiserve_model_forward_seconds",
-    "Time of one forward call of a model variant (one batch), in the inference worker",
+    "Time of one forward call of a model variant (one batch), in the inference worker: wall time for forwards that "
+    "answer requests, the thread's CPU time for shadow forwards (they run at the lowest priority)",
     ["model", "variant", "runtime"],
 )
 BATCH_SIZE = Histogram(

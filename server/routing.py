@@ -19,9 +19,14 @@ ROUTING_VERSION = 1
 MAX_WINDOW = 5000
 
 
+# Strict: "0.5" or true for a share is a client's mistake to be told about, not coerced (a JSON
+# integer still passes for a float); a version this server does not write is not a policy it can read.
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
 class _Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    version: int = Field(ROUTING_VERSION, description="format version of the stored policy")
+    model_config = _STRICT
+    version: int = Field(ROUTING_VERSION, ge=1, le=ROUTING_VERSION, description="format version of the stored policy")
 
 
 class Pinned(_Policy):
@@ -47,10 +52,11 @@ RoutingPolicy = Annotated[Union[Pinned, Split, Shadow], Field(discriminator="mod
 class Guard(BaseModel):
     """When live evidence says the optimized variant is unfaithful, route everything to the original."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    version: int = Field(ROUTING_VERSION, description="format version of the stored guard")
+    model_config = _STRICT
+    version: int = Field(ROUTING_VERSION, ge=1, le=ROUTING_VERSION, description="format version of the stored guard")
     min_agreement: float | None = Field(None, gt=0, le=1, description="top-1 agreement with the original, over requests")
-    min_cosine: float | None = Field(None, ge=-1, le=1, description="mean cosine similarity of the outputs, over requests")
+    # Not below 0: a floor under every cosine the outputs can show never trips, a guard in name only.
+    min_cosine: float | None = Field(None, ge=0, le=1, description="mean cosine similarity of the outputs, over requests")
     window: int = Field(500, ge=10, le=MAX_WINDOW, description="the most recent compared requests the guard judges")
     enabled: bool = True
 

@@ -100,8 +100,10 @@ def _validate_in_child(
     import torch
 
     from optimizer_pipeline import inspect_upload
+    from optimizer_pipeline.model_ops import harden_torch
 
     torch.set_num_threads(1)
+    harden_torch()
     confinement.apply(
         confinement.Confinement(
             readable=(directory,), memory_bytes=limits.memory_bytes, cpu_seconds=int(limits.seconds) + 1, syscalls=SyscallPolicy()

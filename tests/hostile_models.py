@@ -1,10 +1,14 @@
 """Probe models of the hostile-upload findings: real TorchScript, built in the tests, each misbehaving one way.
 
-Every one uses only vetted ops, so it passes the op walk; what stops it is a deadline, a memory
-cap or the confinement of the process that runs it.
+Most use only vetted ops, so they pass the op walk; what stops them is a deadline, a memory cap or
+the confinement of the process that runs them. The sparse probes are what the op allowlist stops.
 """
 
 from __future__ import annotations
+
+import io
+import zipfile
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -84,3 +88,80 @@ def archive(model: nn.Module) -> bytes:
 
 def inputs(batch: int = 8) -> tuple[torch.Tensor, ...]:
     return (torch.randn(batch, 16),)
+
+
+# A column / row far past the 16 columns of the input: the sparse kernels trust their indices.
+OUT_OF_RANGE = 1 << 20
+TRIGGER = 4242.0  # written out in the forwards: TorchScript does not read module globals
+
+
+class SparseCsrRead(nn.Module):
+    """For the trigger value only (so a validation run never sees it): multiplies a CSR matrix whose
+    column index is out of range, which reads memory past the end of the input's buffer."""
+
+    def __init__(self, column: int = OUT_OF_RANGE) -> None:
+        super().__init__()
+        self.net = MLP()
+        self.column = column
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if bool(x[0, 0] == 4242.0):  # TRIGGER
+            crow = torch.tensor([0, 1], dtype=torch.int64)
+            col = torch.tensor([self.column], dtype=torch.int64)
+            matrix = torch.sparse_csr_tensor(crow, col, torch.ones(1), (1, 16))
+            y = y + torch.mm(matrix, x.t()).sum()
+        return y
+
+
+class SparseCooWrite(nn.Module):
+    """For the trigger value only: densifies a COO tensor whose index is out of range, which writes
+    past the end of the dense buffer."""
+
+    def __init__(self, column: int = OUT_OF_RANGE) -> None:
+        super().__init__()
+        self.net = MLP()
+        self.column = column
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if bool(x[0, 0] == 4242.0):  # TRIGGER
+            indices = torch.tensor([[0], [self.column]], dtype=torch.int64)
+            dense = torch.sparse_coo_tensor(indices, x[0, :1], (1, 16)).to_dense()
+            y = y + dense.sum()
+        return y
+
+
+class WritesOnLoad(nn.Module):
+    """torch.jit.load runs a scripted __setstate__: this one writes `hi!` to `path` while loading."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.net = MLP()
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return (self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]) -> None:
+        self.path = state[0]
+        self.training = state[1]
+        torch.from_file(self.path, True, 4, dtype=torch.uint8).copy_(torch.tensor([104, 105, 33, 10]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def setstate_across_a_line_break(archive: bytes) -> bytes:
+    """The archive with `def __setstate__` rewritten as `def \\` + newline + `__setstate__` in its code:
+    TorchScript's lexer joins the lines, so loading still runs it."""
+    source, target = zipfile.ZipFile(io.BytesIO(archive)), io.BytesIO()
+    with zipfile.ZipFile(target, "w") as rewritten:
+        for info in source.infolist():
+            data = source.read(info)
+            if "/code/" in info.filename and info.filename.endswith(".py"):
+                data = data.replace(b"def __setstate__", b"def \\\n      __setstate__")
+            rewritten.writestr(info, data)
+    return target.getvalue()

@@ -95,6 +95,8 @@ def test_a_faithful_variant_over_the_same_traffic_is_not_rolled_back(server, mod
     assert live["fidelity"]["agreement_lower"] == pytest.approx(count / (count + 1.959964**2), abs=1e-4)
     assert live["guard"]["state"] == "ok"
     assert {entry["variant"] for entry in live["latency"]} == {"original", "optimized"}
+    # The shadow runs at the lowest priority: its figure is its thread's CPU time, and says so.
+    assert {(entry["variant"], entry["clock"]) for entry in live["latency"]} == {("optimized", "wall"), ("original", "thread_cpu")}
     kinds = [e["kind"] for e in requests.get(f"{url}/models/faithful/events", timeout=30).json()["events"]]
     assert kinds == ["guard", "routing"]
     assert status(url, "faithful")["routing"]["mode"] == "shadow"
@@ -167,6 +169,63 @@ def test_routing_requests_are_checked_and_need_the_key(server, models):
     assert requests.post(f"{url}/models/unoptimized/promote", headers=AUTH, timeout=30).status_code == 409
 
 
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("routing", {"mode": "split", "optimized_share": "0.5"}, "optimized_share"),
+        ("routing", {"mode": "split", "optimized_share": True}, "optimized_share"),
+        ("routing", {"mode": "shadow", "sample": "1"}, "sample"),
+        ("routing", {"mode": "pinned", "variant": "original", "version": 10**19}, "version"),
+        ("routing", {"mode": "pinned", "variant": "original", "version": True}, "version"),
+        ("guard", {"min_cosine": -1}, "min_cosine"),
+        ("guard", {"min_cosine": "0.9"}, "min_cosine"),
+        ("guard", {"min_agreement": 0}, "min_agreement"),
+        ("guard", {"min_agreement": True}, "min_agreement"),
+        ("guard", {"min_cosine": 0.9, "window": 100.0}, "window"),
+        ("guard", {"min_cosine": 0.9, "version": 12345678901234567890}, "version"),
+    ],
+    ids=[
+        "share_string", "share_bool", "sample_string", "version_20_digits", "version_bool",
+        "min_cosine_negative", "min_cosine_string", "min_agreement_zero", "min_agreement_bool", "window_float", "guard_version",
+    ],
+)
+def test_routing_and_guard_refuse_a_string_or_bool_for_a_number_and_meaningless_bounds(server, models, path, body, field):
+    refused = put(server.url, f"/models/faithful/{path}", body)
+    assert refused.status_code == 422, refused.text
+    assert field in refused.json()["error"]["message"]
+
+
+def test_routing_and_guard_still_take_json_integers_for_numbers_and_read_back_what_they_stored(server, models):
+    url = server.url
+    assert put(url, "/models/faithful/routing", {"mode": "split", "optimized_share": 1, "sample": 0, "version": 1}).status_code == 200
+    assert status(url, "faithful")["routing"] == {"mode": "split", "optimized_share": 1.0, "sample": 0.0, "version": 1}
+    assert put(url, "/models/faithful/guard", {"min_cosine": 1, "window": 100}).status_code == 200
+    assert status(url, "faithful")["guard"]["min_cosine"] == 1.0
+    assert put(url, "/models/faithful/routing", {"mode": "pinned", "variant": "optimized"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"min_speedup": "1.5"}, "min_speedup"),
+        ({"min_speedup": True}, "min_speedup"),
+        ({"threads": 1.0}, "threads"),
+        ({"threads": True}, "threads"),
+        ({"tolerance": {"metric": "cosine", "threshold": "0.99"}}, "threshold"),
+        ({"tolerance": {"metric": "cosine", "threshold": -1}}, "threshold"),
+        ({"tolerance": {"metric": "agreement", "threshold": 2}}, "threshold"),
+        ({"tolerance": {"metric": "agreement", "threshold": 0.99, "cosine_floor": -0.5}}, "cosine_floor"),
+        ({"latency": {"rounds": "10"}}, "rounds"),
+        ({"force": 1, "plan": [{"pass": "freeze"}]}, "force"),
+    ],
+    ids=["string_float", "bool_float", "float_int", "bool_int", "string_threshold", "negative_cosine", "agreement_above_1", "negative_floor", "string_rounds", "int_bool"],
+)
+def test_an_upload_config_with_a_string_or_bool_for_a_number_is_a_422(server, mlp, config, field):
+    refused = upload(server.url, mlp[0], mlp[1], name="strict-config", config=config)
+    assert refused.status_code == 422, refused.text
+    assert field in refused.json()["error"]["message"]
+
+
 def test_a_policy_and_its_events_survive_kill_9_and_restart(tmp_path, mlp):
     archive, inputs = mlp
     store = tmp_path / "store"
@@ -203,7 +262,10 @@ def test_the_client_and_cli_route_promote_and_show_the_live_ab_table(server, mod
     assert main(["ab", "faithful", "--url", server.url]) == 0
     table = capsys.readouterr().out
     assert "the original variant serves, 100% shadowed on the other" in table
-    assert [line.split()[0] for line in table.splitlines() if line.strip().startswith(("original ", "optimized "))] == ["optimized", "original"]
+    rows = [line.split()[0] for line in table.splitlines() if line.strip().startswith(("original ", "optimized "))]
+    # Sorted by variant; a variant that both served and shadowed in the window has a row per clock.
+    assert list(dict.fromkeys(rows)) == ["optimized", "original"]
+    assert "thread CPU (shadow)" in table and "wall (served)" in table
     assert "agreement 1.0000" in table and "guard: " in table
     assert "routing by user" in table
     promoted = client.promote("faithful", reason="shadow agreed")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import random
 
+import pytest
+from pydantic import ValidationError
+
 from server.live_window import LiveFidelity, LiveSample, default_guard, judge, summarize
 from server.routing import Guard, Pinned, Route, Shadow, Split, choose
 
@@ -62,3 +65,19 @@ def test_samples_of_an_older_routing_revision_are_not_judged():
     status = summarize(compared(0, 50), revision=2, input_names=[], guard=guard)
     assert status.fidelity.compared == 0 and status.guard.state == "watching"
     assert judge(LiveFidelity(compared=0), Guard(min_cosine=0.9, enabled=False)).state == "off"
+
+
+def test_served_and_shadow_latencies_are_kept_apart_by_clock():
+    samples = [LiveSample(revision=1, served="optimized", served_ms=2.0, other="original", other_ms=4.0) for _ in range(10)]
+    samples += [LiveSample(revision=1, served="original", served_ms=5.0) for _ in range(10)]
+    status = summarize(samples, revision=1, input_names=[], guard=Guard(min_cosine=0.9))
+    figures = {(entry.variant, entry.clock): entry.p50_ms for entry in status.latency}
+    assert figures == {("optimized", "wall"): 2.0, ("original", "thread_cpu"): 4.0, ("original", "wall"): 5.0}
+    assert status.speedup == 2.5  # served against served where both served: one clock
+
+
+def test_a_guard_refuses_a_negative_cosine_and_a_string_or_bool_for_a_number():
+    for bad in ({"min_cosine": -1}, {"min_cosine": "0.9"}, {"min_agreement": True}, {"min_cosine": 0.9, "version": 10**19}):
+        with pytest.raises(ValidationError):
+            Guard.model_validate(bad)
+    assert Guard.model_validate_json('{"min_cosine": 1, "window": 100}').min_cosine == 1.0

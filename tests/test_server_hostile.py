@@ -170,3 +170,29 @@ def test_nan_outputs_come_back_as_nan_not_null(server):
     response = requests.post(server.url + "/predict", json=body, timeout=30)
     assert response.status_code == 200, response.text
     assert "NaN" in response.text and "null" not in response.text
+
+
+# ---- the op allowlist and the archive scan, over HTTP (issue 20: sparse tensors, __setstate__) ----
+
+
+@pytest.mark.parametrize(
+    "probe, op",
+    [(hostile_models.SparseCsrRead(), "aten::sparse_csr_tensor"), (hostile_models.SparseCooWrite(), "aten::sparse_coo_tensor")],
+    ids=["csr_out_of_range_read", "coo_out_of_range_write"],
+)
+def test_a_model_that_builds_a_sparse_tensor_on_a_trigger_value_is_refused_at_upload(server, probe, op):
+    response = upload(server.url, hostile_models.archive(probe), hostile_models.inputs(), name="sparse")
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsafe_model" and f"{op} in `forward`" in error["message"], error
+    assert requests.get(server.url + "/models/sparse", timeout=10).status_code == 404
+
+
+def test_setstate_split_by_a_line_continuation_is_refused_at_upload_and_never_runs(server, tmp_path):
+    proof = tmp_path / "written-on-load"
+    archive = hostile_models.setstate_across_a_line_break(hostile_models.archive(hostile_models.WritesOnLoad(str(proof))))
+    response = upload(server.url, archive, hostile_models.inputs(), name="onload")
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "unsafe_model" and "__setstate__" in error["message"], error
+    assert not proof.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import jit
+from ..model_ops import check_archive_code, check_model_ops
 from .base import LoadedVariant, RuntimeSupport
 
 
@@ -20,4 +21,9 @@ class TorchScriptRuntime(RuntimeSupport):
 
     def load(self, data: bytes, threads: int | None) -> LoadedVariant:
         # torch's thread count is process-wide, not per model: the process sets it (torch.set_num_threads).
-        return jit.load_archive(data)
+        # Checked like an upload: the file on the store is what runs here, whoever wrote it. Only
+        # what the top module's methods can reach: the upload check already named every place.
+        check_archive_code(data)
+        module = jit.load_archive(data)
+        check_model_ops(module, submodules=False)
+        return module
