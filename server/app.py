@@ -6,13 +6,14 @@ Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are cr
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 import multiprocessing
 from contextlib import asynccontextmanager
 from multiprocessing.managers import SyncManager
 
 import litserve as ls
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from litserve.utils import WorkerSetupStatus
 
 from optimizer_pipeline.processes import die_with_parent
@@ -24,7 +25,7 @@ from .dataplane import ManagementPlane
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, drop_gzip, take_over_route
+from .litserve_bridge import QueueBridge, WorkerDeath, drop_gzip, supervise_workers, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_routes import OipRoutes
 from .predict_route import PredictRoute
@@ -68,7 +69,8 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     drop_gzip(server)
     take_over_route(server, PredictAPI.endpoint)
     app = server.app
-    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
+    supervise_workers(server, settings.held_dir, lambda death: _worker_died(store, settings, death))
+    predict_bridge = QueueBridge(server, PredictAPI.endpoint, settings.max_batch_size)
     inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
     PredictRoute(predict_bridge).install(app, inference_dependencies)
 
@@ -87,6 +89,35 @@ def build_server(settings: Settings, store: Store) -> ls.LitServer:
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings)
     return server
+
+
+def _worker_died(store: Store, settings: Settings, death: WorkerDeath) -> HTTPException | None:
+    """In the main process: log an inference worker's end, count it against the model it ran, and
+    return what the requests it held are answered (None: it held none)."""
+    held, where = death.held, f"inference worker {death.worker_id} of {death.api_path} (pid {death.pid})"
+    if held.failure is not None:  # it answered its batch and retired on purpose
+        logger.warning("%s restarts: model %r failed (%s): %s", where, held.model, held.failure, held.reason)
+        _count_failure(store, settings, held.model, held.failure, held.reason)
+        return None
+    if not held.requests:
+        logger.warning("%s ended (%s) holding no request; a fresh one replaces it", where, death.how)
+        return None
+    message = (
+        f"the inference worker running model {held.model!r} died ({death.how}) before answering; "
+        "a fresh worker replaces it, and the crash counts towards the model's health"
+    )
+    logger.error("%s died (%s) running model %r; its %d request(s) get 503 worker_died", where, death.how, held.model, len(held.requests))
+    _count_failure(store, settings, held.model, "crashes", message)
+    return HTTPException(503, {"code": "worker_died", "message": message})
+
+
+def _count_failure(store: Store, settings: Settings, ref: str, kind: str, reason: str) -> None:
+    try:
+        info = store.get(ref)
+        if info is not None:
+            store.record_failure(info.id, kind, reason, settings.unhealthy_after)
+    except Exception:  # the requests must still be answered and the worker replaced
+        logger.exception("could not count a failure of model %r", ref)
 
 
 def _wrap_lifespan(app: FastAPI, settings: Settings) -> None:
@@ -115,6 +146,8 @@ def _manager_that_dies_with_parent() -> SyncManager:
 def run_server(settings: Settings) -> int:
     store = open_store(settings)
     _recover(settings, store)
+    shutil.rmtree(settings.held_dir, ignore_errors=True)  # notes of a previous run's workers
+    settings.held_dir.mkdir(parents=True)
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
