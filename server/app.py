@@ -6,6 +6,7 @@ Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are cr
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 import multiprocessing
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from multiprocessing.managers import SyncManager
 
 import litserve as ls
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, HTTPException
 from litserve.utils import WorkerSetupStatus
 
 from optimizer_pipeline.processes import die_with_parent
@@ -25,7 +26,7 @@ from .dataplane import ManagementPlane, UploadLimits
 from .errors import install_error_handlers
 from .inference import CompareAPI, PredictAPI, is_inference_path
 from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, drop_gzip, supervise_api_servers, take_over_route
+from .litserve_bridge import QueueBridge, WorkerDeath, drop_gzip, supervise_api_servers, supervise_workers, take_over_route
 from .metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .oip_routes import OipRoutes
@@ -75,11 +76,14 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.
     drop_gzip(server)
     app = server.app
     space = shared_tensors.space_for(settings.local_dir, settings.shm_budget_bytes)
+    supervise_workers(server, settings.held_dir, lambda death: _worker_died(store, settings, death))
+    # One bridge per API: a model's requests take turns in it whichever route they came by.
+    bridges = {api.endpoint: QueueBridge(server, api.endpoint, api.max_batch_size) for api in apis}
     inference_dependencies = [Depends(guard)] if guard and settings.auth_inference else None
     for api in apis:  # JSON bodies read within max_json_bytes, and large ones parsed in the worker
         take_over_route(server, api.endpoint)
-        PredictRoute(QueueBridge(server, api.endpoint), settings.max_json_bytes, space, api.request_schema).install(app, inference_dependencies)
-    predict_bridge = QueueBridge(server, PredictAPI.endpoint)
+        PredictRoute(bridges[api.endpoint], settings.max_json_bytes, space, api.request_schema).install(app, inference_dependencies)
+    predict_bridge = bridges[PredictAPI.endpoint]
 
     def workers_ready() -> bool:
         # A Manager dict shared with the workers; it exists once run() has started them.
@@ -100,6 +104,35 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings, grpc_lifespan(settings, oip, predict_bridge, guard))
     return server
+
+
+def _worker_died(store: Store, settings: Settings, death: WorkerDeath) -> HTTPException | None:
+    """In the main process: log an inference worker's end, count it against the model it ran, and
+    return what the requests it held are answered (None: it held none)."""
+    held, where = death.held, f"inference worker {death.worker_id} of {death.api_path} (pid {death.pid})"
+    if held.failure is not None:  # it answered its batch and retired on purpose
+        logger.warning("%s restarts: model %r failed (%s): %s", where, held.model, held.failure, held.reason)
+        _count_failure(store, settings, held.model, held.failure, held.reason)
+        return None
+    if not held.requests:
+        logger.warning("%s ended (%s) holding no request; a fresh one replaces it", where, death.how)
+        return None
+    message = (
+        f"the inference worker running model {held.model!r} died ({death.how}) before answering; "
+        "a fresh worker replaces it, and the crash counts towards the model's health"
+    )
+    logger.error("%s died (%s) running model %r; its %d request(s) get 503 worker_died", where, death.how, held.model, len(held.requests))
+    _count_failure(store, settings, held.model, "crashes", message)
+    return HTTPException(503, {"code": "worker_died", "message": message})
+
+
+def _count_failure(store: Store, settings: Settings, ref: str, kind: str, reason: str) -> None:
+    try:
+        info = store.get(ref)
+        if info is not None:
+            store.record_failure(info.id, kind, reason, settings.unhealthy_after)
+    except Exception:  # the requests must still be answered and the worker replaced
+        logger.exception("could not count a failure of model %r", ref)
 
 
 def _wrap_lifespan(app: FastAPI, settings: Settings, grpc: Callable[[], AbstractAsyncContextManager[None]] | None = None) -> None:
@@ -132,6 +165,8 @@ def run_server(settings: Settings) -> int:
     store = open_store(settings)
     _recover(settings, store)
     reset_marks(settings.local_dir)  # warm marks of the last run's workers
+    shutil.rmtree(settings.held_dir, ignore_errors=True)  # notes of a previous run's workers
+    settings.held_dir.mkdir(parents=True)
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()

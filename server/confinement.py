@@ -58,6 +58,7 @@ def for_inference_worker(settings: Settings, store: Store, shm_dir: Path, extra_
         readable=(*store.readable(), metrics_dir),
         syscalls=SyscallPolicy(network=settings.shared),
         network=settings.shared,
+        memory_bytes=settings.worker_memory_bytes,
     )
 
 

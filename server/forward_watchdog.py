@@ -3,9 +3,9 @@
 A TorchScript forward cannot be interrupted, and running it on a helper thread to wait on it with a
 timeout costs about 0.2 ms per call in thread hand-offs. So the forward runs where it always did,
 and a watchdog thread looks at it: a call still running past the limit is abandoned. The watchdog
-then does what the stuck thread cannot, through `on_overrun`: it records the timeout, answers every
-request the worker holds, and ends the process (the only way to stop that thread); LitServe starts
-a fresh worker in its place.
+then does what the stuck thread cannot, through `on_overrun`: it records the timeout, answers the
+hung model's requests, puts the worker's other requests back on the queue, and ends the process
+(the only way to stop that thread); the main process starts a fresh worker in its place.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from . import confinement, metrics
 from .codec import wire_ready
 from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_watchdog import ForwardWatchdog
-from .litserve_bridge import GreedyBatchLoop
+from .litserve_bridge import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
 from .observer import LiveObserver
 from .oip_call import InferCall, RawInfer
 from .record_channel import RecordSender
@@ -114,6 +114,7 @@ class InferenceAPI(ls.LitAPI):
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings, read_only=True)
+        self.loop.record = HeldRecord(held_record_path(self.settings.held_dir, self.api_path, current_worker_id()))
         warm_marks = marks_dir(self.settings.local_dir).resolve()
         confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
@@ -121,12 +122,13 @@ class InferenceAPI(ls.LitAPI):
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
     def _overran(self, model_id: str, seconds: float) -> None:
-        """The watchdog's last act before this worker ends: count the timeout, answer what is held."""
+        """The watchdog's last act before this worker ends: count the timeout, answer this model's
+        requests, and put the others this worker holds back on the queue."""
         message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
         try:
             self.records.timeout(model_id, message)
         finally:
-            self.loop.answer_held(HTTPException(504, {"code": "model_timeout", "message": message}))
+            self.loop.release_held(model_id, HTTPException(504, {"code": "model_timeout", "message": message}))
 
     def batch(self, inputs: list) -> list:
         return list(inputs)
@@ -188,6 +190,7 @@ class InferenceAPI(ls.LitAPI):
 
     def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
         info = self._lookup(ref)
+        self.loop.running([item.position for item in pending], info.id)
         decoded = self._decode(info, pending)
         for variants, items in self._assign(info, variant, decoded).items():
             try:
@@ -268,14 +271,27 @@ class InferenceAPI(ls.LitAPI):
                 self._forward(info, variant_name, model, group, ran)
             except Exception as exc:
                 if len(group) == 1:
-                    group[0].outcome = _forward_failed(info, group[0], exc)
+                    group[0].outcome = self._forward_failed(info, group[0], exc)
                     continue
                 for item in group:  # isolate the request that breaks the model
                     try:
                         self._forward(info, variant_name, model, [item], ran)
                     except Exception as single_exc:
-                        item.outcome = _forward_failed(info, item, single_exc)
+                        item.outcome = self._forward_failed(info, item, single_exc)
         return ran
+
+    def _forward_failed(self, info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
+        if not _out_of_memory(exc):
+            return _forward_failed(info, item, exc)
+        cap = self.settings.worker_memory_bytes / 2**30
+        message = (
+            f"model {info.name!r} tried to allocate more memory than an inference worker may map "
+            f"(OPTISERVE_WORKER_MEMORY_BYTES, {cap:g} GiB beyond torch itself); the worker restarts, and this counts towards the model's health"
+        )
+        # The worker answers its batch and then makes way for a fresh one: a failed allocation can
+        # leave a heap fragmented or a library's state half-built.
+        self.loop.retire_after_batch("out_of_memory", info.id, message)
+        return Outcome(507, error_body(507, "out_of_memory", message), info.name)
 
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
@@ -492,6 +508,15 @@ def _summary_line(exc: Exception) -> str:
     # TorchScript puts a generic header first and the actual error ("RuntimeError: ...") last.
     line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
     return line[:300]
+
+
+# How an allocation refused by the address-space cap surfaces: torch's CPU allocator, C++ new, ONNX
+# Runtime's and OpenVINO's allocators, Python.
+_OUT_OF_MEMORY_SIGNS = ("can't allocate memory", "Cannot allocate memory", "bad_alloc", "Failed to allocate memory")
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return isinstance(exc, MemoryError) or any(sign in str(exc) for sign in _OUT_OF_MEMORY_SIGNS)
 
 
 def _forward_failed(info: ModelInfo, item: Pending, exc: Exception) -> Outcome:

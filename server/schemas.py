@@ -69,10 +69,17 @@ class JobStatus(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+FailureKind = Literal["timeouts", "crashes", "out_of_memory"]
+# Each kind of failure of a model's code that counts towards OPTISERVE_UNHEALTHY_AFTER, as the reason names it.
+FAILURE_KINDS: dict[str, str] = {"timeouts": "past the time limit", "crashes": "crashed their worker", "out_of_memory": "over the memory cap"}
+
+
 class Health(BaseModel):
     healthy: bool = True
     reason: str | None = Field(None, description="why the model stopped serving (503) until it is reset or replaced")
     timeouts: int = Field(0, description="forward calls that ran past the hard limit (OPTISERVE_FORWARD_TIMEOUT)")
+    crashes: int = Field(0, description="inference workers that died running this model (503 worker_died)")
+    out_of_memory: int = Field(0, description="forward calls stopped by the worker memory cap (OPTISERVE_WORKER_MEMORY_BYTES)")
 
 
 class ModelInfo(ModelMeta, JobStatus):

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     job_lease: float = Field(
         30.0, gt=0, le=3600, description="seconds a worker's claim on a job lasts unrenewed; after it another worker takes the job"
     )
-    workers: int = Field(1, ge=1, le=64, description="inference worker processes for /predict")
+    workers: int = Field(
+        2, ge=1, le=64, description="inference worker processes for /predict; more than --api-servers, so a slow model leaves others a free worker"
+    )
     compare_workers: int = Field(1, ge=1, le=64, description="inference worker processes for /compare")
     api_servers: int = Field(1, ge=1, le=64, description="HTTP server processes")
     worker_threads: int = Field(
@@ -90,9 +92,16 @@ class Settings(BaseSettings):
     )
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds from a request's arrival to its answer (504 after)")
     forward_timeout: float = Field(
-        30.0, gt=0, le=3600, description="hard limit of one forward call; past it the worker is restarted and its requests get 504"
+        30.0, gt=0, le=3600, description="hard limit of one forward call; past it the worker is restarted and that model's requests get 504"
     )
-    unhealthy_after: int = Field(3, ge=1, le=1000, description="forward timeouts after which a model answers 503 until reset")
+    unhealthy_after: int = Field(
+        3, ge=1, le=1000, description="failures of a model's code (forward timeouts, crashed workers, memory cap hits) after which it answers 503 until reset"
+    )
+    worker_memory_bytes: int = Field(
+        4 * 2**30,
+        ge=256 * 2**20,
+        description="address space an inference worker may map beyond torch itself (its loaded models included); a request past it gets 507",
+    )
     validation_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an upload's validation may run (422 after)")
     validation_memory_bytes: int = Field(
         2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"
@@ -155,6 +164,11 @@ class Settings(BaseSettings):
         if not self.shared:
             return str(Path(self.store).resolve())
         return f"{_without_password(self.store)} + {self.artifacts}"
+
+    @property
+    def held_dir(self) -> Path:
+        """Where each inference worker notes the requests it holds, for the main process to answer if it dies."""
+        return self.local_dir / "workers"
 
     @property
     def metrics_dir(self) -> Path:

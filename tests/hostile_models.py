@@ -57,6 +57,37 @@ class AllocatesGiB(nn.Module):
         return self.net(x) + ballast[0] - 1.0
 
 
+class AllocatesOnMarker(nn.Module):
+    """Asks for 10 GiB when the first input value is exactly 777 (only address space: the pages are never touched)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MLP()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if bool(x[0, 0] == 777.0):
+            ballast = torch.empty(2684354560)  # 10 GiB of float32
+            y = y + ballast[:1].fill_(0.0)
+        return y
+
+
+class Slow(nn.Module):
+    """Takes a while on every call (a chain of small matrix products), whatever the input."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+        self.net = MLP()
+        self.weight = nn.Parameter(torch.randn(64, 64) / 8.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = torch.ones(64, 64)
+        for _ in range(self.rounds):
+            state = torch.tanh(state @ self.weight)
+        return self.net(x) + state[0, 0] * 0.0
+
+
 class Loops(nn.Module):
     """Never returns, whatever the input."""
 

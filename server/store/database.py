@@ -140,7 +140,10 @@ class SqliteDatabase:
 
 
 # Columns added after the first release: stores created before them gain them at the next start.
-_LATER_COLUMNS = {"jobs": (("lease", "INTEGER NOT NULL DEFAULT 0"), ("lease_expires", "DOUBLE PRECISION"), ("worker", "TEXT"))}
+_LATER_COLUMNS = {
+    "jobs": (("lease", "INTEGER NOT NULL DEFAULT 0"), ("lease_expires", "DOUBLE PRECISION"), ("worker", "TEXT")),
+    "health": (("crashes", "INTEGER NOT NULL DEFAULT 0"), ("out_of_memory", "INTEGER NOT NULL DEFAULT 0")),
+}
 
 
 def _add_missing_columns(connection: sqlite3.Connection) -> None:
@@ -187,6 +190,9 @@ class PostgresDatabase:
         with pool.connection() as connection, connection.transaction():
             connection.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
             connection.execute(schema("postgresql"))
+            for table, columns in _LATER_COLUMNS.items():
+                for name, declaration in columns:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {declaration}")
         return pool
 
     @contextmanager

@@ -19,7 +19,7 @@ from optimizer_pipeline.report import Chosen
 
 from ..live_window import LiveSample
 from ..routing import Guard
-from ..schemas import ModelInfo, ModelMeta, RoutingEvent, VariantInfo
+from ..schemas import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
 from .stamps import now
 from .artifacts import ArtifactStore
 from .database import Database, integrity_errors
@@ -115,6 +115,9 @@ class Store:
 
     def record_timeout(self, model_id: str, reason: str, unhealthy_after: int) -> None:
         self.index.record_timeout(model_id, reason, unhealthy_after, now())
+
+    def record_failure(self, model_id: str, kind: FailureKind, reason: str, unhealthy_after: int) -> None:
+        self.index.record_failure(model_id, kind, reason, unhealthy_after, now())
 
     def reset_health(self, model_id: str) -> None:
         self.index.reset_health(model_id)

@@ -6,7 +6,7 @@ import time
 
 from ..live_window import LiveSample
 from ..routing import MAX_WINDOW, Guard, Pinned
-from ..schemas import ModelInfo, ModelMeta, RoutingEvent
+from ..schemas import FAILURE_KINDS, FailureKind, ModelInfo, ModelMeta, RoutingEvent
 from .database import Database, Session
 from .model_info import INFO_SQL, VARIANT_SQL, model_info
 
@@ -98,15 +98,25 @@ class ModelIndex:
     # ---- health ----
 
     def record_timeout(self, model_id: str, reason: str, unhealthy_after: int, at: str) -> None:
-        """Count a forward call that hit the hard limit; at `unhealthy_after` of them the model stops serving."""
+        """Count a forward call that hit the hard limit; at `unhealthy_after` failures the model stops serving."""
+        self.record_failure(model_id, "timeouts", reason, unhealthy_after, at)
+
+    def record_failure(self, model_id: str, kind: FailureKind, reason: str, unhealthy_after: int, at: str) -> None:
+        """Count a failure of the model's code (a timeout, a crashed worker, the memory cap); at
+        `unhealthy_after` of them, of any kind, the model stops serving."""
+        if kind not in FAILURE_KINDS:  # a column name: only the fixed ones, never the caller's text
+            raise ValueError(f"unknown failure kind {kind!r}")
+        column = kind
         with self.db.transaction() as tx:
             tx.execute(
-                "INSERT INTO health (model_id, timeouts) VALUES (?, 1) ON CONFLICT (model_id) DO UPDATE SET timeouts = health.timeouts + 1",
+                f"INSERT INTO health (model_id, {column}) VALUES (?, 1) ON CONFLICT (model_id) DO UPDATE SET {column} = health.{column} + 1",
                 (model_id,),
             )
-            timeouts = tx.one("SELECT timeouts FROM health WHERE model_id = ?", (model_id,))["timeouts"]
-            if timeouts >= unhealthy_after:
-                marked = f"{timeouts} forward calls ran past the time limit, the last: {reason} (at {at})"
+            row = tx.one(f"SELECT {', '.join(FAILURE_KINDS)} FROM health WHERE model_id = ?", (model_id,))
+            total = sum(row[c] for c in FAILURE_KINDS)
+            if total >= unhealthy_after:
+                counts = ", ".join(f"{row[c]} {what}" for c, what in FAILURE_KINDS.items() if row[c])
+                marked = f"{total} failed forward calls ({counts}), the last: {reason} (at {at})"
                 tx.execute("UPDATE health SET unhealthy = ? WHERE model_id = ? AND unhealthy IS NULL", (marked, model_id))
 
     def reset_health(self, model_id: str) -> None:

@@ -11,11 +11,12 @@ from ..routing import Guard
 from ..schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
 
 JOB_COLUMNS = ("state", "stage", "progress", "error", "attempts", "queued_at", "started_at", "finished_at", "optimization_seconds", "chosen", "notes")
-_INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS, "timeouts", "unhealthy", "policy", "guard", "revision")
+_INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS, "timeouts", "crashes", "out_of_memory", "unhealthy", "policy", "guard", "revision")
 _VARIANT_COLUMNS = ("name", "runtime", "filename", "size_bytes", "version")
 
 INFO_SQL = (
-    f"SELECT m.id, m.meta, {', '.join(JOB_COLUMNS)}, COALESCE(h.timeouts, 0) AS timeouts, h.unhealthy, "
+    f"SELECT m.id, m.meta, {', '.join(JOB_COLUMNS)}, COALESCE(h.timeouts, 0) AS timeouts, "
+    "COALESCE(h.crashes, 0) AS crashes, COALESCE(h.out_of_memory, 0) AS out_of_memory, h.unhealthy, "
     "r.policy, r.guard, COALESCE(r.revision, 0) AS revision "
     "FROM models m JOIN jobs j ON j.model_id = m.id LEFT JOIN health h ON h.model_id = m.id "
     "LEFT JOIN routing r ON r.model_id = m.id "
@@ -44,7 +45,9 @@ def model_info(values: tuple, variant_values: tuple[tuple, ...]) -> ModelInfo:
     )
     variant_infos = [VariantInfo(**dict(zip(_VARIANT_COLUMNS, v))) for v in variant_values]
     default = "optimized" if any(v.name == "optimized" for v in variant_infos) else "original"
-    health = Health(healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"])
+    health = Health(
+        healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"], crashes=row["crashes"], out_of_memory=row["out_of_memory"]
+    )
     return ModelInfo(
         **meta.model_dump(),
         **job.model_dump(),

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS health (
     model_id TEXT PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
     timeouts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    out_of_memory INTEGER NOT NULL DEFAULT 0,
     unhealthy TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, queued_at);
