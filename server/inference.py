@@ -11,11 +11,9 @@ import logging
 import signal
 import sys
 import time
-import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Callable, Union
 
 import litserve as ls
 import torch
@@ -27,13 +25,26 @@ from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.outputs import NamedOutputs
 from optimizer_pipeline.processes import die_with_parent
-from wire import WireTensor, encode_response
-from wire.codec import Encoded, WireError
+from wire.codec import WireError
 
 from . import confinement, metrics
-from .codec import wire_ready
 from .errors import ApiError, JsonResponse, error_body, not_found
 from .forward_watchdog import ForwardWatchdog
+from .inference_outcomes import (
+    Outcome,
+    Pending,
+    Ran,
+    cast_to_model,
+    check_batch_dimension,
+    error_outcome,
+    example_inputs,
+    forward_failed,
+    in_protocol,
+    infer_outcome,
+    not_ready,
+    out_of_memory,
+    request_tensors,
+)
 from .litserve_bridge import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
 from .observer import LiveObserver
 from .oip_call import InferCall, RawInfer
@@ -43,50 +54,12 @@ from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
 from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
 from .settings import Settings
 from .predict_route import BodyError, JsonBody
-from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedArray, SharedResponse, ShmFull, space_for
+from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
 from .store import open_store
-from .tensors import TensorDecodeError, to_object, to_torch
+from .tensors import TensorDecodeError, to_object
 
 logger = logging.getLogger("optiserve")
 SWITCH_INTERVAL_SECONDS = 0.0005
-
-
-@dataclass
-class Outcome:
-    """One request's answer; `model` and `variant` become headers so the API server can label metrics."""
-
-    status: int
-    body: dict[str, Any]
-    model: str = ""
-    variant: str = ""
-    raw: Union[Encoded, None] = None  # an already encoded body (the protocol's)
-
-
-@dataclass
-class Pending:
-    """A request of one group, with its decoded inputs."""
-
-    position: int
-    request: Union[InferenceRequest, InferCall]
-    inputs: tuple[torch.Tensor, ...] = ()
-    outcome: Union[Outcome, None] = None
-    casts: list[str] = field(default_factory=list)
-    route: Union[Route, None] = None  # how the routing policy placed it (requests that named no variant)
-
-    @property
-    def size(self) -> int:
-        return int(self.inputs[0].shape[0])
-
-    def signature(self) -> tuple:
-        return tuple((t.dtype, tuple(t.shape[1:])) for t in self.inputs)
-
-
-@dataclass
-class Ran:
-    """Outputs of one forward call, split per request, with how long the call took."""
-
-    outputs: dict[int, NamedOutputs] = field(default_factory=dict)
-    milliseconds: dict[int, float] = field(default_factory=dict)
 
 
 class InferenceAPI(ls.LitAPI):
@@ -154,13 +127,13 @@ class InferenceAPI(ls.LitAPI):
                 self._serve_group(ref, variant, pending)
             except ApiError as error:
                 for item in pending:
-                    item.outcome = item.outcome or _error(error)
+                    item.outcome = item.outcome or error_outcome(error)
             except Exception as exc:  # a bug or a broken file must fail this group only
                 logger.exception("inference failed for model %r", ref)
                 for item in pending:
                     item.outcome = item.outcome or Outcome(500, error_body(500, "internal_error", f"inference failed ({type(exc).__name__})"))
             for item in pending:
-                outcomes[item.position] = _in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
+                outcomes[item.position] = in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
 
     def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
@@ -197,7 +170,7 @@ class InferenceAPI(ls.LitAPI):
                 models = {name: self._load(info, name) for name in variants}
             except ApiError as error:  # e.g. a variant not ready: these requests only
                 for item in items:
-                    item.outcome = _error(error)
+                    item.outcome = error_outcome(error)
                 continue
             runs = {name: self._run(info, name, model, items) for name, model in models.items()}
             for item in items:
@@ -228,7 +201,7 @@ class InferenceAPI(ls.LitAPI):
     def _load(self, info: ModelInfo, variant_name: str, watchdog: Union[ForwardWatchdog, None] = None) -> RunVariant:
         variant = info.variant(variant_name)
         if variant is None:
-            raise _not_ready(info, variant_name)
+            raise not_ready(info, variant_name)
 
         def locate() -> Path:
             # Only on a cache miss: on a shared store this looks the file up and may download it.
@@ -239,19 +212,19 @@ class InferenceAPI(ls.LitAPI):
 
         # Loading warms the model up with a forward call, which gets the same hard limit.
         with (watchdog or self.watchdog).watching(info.id):
-            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: _example_inputs(info), variant.size_bytes)
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: example_inputs(info), variant.size_bytes)
 
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
         decoded = []
         for item in pending:
             try:
-                tensors = _request_tensors(info, item.request)
+                tensors = request_tensors(info, item.request)
                 item.inputs = tuple(
-                    _cast_to_model(tensor, dtype, name, item.casts)
+                    cast_to_model(tensor, dtype, name, item.casts)
                     for tensor, dtype, name in zip(tensors, info.summary.input_dtypes, info.summary.inputs)
                 )
-                _check_batch_dimension(item.inputs)
+                check_batch_dimension(item.inputs)
             except Exception as exc:  # whatever a request holds, it fails that request alone
                 message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
                 item.outcome = Outcome(422, error_body(422, "invalid_input", message), info.name)
@@ -281,8 +254,8 @@ class InferenceAPI(ls.LitAPI):
         return ran
 
     def _forward_failed(self, info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
-        if not _out_of_memory(exc):
-            return _forward_failed(info, item, exc)
+        if not out_of_memory(exc):
+            return forward_failed(info, item, exc)
         cap = self.settings.worker_memory_bytes / 2**30
         message = (
             f"model {info.name!r} tried to allocate more memory than an inference worker may map "
@@ -363,7 +336,7 @@ class PredictAPI(InferenceAPI):
         (variant, ran), = runs.items()
         milliseconds = round(ran.milliseconds[item.position], 3)
         if isinstance(item.request, InferCall):
-            return _infer_outcome(info, variant, item, ran.outputs[item.position], milliseconds)
+            return infer_outcome(info, variant, item, ran.outputs[item.position], milliseconds)
         response = PredictResponse.model_construct(
             model=info.name,
             variant=variant,
@@ -402,124 +375,3 @@ def is_inference_path(path: str) -> bool:
     return path in (PredictAPI.endpoint, CompareAPI.endpoint) or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
 
-def _request_tensors(info: ModelInfo, request: Union[InferenceRequest, InferCall]) -> list[torch.Tensor]:
-    """The request's inputs as tensors, in the order of the model's forward arguments."""
-    expected = info.summary.inputs
-    if isinstance(request, InferCall):
-        by_name = {tensor.name: tensor for tensor in request.inputs}
-        unknown = sorted(set(by_name) - set(expected))
-        if unknown or len(by_name) != len(expected):
-            raise TensorDecodeError(
-                f"the model's inputs are {expected} ({_expectation(info)}); the request has {[t.name for t in request.inputs]}"
-            )
-        return [_from_wire(by_name[name]) for name in expected]
-    if len(request.inputs) != len(expected):
-        raise TensorDecodeError(f"the model takes {len(expected)} input(s) ({_expectation(info)}), the request has {len(request.inputs)}")
-    return [to_torch(value, position, info.summary.input_dtypes[position]) for position, value in enumerate(request.inputs)]
-
-
-def _from_wire(tensor: WireTensor) -> torch.Tensor:
-    array = tensor.array.load() if isinstance(tensor.array, SharedArray) else tensor.array
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a read-only view of the request body; never written to
-        result = torch.from_numpy(array)
-    return result.view(torch.bfloat16) if tensor.datatype == "BF16" else result
-
-
-def _cast_to_model(tensor: torch.Tensor, dtype_name: str, name: str, casts: list[str]) -> torch.Tensor:
-    """Real values to the model's real dtype, integers to its integer dtype (numpy hands out float64 and int64)."""
-    expected = getattr(torch, dtype_name, None)
-    if not isinstance(expected, torch.dtype) or tensor.dtype == expected:
-        return tensor
-    same_kind = (tensor.is_floating_point() and expected.is_floating_point) or (
-        not tensor.is_floating_point() and not expected.is_floating_point and tensor.dtype != torch.bool and expected != torch.bool
-    )
-    if not same_kind:
-        return tensor  # the model decides; a failure says what it expects
-    casts.append(f"input {name}: {str(tensor.dtype).removeprefix('torch.')} -> {dtype_name}")
-    return tensor.to(expected)
-
-
-def _infer_outcome(info: ModelInfo, variant: str, item: Pending, outputs: NamedOutputs, milliseconds: float) -> Outcome:
-    call = item.request
-    wanted = call.requested_outputs
-    available = [name for name, _ in outputs]
-    if wanted is not None and (missing := sorted(set(wanted) - set(available))):
-        return Outcome(400, {"error": f"unknown output(s) {missing}; the model's outputs are {available}"}, info.name, variant)
-    tensors = []
-    for name, tensor in outputs:
-        if wanted is None or name in wanted:
-            ready, datatype = wire_ready(tensor)
-            array = (ready.view(torch.uint16) if datatype == "BF16" else ready).numpy()
-            tensors.append(WireTensor(name, datatype, array))
-    parameters = {"inference_ms": milliseconds, **({"casts": "; ".join(item.casts)} if item.casts else {})}
-    encoded = encode_response(info.name, variant, call.request_id, tensors, call.binary_outputs, parameters)
-    return Outcome(200, {}, info.name, variant, raw=encoded)
-
-
-def _in_protocol(outcome: Outcome) -> Outcome:
-    """Errors in the protocol's shape, `{"error": message}`, with its statuses."""
-    if outcome.status == 200 or "error" not in outcome.body or not isinstance(outcome.body["error"], dict):
-        return outcome
-    error = outcome.body["error"]
-    status = {"variant_not_available": 404, "variant_not_ready": 503, "invalid_input": 400}.get(error["code"], outcome.status)
-    return Outcome(status, {"error": error["message"]}, outcome.model, outcome.variant)
-
-
-def _error(error: ApiError) -> Outcome:
-    return Outcome(error.status, error_body(error.status, error.code, error.message))
-
-
-def _not_ready(info: ModelInfo, variant: str) -> ApiError:
-    if info.state == "ready":
-        reason = info.chosen.reason if info.chosen else "nothing qualified"
-        return ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant: {reason}")
-    if info.state == "failed":
-        return ApiError(409, "variant_not_available", f"model {info.name!r} has no {variant} variant: optimization failed ({info.error})")
-    return ApiError(409, "variant_not_ready", f"model {info.name!r} is {info.state} ({info.stage or 'waiting'}); its {variant} variant is not ready yet")
-
-
-def _expectation(info: ModelInfo) -> str:
-    summary = info.summary
-    return ", ".join(
-        f"{name}: [N, {', '.join(map(str, shape))}] {dtype}" if shape else f"{name}: [N] {dtype}"
-        for name, shape, dtype in zip(summary.inputs, summary.input_shapes, summary.input_dtypes)
-    )
-
-
-def _example_inputs(info: ModelInfo) -> tuple[torch.Tensor, ...]:
-    """One all-zero sample per input, shaped and typed like the calibration batch."""
-    summary = info.summary
-    return tuple(torch.zeros([1, *shape], dtype=getattr(torch, dtype)) for shape, dtype in zip(summary.input_shapes, summary.input_dtypes))
-
-
-def _check_batch_dimension(inputs: tuple[torch.Tensor, ...]) -> None:
-    if any(t.dim() == 0 for t in inputs):
-        raise TensorDecodeError("every input needs a batch dimension first (got a scalar)")
-    sizes = {int(t.shape[0]) for t in inputs}
-    if len(sizes) > 1:
-        raise TensorDecodeError(f"inputs disagree on the batch size (first dimension): {sorted(sizes)}")
-    if sizes == {0}:
-        raise TensorDecodeError("the batch is empty (first dimension 0)")
-
-
-def _summary_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    # TorchScript puts a generic header first and the actual error ("RuntimeError: ...") last.
-    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
-    return line[:300]
-
-
-# How an allocation refused by the address-space cap surfaces: torch's CPU allocator, C++ new, ONNX
-# Runtime's and OpenVINO's allocators, Python.
-_OUT_OF_MEMORY_SIGNS = ("can't allocate memory", "Cannot allocate memory", "bad_alloc", "Failed to allocate memory")
-
-
-def _out_of_memory(exc: Exception) -> bool:
-    return isinstance(exc, MemoryError) or any(sign in str(exc) for sign in _OUT_OF_MEMORY_SIGNS)
-
-
-def _forward_failed(info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
-    given = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in item.inputs)
-    message = f"the model failed on inputs {given}; it expects {_expectation(info)} ({_summary_line(exc)})"
-    return Outcome(422, error_body(422, "invalid_input", message), info.name)
