@@ -1,0 +1,159 @@
+"""The main process's watch over the inference workers and the API servers: a death is seen at once, answered, and replaced."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import litserve as ls
+import uvicorn
+from fastapi import HTTPException
+from litserve.server import _Server
+from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
+
+from .batching import IDLE_WAKE_SECONDS, HeldBatch, HeldRecord, held_record_path
+
+logger = logging.getLogger("optiserve")
+
+# ---- the main process's watch over the inference workers ----
+
+
+@dataclass
+class WorkerDeath:
+    api_path: str
+    worker_id: int
+    pid: int
+    exit_code: int | None
+    held: HeldBatch
+
+    @property
+    def how(self) -> str:
+        code = self.exit_code
+        if code is not None and code < 0:
+            import signal
+
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+
+def supervise_workers(server: ls.LitServer, records: Path, on_death: Callable[[WorkerDeath], HTTPException | None]) -> None:
+    """Watch the inference workers from the main process in place of LitServe's monitor.
+
+    A dead worker is seen at once (its process sentinel), `on_death` (which logs it and counts it
+    against its model) returns the error its held requests get, they get it at once through the
+    API servers' response queues, and a fresh worker takes its place."""
+    stopping = threading.Event()
+    shutdown = server._perform_graceful_shutdown
+
+    def graceful_shutdown(*args: Any, **kwargs: Any) -> None:
+        stopping.set()  # the workers it terminates are not to be replaced
+        shutdown(*args, **kwargs)
+
+    def start(manager: Any, uvicorn_workers: Any) -> None:
+        threading.Thread(target=_watch, args=(server, records, on_death, stopping), daemon=True, name="optiserve-worker-monitor").start()
+
+    server._perform_graceful_shutdown = graceful_shutdown
+    server._start_worker_monitoring = start
+
+
+def _watch(server: ls.LitServer, records: Path, on_death: Callable[[WorkerDeath], HTTPException | None], stopping: threading.Event) -> None:
+    while not stopping.is_set():
+        workers = list(server.inference_workers)
+        multiprocessing.connection.wait([worker.sentinel for worker in workers], timeout=IDLE_WAKE_SECONDS)
+        for index, worker in enumerate(workers):
+            if stopping.is_set() or worker.is_alive():
+                continue
+            try:
+                _replace(server, records, on_death, index, worker)
+            except Exception:
+                if stopping.is_set():
+                    return
+                logger.exception("could not replace inference worker %s", worker.pid)
+
+
+def _replace(server: ls.LitServer, records: Path, on_death: Callable[[WorkerDeath], HTTPException | None], index: int, worker: Any) -> None:
+    lit_api, worker_id = _worker_slot(server, index)
+    path = held_record_path(records, lit_api.api_path, worker_id)
+    death = WorkerDeath(lit_api.api_path, worker_id, worker.pid, worker.exitcode, HeldRecord.read(path))
+    error = on_death(death)
+    if error is not None:
+        failure = PickleableHTTPException.from_exception(error)
+        for response_queue_id, uid in death.held.requests:
+            server._transport.send((uid, (failure, LitAPIStatus.ERROR, LoopResponseType.REGULAR, worker_id)), consumer_id=response_queue_id)
+    path.unlink(missing_ok=True)
+    server.inference_workers[index] = server.launch_single_inference_worker(lit_api, worker_id)
+
+
+def _worker_slot(server: ls.LitServer, index: int) -> tuple[Any, int]:
+    # LitServe lists the workers of every API in order, each API's numbered from 0.
+    for lit_api in server.litapi_connector:
+        count = len(server._inference_workers_config_for_api(lit_api.api_path))
+        if index < count:
+            return lit_api, index
+        index -= count
+    raise LookupError(f"no inference worker at index {index}")
+
+
+def supervise_api_servers(server: ls.LitServer, every: float, tick: Callable[[], None]) -> None:
+    """Once `run()` has forked the API servers, restart any that dies; `tick` runs every `every` seconds meanwhile.
+
+    A thread of the main process watches their sentinels (the main thread is parked in run()). A
+    restarted server takes the same response queue id, so answers still find their way.
+    """
+    start_servers, shut_down = server._start_server, server._perform_graceful_shutdown
+    stopping = threading.Event()
+
+    def start(port, count, log_level, sockets, worker_type, **kwargs):
+        workers = start_servers(port, count, log_level, sockets, worker_type, **kwargs)
+        if worker_type == "process":
+            launch = lambda index: _fork_api_server(server, index, port, log_level, sockets, kwargs)  # noqa: E731
+            watcher = threading.Thread(target=_watch_api_servers, args=(workers, launch, stopping, every, tick), daemon=True, name="optiserve-api-supervisor")
+            watcher.start()
+        return workers
+
+    def shutdown(*args, **kwargs):
+        stopping.set()  # LitServe is about to stop the API servers itself: no restarts from here on
+        return shut_down(*args, **kwargs)
+
+    server._start_server, server._perform_graceful_shutdown = start, shutdown
+
+
+def _watch_api_servers(workers: dict[int, Any], launch: Callable[[int], Any], stopping: threading.Event, every: float, tick: Callable[[], None]) -> None:
+    while not stopping.is_set():
+        wait([process.sentinel for process in workers.values()], timeout=every)
+        for index, process in list(workers.items()):
+            if process.is_alive() or stopping.is_set():
+                continue
+            code = process.exitcode
+            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            logger.error("API server %d (pid %d) died (%s); restarting it", index, process.pid, how)
+            workers[index] = launch(index)  # the dict LitServe's shutdown stops, so it stops this one too
+        try:
+            tick()
+        except Exception:
+            logger.exception("periodic front-end upkeep failed")
+    # A restarted server dies with the thread that forked it (PR_SET_PDEATHSIG follows the thread):
+    # this one stays until LitServe's shutdown has stopped them all.
+    wait([process.sentinel for process in workers.values()], timeout=60)
+
+
+def _fork_api_server(server: ls.LitServer, index: int, port: int, log_level: str, sockets: list, kwargs: dict) -> Any:
+    # As LitServer._start_server (litserve 0.2.19) starts each API server, for one index.
+    server.app.response_queue_id = index
+    app = copy.copy(server.app)
+    server._prepare_app_run(app)
+    config = uvicorn.Config(
+        app=app, host="0.0.0.0", port=port, log_level=log_level, timeout_graceful_shutdown=server.uvicorn_graceful_timeout, **kwargs
+    )
+    process = multiprocessing.get_context("fork").Process(target=_Server(config=config).run, args=(index, sockets), name=f"LitServer-{index}")
+    process.start()
+    return process
