@@ -67,7 +67,7 @@ class AllocatesOnMarker(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         if bool(x[0, 0] == 777.0):
-            ballast = torch.empty(2684354560)  # 10 GiB of float32
+            ballast = torch.zeros(2684354560)  # 10 GiB of float32 (torch.empty is off the allowlist)
             y = y + ballast[:1].fill_(0.0)
         return y
 
