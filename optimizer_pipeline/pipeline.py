@@ -19,7 +19,7 @@ from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalist
 from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
-from .fidelity import accuracy, first_class_scores
+from .fidelity import accuracy
 from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
@@ -51,9 +51,11 @@ def parse_config(config: PipelineConfig | dict[str, Any] | str | None) -> Pipeli
 
 def inspect_upload(model: Source, calibration: Source, labels: Source | None = None, config: Any = None) -> ModelSummary:
     """Everything an upload needs to pass before it is accepted; fast (runs two samples)."""
-    parse_config(config)
+    settings = parse_config(config)
     module, batch = _load_inputs(model, calibration, labels)
-    return _summarize(module, batch, _size(model))
+    summary = _summarize(module, batch, _size(model))
+    _check_class_outputs(settings, summary.outputs)
+    return summary
 
 
 def optimize(
@@ -71,6 +73,7 @@ def optimize(
     settings = parse_config(config)
     notify("loading", 0.0)
     original, batch = _load_inputs(model, calibration, labels)
+    _check_class_outputs(settings, [name for name, _ in check_model_accepts(original, batch.head(2))])
     original_bytes = _read(model)
     threads = settings.threads or torch.get_num_threads()
     with _torch_threads(threads):
@@ -106,6 +109,7 @@ def optimize(
             labels=batch.labels is not None,
         ),
         baseline_accuracy=_baseline_accuracy(reference),
+        outputs=list(reference.judgements),
         candidates=candidates,
         search=summary,
         chosen=chosen,
@@ -131,6 +135,13 @@ def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> t
     return module, batch
 
 
+def _check_class_outputs(settings: PipelineConfig, outputs: list[str]) -> None:
+    declared = settings.tolerance.class_outputs if settings.tolerance is not None else None
+    unknown = [name for name in declared or [] if name not in outputs]
+    if unknown:
+        raise InvalidConfigError(f"invalid pipeline config: tolerance.class_outputs names {unknown}, which the model does not return; its outputs are {outputs}")
+
+
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:
     specs = settings.candidate_specs()
     builder = PlanBuilder(reference)
@@ -142,7 +153,7 @@ def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: 
 
 
 def _baseline_accuracy(reference: Reference) -> float | None:
-    scores = first_class_scores(reference.held_out_outputs)
+    scores = next((j.name for j in reference.judgements if j.kind == "class_scores"), None)
     if scores is None or reference.held_out.labels is None:
         return None
     return accuracy(dict(reference.held_out_outputs)[scores], reference.held_out.labels)

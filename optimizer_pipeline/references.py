@@ -14,7 +14,7 @@ from . import jit
 from .calibration import Batch
 from .candidates import Reference
 from .config import PipelineConfig
-from .fidelity import first_class_scores
+from .fidelity import judge_outputs
 from .model_loading import run_model
 
 
@@ -22,6 +22,12 @@ def make_references(original: jit.ScriptModule, batch: Batch, settings: Pipeline
     target = settings.batch_size or min(32, len(batch))
     timing = tuple(batch.head(size) for size in ([1, target] if target > 1 else [1]))
     splits = [batch.split(settings.holdout_fraction, settings.seed)] if folds == 1 else _folds(batch, folds, settings.seed)
+    # What each output is (class scores, a regression, an embedding) is read once, from the original's
+    # outputs on the whole calibration batch, and holds for every fold and candidate.
+    every_output = run_model(original, batch)
+    kinds = judge_outputs(every_output, settings.tolerance, batch.labels)
+    tolerance = settings.resolved_tolerance(any(k.kind == "class_scores" for k in kinds))
+    judgements = judge_outputs(every_output, tolerance, batch.labels) if settings.tolerance is None else kinds
     references = []
     for train, held_out in splits:
         held_out_outputs = run_model(original, held_out)
@@ -32,7 +38,8 @@ def make_references(original: jit.ScriptModule, batch: Batch, settings: Pipeline
                 held_out=held_out,
                 held_out_outputs=held_out_outputs,
                 timing_batches=timing,
-                tolerance=settings.resolved_tolerance(first_class_scores(held_out_outputs) is not None),
+                tolerance=tolerance,
+                judgements=tuple(judgements),
                 threads=threads,
             )
         )
