@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
+from .hardware import cpu_has_bf16
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
@@ -45,6 +46,17 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
     [{"pass": "onnx_export"}, {"pass": "ov_convert"}],
     [{"pass": "onnx_export"}, {"pass": "ov_convert"}, {"pass": "ov_quantize"}],
 ]
+# Added where the CPU computes bf16 natively (hardware.py), never elsewhere: OpenVINO in bf16, and
+# its int8 IR with the ops NNCF leaves in float computed in bf16 (ov_quantize keeps the precision).
+BF16_CANDIDATES: list[list[dict[str, Any]]] = [
+    [{"pass": "onnx_export"}, {"pass": "ov_convert", "precision": "bf16"}],
+    [{"pass": "onnx_export"}, {"pass": "ov_convert", "precision": "bf16"}, {"pass": "ov_quantize"}],
+]
+
+
+def default_candidates() -> list[list[dict[str, Any]]]:
+    """The built-in candidate set on this machine."""
+    return DEFAULT_CANDIDATES + (BF16_CANDIDATES if cpu_has_bf16() else [])
 
 
 class Tolerance(BaseModel):
@@ -144,7 +156,7 @@ class PipelineConfig(BaseModel):
             return [CandidateSpec(plan=self.plan)]
         if self.candidates is not None:
             return self.candidates
-        return [CandidateSpec(plan=plan) for plan in DEFAULT_CANDIDATES]
+        return [CandidateSpec(plan=plan) for plan in default_candidates()]
 
     def search_config(self) -> SearchConfig | None:
         """The search to run: the configured one, `auto` (also the default when no plan is given), or None."""
@@ -152,7 +164,7 @@ class PipelineConfig(BaseModel):
             return None
         if isinstance(self.search, SearchConfig):
             return self.search
-        return SearchConfig(strategy="random", first=DEFAULT_CANDIDATES)
+        return SearchConfig(strategy="random", first=default_candidates())
 
     def resolved_tolerance(self, has_class_scores: bool) -> Tolerance:
         if self.tolerance is not None:

@@ -64,6 +64,8 @@ def output_kind(tensor: torch.Tensor) -> tuple[str, str]:
         return "class_scores", "every row's exponentials sum to 1: log-probabilities"
     if ((rows.norm(dim=1) - 1).abs() <= 1e-3).all():
         return "embedding", "every row has unit L2 norm: an embedding"
+    if ((rows >= 0) & (rows <= 1)).all():
+        return "regression", "every entry lies in [0, 1] but rows are not distributions: positions or independent (multi-label) scores, whose argmax means nothing"
     if columns <= FEW_COLUMNS:
         return "regression", f"{columns} raw columns: as likely coordinates (a box is 4) as logits, and an argmax over coordinates means nothing"
     if len(rows) >= 8 and rows.argmax(1).unique().numel() == 1:
