@@ -122,3 +122,13 @@ def test_the_cpuinfo_flags_that_mean_bf16():
     assert bf16_from_cpuinfo("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert bf16_from_cpuinfo("flags\t\t: fpu avx2 amx_tile amx_bf16\n")
     assert not bf16_from_cpuinfo("flags\t\t: fpu sse avx2 fma f16c\n")
+
+
+def test_the_report_page_and_table_say_how_each_output_was_judged():
+    from optimizer_pipeline.report.html import render_html
+    from optimizer_pipeline.report.table import format_report
+
+    archive, inputs = tiny_models.box_regressor(32)
+    report = optimize(archive, tiny_models.calibration_bytes(inputs), {**FAST, "candidates": [{"plan": [{"pass": "freeze"}]}]}).report
+    said = "output by cosine (regression: 4 raw columns"
+    assert said in format_report(report) and said in render_html(report)

@@ -48,7 +48,7 @@ def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
         return None
     step = 1 / samples
     if tolerance.metric == "agreement":
-        needed = samples_to_show(tolerance.threshold)
+        needed = samples_to_show(tolerance.threshold, Z_95_ONE_SIDED)
         if needed is None or samples >= needed:
             return None
         one_miss = (
@@ -58,7 +58,7 @@ def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
         )
         return (
             f"{samples} held-out samples cannot show agreement ≥ {tolerance.threshold:g}: {one_miss}, and even "
-            f"{samples} of {samples} only shows ≥ {wilson_lower_bound(1.0, samples):.3f} at 95% confidence; "
+            f"{samples} of {samples} only shows ≥ {agreement_bound(1.0, samples):.3f} at 95% confidence (one-sided); "
             f"that needs at least {needed} held-out samples with no miss"
         )
     if step > tolerance.threshold:
