@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
-from .hardware import cpu_has_bf16
+from .runtimes.cpu import cpu_has_bf16
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
@@ -46,7 +46,7 @@ DEFAULT_CANDIDATES: list[list[dict[str, Any]]] = [
     [{"pass": "onnx_export"}, {"pass": "ov_convert"}],
     [{"pass": "onnx_export"}, {"pass": "ov_convert"}, {"pass": "ov_quantize"}],
 ]
-# Added where the CPU computes bf16 natively (hardware.py), never elsewhere: OpenVINO in bf16, and
+# Added where the CPU computes bf16 natively (runtimes/cpu.py), never elsewhere: OpenVINO in bf16, and
 # its int8 IR with the ops NNCF leaves in float computed in bf16 (ov_quantize keeps the precision).
 BF16_CANDIDATES: list[list[dict[str, Any]]] = [
     [{"pass": "onnx_export"}, {"pass": "ov_convert", "precision": "bf16"}],

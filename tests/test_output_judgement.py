@@ -12,10 +12,12 @@ import torch
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import Report, inspect_upload, optimize, parse_config
+from optimizer_pipeline.choice import choose
 from optimizer_pipeline.errors import InvalidConfigError
 from optimizer_pipeline.fidelity import judge_outputs
-from optimizer_pipeline.hardware import bf16_from_cpuinfo, cpu_has_bf16
+from optimizer_pipeline.runtimes.cpu import bf16_from_cpuinfo, cpu_has_bf16
 from optimizer_pipeline.outputs import flatten_outputs
+from optimizer_pipeline.report import CandidateReport, Fidelity
 from optimizer_pipeline.report.confidence import agreement_bound, samples_for_agreement
 from optimizer_pipeline.search.space import DEFAULT_SPACE, expand_space
 
@@ -71,17 +73,32 @@ def test_a_model_with_a_class_head_and_a_box_head_judges_each_by_its_kind_and_sa
     assert Report.model_validate_json(report.model_dump_json()).outputs == report.outputs
 
 
-def test_enough_held_out_samples_certify_agreement_and_the_choice_says_so():
+def test_enough_held_out_samples_certify_agreement():
+    freeze = {**FAST, "candidates": [{"plan": [{"pass": "freeze"}]}], "batch_size": 16}
     few_archive, few_inputs = tiny_models.probabilities(64)
-    freeze = {**FAST, "candidates": [{"plan": [{"pass": "freeze"}]}], "batch_size": 16, "min_speedup": 0.01}
     few = optimize(few_archive, tiny_models.calibration_bytes(few_inputs), freeze).report
-    assert few.candidates[0].fidelity.verdict == "undecided" and "NOT certified" in few.chosen.reason
+    assert few.candidates[0].fidelity.verdict == "undecided" and not few.candidates[0].certified
     archive, inputs = tiny_models.probabilities(1100)  # 275 held out: enough for 99% with no miss
     report = optimize(archive, tiny_models.calibration_bytes(inputs), freeze).report
     frozen = report.candidates[0]
-    assert frozen.certified and frozen.fidelity.verdict == "met" and report.chosen.certified
+    assert frozen.certified and frozen.fidelity.verdict == "met"
     assert agreement_bound(1.0, report.calibration.held_out_samples) >= 0.99
-    assert "NOT certified" not in report.chosen.reason
+
+
+def _judged(name: str, speedup: float, verdict: str) -> CandidateReport:
+    fidelity = Fidelity(samples=16, outputs=[], agreement=1.0, cosine=1.0, cosine_min=1.0, sqnr_db=40.0, max_abs_error=0.0,
+                        verdict=verdict, more_samples=252 if verdict == "undecided" else None)
+    return CandidateReport(name=name, plan=[], status="ok", fidelity=fidelity, speedup=speedup,
+                           meets_tolerance=verdict != "missed", certified=verdict == "met")
+
+
+def test_a_certified_candidate_is_chosen_over_a_faster_undecided_one_and_an_uncertified_pick_says_so():
+    config = parse_config({})
+    chosen = choose([_judged("int8", 4.0, "undecided"), _judged("f32", 2.0, "met")], config)
+    assert chosen.candidate == "f32" and chosen.certified and "NOT certified" not in chosen.reason
+    alone = choose([_judged("int8", 4.0, "undecided"), _judged("broken", 9.0, "missed")], config)
+    assert alone.candidate == "int8" and alone.certified is False
+    assert "NOT certified" in alone.reason and "about 252 more held-out (unlabeled) samples" in alone.reason
 
 
 def test_the_user_names_the_class_outputs():

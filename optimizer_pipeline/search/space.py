@@ -12,7 +12,7 @@ import itertools
 import math
 from typing import Any
 
-from ..hardware import cpu_has_bf16
+from ..runtimes.cpu import cpu_has_bf16
 from ..passes.base import REGISTRY, PassConfig, parse_pass_spec
 from ..passes.plan import Plan
 StageOption = dict[str, Any] | list[dict[str, Any]] | None
@@ -60,7 +60,7 @@ def expand_space(space: dict[str, list[StageOption]]) -> list[Plan]:
 
 
 def runs_here(plan: Plan) -> bool:
-    """False for a bf16 plan on a CPU without native bf16 (hardware.py): never offered there."""
+    """False for a bf16 plan on a CPU without native bf16 (runtimes/cpu.py): never offered there."""
     return cpu_has_bf16() or not any(getattr(step, "precision", "f32") == "bf16" for step in plan)
 
 

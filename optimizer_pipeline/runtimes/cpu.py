@@ -29,7 +29,7 @@ def bf16_from_cpuinfo(text: str) -> bool:
 def bf16_from_openvino() -> bool | None:
     """OpenVINO's own view (its CPU plugin lists "BF16" among OPTIMIZATION_CAPABILITIES), None without it."""
     try:
-        from .runtimes.openvino import core
+        from .openvino import core
 
         return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # no OpenVINO, or no CPU plugin: that view is simply missing
