@@ -18,13 +18,13 @@ import torch
 from . import jit, watch
 from .calibration import Batch
 from .config import PipelineConfig, Tolerance
-from .fidelity import compare_outputs
+from .fidelity import assess, compare_outputs
 from .latency import MIN_ROUNDS, alone_stats, compare_latency
 from .latency_alone import Subject, time_alone
 from .model_loading import run_model
 from .outputs import NamedOutputs
 from .passes import REGISTRY, Plan, run_pass
-from .report import AloneTiming, CandidateReport, LatencyComparison
+from .report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
 from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving
 
 FINALISTS = 4  # at most: the fastest of each of the three runtimes and a close runner-up
@@ -45,6 +45,7 @@ class Reference:
     threads: int
     step_seconds: float = watch.STEP_FLOOR_S  # the deadline of each step that runs a candidate (watch.py)
     unlabeled_held_out: int = 0  # of held_out's samples, how many came from the unlabeled set (they have no labels)
+    judgements: tuple[OutputJudgement, ...] = ()  # how each output is judged (fidelity.judge_outputs)
 
 
 class PassFailed(Exception):
@@ -162,14 +163,25 @@ def fail(built: BuiltCandidate, exc: Exception) -> None:
 
 def measure_fidelity(candidate: LoadedVariant, reference: Reference, report: CandidateReport) -> None:
     outputs = run_model(candidate, reference.held_out)
-    report.fidelity = compare_outputs(reference.held_out_outputs, outputs, reference.held_out.labels)
+    judgements = list(reference.judgements) or None
+    report.fidelity = compare_outputs(reference.held_out_outputs, outputs, reference.held_out.labels, judgements)
     if any(t.is_floating_point() and not torch.isfinite(t).all() for _, t in outputs):
         report.notes.append("the candidate produced NaN or Inf on held-out data")
-        met, why = False, "non-finite outputs"
+        verdict, why = "missed", "non-finite outputs"
+        report.fidelity.verdict = verdict
     else:
-        met, why = reference.tolerance.met_by(report.fidelity)
-    report.meets_tolerance = met
-    report.notes.append(f"tolerance {'met' if met else 'missed'}: {why}")
+        verdict, why = assess(report.fidelity, reference.tolerance)
+    record_verdict(report, verdict, why)
+
+
+def record_verdict(report: CandidateReport, verdict: str, why: str) -> None:
+    """meets_tolerance: observed within (it stays in the running); certified: its bound clears the
+    tolerance on every output (choice.py prefers these)."""
+    report.meets_tolerance = verdict != "missed"
+    report.certified = verdict == "met"
+    report.notes = [n for n in report.notes if not n.startswith("tolerance")]
+    label = {"met": "met (certified)", "undecided": "undecided (within, not certified)", "missed": "missed"}[verdict]
+    report.notes.append(f"tolerance {label}: {why}")
 
 
 def measure_latency(built: BuiltCandidate, reference: Reference, config: PipelineConfig) -> None:
@@ -231,6 +243,10 @@ def confirm_finalists(built: list[BuiltCandidate], reference: Reference, config:
 
 def _finalists(built: list[BuiltCandidate]) -> list[BuiltCandidate]:
     qualifying = [b for b in built if b.report.status == "ok" and b.report.meets_tolerance and b.archive]
+    # A certified candidate is chosen over any undecided one (choice.py), so when there are certified
+    # ones, the finalists' timing is spent on them.
+    certified = [b for b in qualifying if b.report.certified]
+    qualifying = certified or qualifying
     qualifying.sort(key=lambda b: b.report.speedup or 0.0, reverse=True)
     if not qualifying:
         return []

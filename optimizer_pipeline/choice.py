@@ -23,24 +23,38 @@ def choose(candidates: list[CandidateReport], config: PipelineConfig, objective:
         qualified = [c for c in qualified if c.timed_alone]
     if not qualified:
         return Chosen(candidate="original", reason=_why_none(candidates, config))
+    # A candidate whose bound clears the tolerance beats any that was only observed within it: the
+    # served variant's fidelity must be shown, not hoped for. Only when none is certified (too few
+    # held-out samples to certify anything) is the best observed one served, and the reason says so.
+    certified = [c for c in qualified if c.certified]
+    uncertain = "" if certified else _uncertain_note(qualified)
+    qualified = certified or qualified
     others = len(qualified) - 1
     ahead = f", ahead of {others} other qualifying candidate(s)" if others else ""
     if objective == "size":
         best = min(qualified, key=lambda c: (c.size_bytes or 0, -(c.speedup or 0.0)))
         return _chosen(best, f"smallest candidate within the tolerance and faster: {best.size_bytes} bytes, "
-                       f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
+                       f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}{uncertain}")
     # Fastest wins; a near tie goes to the more faithful one: a few percent is within timing noise here.
     best_speed = max(c.speedup or 0.0 for c in qualified)
     contenders = [c for c in qualified if (c.speedup or 0.0) >= best_speed / TIE_MARGIN]
     best = max(contenders, key=lambda c: (_sqnr(c), c.speedup or 0.0))
     fastest = max(qualified, key=lambda c: c.speedup or 0.0)
     if best is fastest:
-        return _chosen(best, f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}")
+        return _chosen(best, f"fastest candidate within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}{uncertain}")
     return _chosen(best, (
         f"within {TIE_MARGIN - 1:.0%} of the fastest candidate within the tolerance ({fastest.name}, {fastest.speedup:.2f}x), "
         f"a tie at this timing noise, and more faithful: SQNR {_sqnr(best):.1f} dB against {_sqnr(fastest):.1f} dB; "
-        f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}"
+        f"{best.speedup:.2f}x at batch {config_batch(best)}{ahead}{uncertain}"
     ))
+
+
+def _uncertain_note(qualified: list[CandidateReport]) -> str:
+    if any(c.certified is None for c in qualified):
+        return ""  # built before verdicts existed
+    needed = [c.fidelity.more_samples for c in qualified if c.fidelity and c.fidelity.more_samples is not None]
+    more = f"; about {min(needed)} more held-out (unlabeled) samples would settle the closest" if needed else ""
+    return f" — NOT certified: the held-out samples are too few to show any candidate within the tolerance at 95%{more}"
 
 
 def _sqnr(candidate: CandidateReport) -> float:
@@ -62,6 +76,7 @@ def _chosen(candidate: CandidateReport, reason: str) -> Chosen:
         speedup=candidate.speedup,
         fidelity=candidate.fidelity,
         runtime=candidate.runtime,
+        certified=candidate.certified,
     )
 
 

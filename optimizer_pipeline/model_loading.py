@@ -15,7 +15,7 @@ from . import jit
 from .calibration import Batch, check_labels_fit
 from .errors import InvalidCalibrationError, InvalidModelError, NonFiniteOutputError
 from .exported import is_exported_archive, load_exported_program, traced_stand_in
-from .fidelity import first_class_scores
+from .fidelity import labelled_output
 from .model_ops import check_archive_code, check_model_ops
 from .outputs import NamedOutputs, flatten_outputs
 
@@ -141,7 +141,7 @@ def check_model_accepts(model: jit.ScriptModule, batch: Batch, sample_count: int
                 f"output {name!r} contains NaN or Inf on the calibration inputs; check the model and the "
                 f"input scaling (e.g. normalisation) of the calibration batch"
             )
-    scores = first_class_scores(outputs)
+    scores = labelled_output(outputs)
     if batch.labels is not None and scores is not None:
         check_labels_fit(batch.labels, dict(outputs)[scores].shape[1], scores)
     return outputs

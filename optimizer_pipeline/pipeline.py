@@ -19,7 +19,7 @@ from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalist
 from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
-from .fidelity import accuracy, first_class_scores
+from .fidelity import accuracy
 from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
@@ -58,11 +58,13 @@ def inspect_upload(
 ) -> ModelSummary:
     """Everything an upload needs to pass before it is accepted; fast (runs two samples; the unlabeled
     set's layout is only compared with the calibration batch's)."""
-    parse_config(config)
+    settings = parse_config(config)
     module, batch, _ = _load_inputs(model, calibration, labels)
     if unlabeled is not None:
         load_unlabeled(unlabeled, jit.forward_argument_names(module), batch)
-    return _summarize(module, batch, _size(model), source_format(_read(model)))
+    summary = _summarize(module, batch, _size(model), source_format(_read(model)))
+    _check_class_outputs(settings, summary.outputs)
+    return summary
 
 
 def optimize(
@@ -88,6 +90,7 @@ def optimize(
     with watch.step("loading it and running two calibration samples", watch.step_seconds(settings.candidate_timeout, None)):
         original, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
     extra, offered = _load_unlabeled(unlabeled, original, batch, settings)
+    _check_class_outputs(settings, [name for name, _ in check_model_accepts(original, batch.head(2))])
     original_bytes = _read(model)
     original_runtime = source_format(original_bytes)
     threads = settings.threads or torch.get_num_threads()
@@ -127,6 +130,7 @@ def optimize(
             unlabeled=_unlabeled_summary(reference, offered),
         ),
         baseline_accuracy=_baseline_accuracy(reference),
+        outputs=list(reference.judgements),
         candidates=candidates,
         search=summary,
         chosen=chosen,
@@ -208,6 +212,13 @@ def _unlabeled_summary(reference: Reference, offered: int) -> UnlabeledSummary |
     )
 
 
+def _check_class_outputs(settings: PipelineConfig, outputs: list[str]) -> None:
+    declared = settings.tolerance.class_outputs if settings.tolerance is not None else None
+    unknown = [name for name in declared or [] if name not in outputs]
+    if unknown:
+        raise InvalidConfigError(f"invalid pipeline config: tolerance.class_outputs names {unknown}, which the model does not return; its outputs are {outputs}")
+
+
 def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: ProgressCallback) -> list[BuiltCandidate]:
     specs = settings.candidate_specs()
     builder = PlanBuilder(reference)
@@ -219,7 +230,7 @@ def _measure_candidates(reference: Reference, settings: PipelineConfig, notify: 
 
 
 def _baseline_accuracy(reference: Reference) -> float | None:
-    scores = first_class_scores(reference.held_out_outputs)
+    scores = next((j.name for j in reference.judgements if j.kind == "class_scores"), None)
     if scores is None or reference.held_out.labels is None:
         return None
     return accuracy(dict(reference.held_out_outputs)[scores], reference.held_out.labels)

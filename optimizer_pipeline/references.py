@@ -14,7 +14,7 @@ from . import jit
 from .calibration import Batch, concat
 from .candidates import Reference
 from .config import PipelineConfig
-from .fidelity import first_class_scores
+from .fidelity import judge_outputs
 from .model_loading import run_model
 
 
@@ -29,6 +29,12 @@ def make_references(
     fitting, extra_held_out = _split_unlabeled(unlabeled, settings)
     if fitting is not None:
         fitting = replace(fitting, teacher_outputs=run_model(original, fitting))
+    # What each output is (class scores, a regression, an embedding) is read once, from the original's
+    # outputs on the whole calibration batch, and holds for every fold and candidate.
+    every_output = run_model(original, batch)
+    kinds = judge_outputs(every_output, settings.tolerance, batch.labels)
+    tolerance = settings.resolved_tolerance(any(k.kind == "class_scores" for k in kinds))
+    judgements = judge_outputs(every_output, tolerance, batch.labels) if settings.tolerance is None else kinds
     references = []
     for train, held_out in splits:
         if extra_held_out is not None:
@@ -41,7 +47,8 @@ def make_references(
                 held_out=held_out,
                 held_out_outputs=held_out_outputs,
                 timing_batches=timing,
-                tolerance=settings.resolved_tolerance(first_class_scores(held_out_outputs) is not None),
+                tolerance=tolerance,
+                judgements=tuple(judgements),
                 threads=threads,
                 unlabeled_held_out=0 if extra_held_out is None else len(extra_held_out),
             )

@@ -17,7 +17,7 @@ import tiny_models
 from conftest import FAST
 from optimizer_pipeline import Report, jit, optimize
 from optimizer_pipeline.config import DEFAULT_CANDIDATES, Tolerance
-from optimizer_pipeline.report.confidence import samples_to_show, wilson_lower_bound
+from optimizer_pipeline.report.confidence import agreement_bound, samples_to_show, wilson_lower_bound
 from optimizer_pipeline.report.html import render_html
 from optimizer_pipeline.report.plot import linear_ticks, log_ticks
 from optimizer_pipeline.report.table import format_report
@@ -341,10 +341,10 @@ def test_sixteen_held_out_samples_are_flagged_for_an_agreement_tolerance_of_0_99
     report = Report.model_validate(_version_1_report(RETIMED, "chosen-one", stale_front=[]))
     dom = parse(render_html(report))
     warning = dom.by_id("confidence-warning").text()
-    assert "one miss gives 0.9375 < 0.99" in warning and "381 held-out samples" in warning
+    assert "one miss gives 0.9375 < 0.99" in warning and "268 held-out samples" in warning
     assert "warning: 16 held-out samples cannot show agreement ≥ 0.99" in format_report(report)
     bound = {row.attrs["data-trial"]: row for row in dom.find_all("tr", css="trial")}["chosen-one"].text()
-    assert f"≥ {wilson_lower_bound(1.0, 16):.3f} (n=16)" in bound
+    assert f"≥ {agreement_bound(1.0, 16):.3f} (n=16)" in bound
 
 
 def test_the_folds_column_shows_only_with_cross_validation_and_is_filled():
@@ -355,7 +355,7 @@ def test_the_folds_column_shows_only_with_cross_validation_and_is_filled():
     cells = dict(zip(headers, (td.text() for td in dom.find_all("tr", css="trial")[0].find_all("td"))))
     assert cells["folds mean ± std (n)"] == "0.9833 ± 0.0236 (3)"
     # Three folds hold out every one of the 64 samples once: the bound is over 64, not one fold's 16.
-    assert cells["agreement 95% low"] == f"≥ {wilson_lower_bound(0.9833, 64):.3f} (n=64)"
+    assert cells["agreement 95% low"] == f"≥ {agreement_bound(0.9833, 64):.3f} (n=64)"
 
 
 def test_ticks_step_by_one_two_five():

@@ -135,6 +135,61 @@ class DictOutput(nn.Module):
         return {"logits": hidden[:, :4], "embedding": hidden}
 
 
+class OnetLike(nn.Module):
+    """Like MTCNN's ONet: one trunk, three heads: a box regression [N, 4], landmarks [N, 10] (relative
+    positions in [0, 1]) and face / no-face probabilities [N, 2], returned in ONet's order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(
+            nn.Conv2d(3, 16, 3), nn.PReLU(16), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3), nn.PReLU(32), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.PReLU(64),
+        )
+        self.box, self.landmarks, self.face = nn.Linear(64, 4), nn.Linear(64, 10), nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = self.trunk(x)
+        # A trained face head is confident: here the inputs' brightness (onet_like makes it clearly
+        # positive or negative) decides, as training would have made it.
+        brightness = x.mean((1, 2, 3)).unsqueeze(1)
+        return self.box(features), torch.sigmoid(self.landmarks(features)), torch.softmax(self.face(features) + 4 * torch.cat([brightness, -brightness], 1), dim=1)
+
+
+class BoxRegressor(nn.Module):
+    """A [N, 4] regression whose coordinates sit close together (offsets around 1), so that its argmax
+    flips under tiny changes while the vector itself barely moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU())
+        self.head = nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 + 0.05 * self.head(self.body(x))
+
+
+class Embedder(nn.Module):
+    """A sentence-embedding-like model: L2-normalised [N, 32] rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.net(x), dim=1)
+
+
+class Probabilities(nn.Module):
+    """A confident classifier that returns softmax probabilities [N, 3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(10 * self.net(x), dim=1)
+
+
 def _seeded(cls: type[nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     return cls()
@@ -179,6 +234,28 @@ def gated_scripted(batch: int = 32) -> tuple[bytes, tuple[torch.Tensor, ...]]:
 def dict_output(batch: int = 32) -> tuple[bytes, tuple[torch.Tensor, ...]]:
     inputs = (torch.randn(batch, 10, generator=torch.Generator().manual_seed(1)),)
     return _script(_seeded(DictOutput)), inputs
+
+
+def onet_like(batch: int = 64) -> tuple[bytes, tuple[torch.Tensor, ...]]:
+    generator = torch.Generator().manual_seed(1)
+    faces = torch.randint(0, 2, (batch, 1, 1, 1), generator=generator) * 2.0 - 1  # half bright, half dark
+    inputs = (torch.randn(batch, 3, 24, 24, generator=generator) + faces,)
+    return _trace(_seeded(OnetLike), inputs), inputs
+
+
+def box_regressor(batch: int = 64) -> tuple[bytes, tuple[torch.Tensor, ...]]:
+    inputs = (torch.randn(batch, 16, generator=torch.Generator().manual_seed(1)),)
+    return _trace(_seeded(BoxRegressor), inputs), inputs
+
+
+def probabilities(batch: int = 64) -> tuple[bytes, tuple[torch.Tensor, ...]]:
+    inputs = (torch.randn(batch, 16, generator=torch.Generator().manual_seed(1)),)
+    return _trace(_seeded(Probabilities), inputs), inputs
+
+
+def embedder(batch: int = 64) -> tuple[bytes, tuple[torch.Tensor, ...]]:
+    inputs = (torch.randn(batch, 16, generator=torch.Generator().manual_seed(1)),)
+    return _trace(_seeded(Embedder), inputs), inputs
 
 
 ALL = {

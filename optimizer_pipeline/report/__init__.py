@@ -12,6 +12,11 @@ from pydantic import BaseModel, Field, PlainSerializer, WithJsonSchema
 Runtime = Literal["torchscript", "onnxruntime", "openvino", "exported"]
 # The format an upload came in: a TorchScript archive or a torch.export program (.pt2).
 ModelFormat = Literal["torchscript", "exported"]
+# What an output is taken to be (outputs.py decides), and so what it is judged by.
+OutputKind = Literal["class_scores", "regression", "embedding", "other"]
+# met: the one-sided 95% bound clears the threshold (certified); missed: the observed value does not
+# meet it; undecided: observed within, but too few held-out samples to certify it.
+Verdict = Literal["met", "undecided", "missed"]
 
 
 def _finite_or_text(value: float) -> float | str:
@@ -28,16 +33,31 @@ Metric = Annotated[
 ]
 
 
+class OutputJudgement(BaseModel):
+    """How one output is judged, and why: decided once per model, from the original's outputs."""
+
+    name: str
+    kind: OutputKind
+    judged_by: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
+    reason: str
+
+
 class OutputFidelity(BaseModel):
     """How closely one output tensor of a candidate matches the original, over held-out samples."""
 
     name: str
     shape: list[int]
-    agreement: float | None = Field(None, description="top-1 agreement; only for [N, C] class scores")
+    agreement: float | None = Field(None, description="top-1 agreement, measured on any [N, C] output; judged only on class scores")
     cosine_mean: Metric
     cosine_min: Metric
+    cosine_std: float | None = Field(None, description="sample standard deviation of the per-sample cosine; absent before version 4")
     sqnr_db: Metric = Field(description="signal-to-quantization-noise ratio; higher is better, Infinity if exact")
     max_abs_error: Metric
+    kind: OutputKind | None = Field(None, description="what the output was taken to be; absent before version 4")
+    judged_by: str | None = Field(None, description="the metric this output was judged by")
+    bound: float | None = Field(None, description="one-sided 95% lower bound of the judged metric over the held-out samples")
+    verdict: Verdict | None = None
+    more_samples: int | None = Field(None, description="undecided only: further held-out samples (at the same observed value) that would settle it")
 
 
 class Fidelity(BaseModel):
@@ -51,6 +71,8 @@ class Fidelity(BaseModel):
     accuracy: float | None = Field(None, description="candidate accuracy on held-out labels")
     accuracy_original: float | None = None
     accuracy_drop: float | None = Field(None, description="original accuracy minus candidate accuracy")
+    verdict: Verdict | None = Field(None, description="the tolerance's verdict over every output; absent before version 4")
+    more_samples: int | None = Field(None, description="undecided only: further held-out samples that would settle every output")
 
 
 class LatencyStats(BaseModel):
@@ -92,7 +114,8 @@ class CandidateReport(BaseModel):
     latency: list[LatencyComparison] = Field(default_factory=list)
     speedup: float | None = Field(None, description="speed-up at the target batch size")
     size_bytes: int | None = None
-    meets_tolerance: bool = False
+    meets_tolerance: bool = Field(False, description="observed within the tolerance (verdict met or undecided)")
+    certified: bool | None = Field(None, description="the one-sided 95% bound clears the tolerance on every output; absent before version 4")
     timed_alone: AloneTiming | None = Field(None, description="finalists only; their speed-up is this per-process figure")
     fidelity_folds: list[float] = Field(default_factory=list, description="the tolerance metric on each fold")
     fidelity_mean: float | None = None
@@ -143,6 +166,7 @@ class Chosen(BaseModel):
     speedup: float | None = None
     fidelity: Fidelity | None = None
     runtime: Runtime = "torchscript"
+    certified: bool | None = Field(None, description="whether the served candidate's fidelity is certified (absent for the original)")
 
 
 class SearchSummary(BaseModel):
@@ -165,8 +189,9 @@ class SearchSummary(BaseModel):
     compound_note: str | None = Field(None, description="whether compound plans (pruning → distillation → int8) were tried, and why")
 
 
-# 1: before model_name and class_name; 2: before timed_alone (finalists timed in-process). Older ones read with those absent.
-REPORT_VERSION = 3
+# 1: before model_name and class_name; 2: before timed_alone (finalists timed in-process); 3: before
+# per-output judgements, bounds and verdicts (every [N, C] output judged by agreement). Older ones read with those absent.
+REPORT_VERSION = 4
 
 
 class Report(BaseModel):
@@ -181,6 +206,7 @@ class Report(BaseModel):
     model: ModelSummary
     calibration: CalibrationSummary
     baseline_accuracy: float | None = None
+    outputs: list[OutputJudgement] = Field(default_factory=list, description="how each output was judged and why; empty before version 4")
     candidates: list[CandidateReport]
     search: SearchSummary | None = None
     chosen: Chosen

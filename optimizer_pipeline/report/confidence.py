@@ -48,7 +48,7 @@ def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
         return None
     step = 1 / samples
     if tolerance.metric == "agreement":
-        needed = samples_to_show(tolerance.threshold)
+        needed = samples_to_show(tolerance.threshold, Z_95_ONE_SIDED)
         if needed is None or samples >= needed:
             return None
         one_miss = (
@@ -58,7 +58,7 @@ def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
         )
         return (
             f"{samples} held-out samples cannot show agreement ≥ {tolerance.threshold:g}: {one_miss}, and even "
-            f"{samples} of {samples} only shows ≥ {wilson_lower_bound(1.0, samples):.3f} at 95% confidence; "
+            f"{samples} of {samples} only shows ≥ {agreement_bound(1.0, samples):.3f} at 95% confidence (one-sided); "
             f"that needs at least {needed} held-out samples with no miss"
         )
     if step > tolerance.threshold:
@@ -67,3 +67,69 @@ def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
             f"drop of {tolerance.threshold:g}, so the tolerance passes only with no sample lost"
         )
     return None
+
+
+# Verdicts (met / undecided / missed) use one-sided 95% lower bounds: the claim certified is
+# "at least the threshold", so the whole 5% goes to one side.
+Z_95_ONE_SIDED = 1.644854
+
+
+def agreement_bound(proportion: float, samples: int) -> float:
+    """One-sided 95% Wilson lower bound on a proportion (agreement) observed over `samples`."""
+    return wilson_interval(proportion, samples, Z_95_ONE_SIDED)[0]
+
+
+def t_quantile_95(dof: int) -> float:
+    """One-sided 95% Student t quantile; exact for 1 and 2 degrees of freedom, Cornish-Fisher beyond
+    (within 0.3% from 3 on): the pipeline needs no scipy for it."""
+    if dof <= 0:
+        return math.inf
+    if dof == 1:
+        return 6.313752
+    if dof == 2:
+        return 2.919986
+    z = Z_95_ONE_SIDED
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2) + (
+        3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z
+    ) / (384 * dof**3)
+
+
+def mean_bound(mean: float, std: float | None, samples: int) -> float | None:
+    """One-sided 95% lower bound on a mean (the mean cosine) from `samples` values with sample std
+    `std`: mean − t(0.95, n−1)·std/√n. This assumes the mean of n cosines is roughly normal; cosines
+    pile up just under 1 with a tail downwards, so at a few samples it is the optimistic side of the
+    truth. None when it cannot be computed (one sample, or no std recorded)."""
+    if std is None or samples < 2 or not math.isfinite(mean):
+        return None
+    return mean - t_quantile_95(samples - 1) * std / math.sqrt(samples)
+
+
+def samples_for_agreement(proportion: float, threshold: float) -> int | None:
+    """Fewest samples at which `proportion`, observed, has its one-sided bound at `threshold` or above;
+    None when no number does (observed at or below the threshold)."""
+    if proportion <= threshold or threshold >= 1:
+        return None
+    return _smallest(lambda n: agreement_bound(proportion, n) >= threshold)
+
+
+def samples_for_mean(mean: float, std: float, threshold: float) -> int | None:
+    """Fewest samples at which this mean and std have their one-sided t bound at `threshold` or above."""
+    if mean <= threshold:
+        return None
+    if std <= 0:
+        return 2
+    return _smallest(lambda n: mean - t_quantile_95(n - 1) * std / math.sqrt(n) >= threshold)
+
+
+def _smallest(enough, start: int = 2, limit: int = 10**9) -> int | None:
+    """Smallest n ≥ start for which enough(n) holds, enough being monotone in n."""
+    high = start
+    while not enough(high):
+        if high > limit:
+            return None
+        high *= 2
+    low = max(start, high // 2)
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (middle + 1, high) if not enough(middle) else (low, middle)
+    return high

@@ -13,6 +13,7 @@ from .text import (
     fidelity_text,
     folds_text,
     front_text,
+    judgements_text,
     lower_bound_text,
     model_text,
     ms_text,
@@ -92,6 +93,7 @@ def _facts(view: ReportView) -> str:
                 f"{report.min_speedup:.2f}x faster at batch {report.batch_size}"
             ),
         ),
+        *([("Outputs judged", f'<span id="judgements">{html.escape(judgements_text(report))}</span>')] if report.outputs else []),
         ("Time", f'<span id="time">{html.escape(view.time_text)}</span>'),
         ("Pareto front", html.escape(front_text(view))),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import Report
 from .text import (
+    judgements_text,
     baseline_text,
     chosen_text,
     fidelity_text,
@@ -72,6 +73,7 @@ def _footer(view: ReportView) -> str:
         f"tolerance: {tolerance_text(view)} on {samples_text(view)}; needs ≥ "
         f"{report.min_speedup:.2f}x at batch {report.batch_size}; {report.threads} thread(s)",
         *([f"warning: {view.confidence_warning}"] if view.confidence_warning else []),
+        *([f"outputs judged: {judgements_text(report)}"] if report.outputs else []),
         f"timing: {view.timing_note}",
         f"time: {view.time_text}",
         f"Pareto front (★, final figures): {front_text(view)}",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CandidateReport
+from . import CandidateReport, Report
 from .view import ReportView, TrialRow
 
 
@@ -35,6 +35,11 @@ def fidelity_text(candidate: CandidateReport) -> str:
     if fidelity.accuracy is not None:
         parts.append(f"acc {fidelity.accuracy:.3f}")
     return " ".join(parts)
+
+
+def judgements_text(report: Report) -> str:
+    """How each output was judged and why (report.outputs; empty before version 4)."""
+    return "; ".join(f"{o.name} by {o.judged_by} ({o.kind.replace('_', ' ')}: {o.reason})" for o in report.outputs)
 
 
 def lower_bound_text(row: TrialRow) -> str:

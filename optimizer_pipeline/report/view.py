@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config import Tolerance
 from . import CandidateReport, Report
-from .confidence import resolution_warning, wilson_lower_bound
+from .confidence import agreement_bound, resolution_warning
 from ..search.pareto import pareto_front
 
 
@@ -33,7 +33,7 @@ class TrialRow:
     candidate: CandidateReport
     metric: float | None  # the tolerance metric the verdict used: the fold mean under cross-validation
     samples: int  # held-out samples behind `metric`
-    lower_bound: float | None  # 95% Wilson lower bound of `metric`, for agreement only
+    lower_bound: float | None  # one-sided 95% Wilson lower bound of `metric` (the verdicts' bound), for agreement only
     speedups: dict[int, float | None]  # by batch size, final (re-timed) figures
     ms: dict[int, float | None]  # by batch size: baseline ms / speed-up, comparable across rows
     size_ratio: float | None  # candidate size / original size
@@ -128,7 +128,7 @@ def _row(
         candidate=candidate,
         metric=metric,
         samples=samples,
-        lower_bound=wilson_lower_bound(metric, samples) if metric is not None and tolerance.metric == "agreement" else None,
+        lower_bound=agreement_bound(metric, samples) if metric is not None and tolerance.metric == "agreement" else None,
         speedups=speedups,
         ms={size: _comparable_ms(baseline.ms[size], speedups[size]) for size in batch_sizes},
         size_ratio=candidate.size_bytes / report.model.size_bytes if candidate.size_bytes else None,

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again
+from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again, record_verdict
+from ..fidelity import assess, pool_fidelity
 from ..config import PipelineConfig, Tolerance
 from ..deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
@@ -267,15 +268,13 @@ def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tole
     report.fidelity_mean = statistics.fmean(values)
     report.fidelity_std = statistics.pstdev(values) if len(values) > 1 else 0.0
     if len(values) > 1:
-        # Every calibration sample is held out once: judge the pooled figure over all of them.
-        samples = [fold.fidelity.samples for fold in folds]
-        pooled = sum(v * n for v, n in zip(values, samples)) / sum(samples)
-        cosine = sum(fold.fidelity.cosine * n for fold, n in zip(folds, samples)) / sum(samples)
-        met, why = tolerance.judge(pooled, sum(samples), cosine)
-        report.meets_tolerance = met and all(f.status == "ok" for f in folds)
-        report.notes = [n for n in report.notes if not n.startswith("tolerance")]
-        verdict = "met" if report.meets_tolerance else "missed"
-        report.notes.append(f"tolerance {verdict}: pooled over {len(values)} folds {why}, std across folds {report.fidelity_std:.4f}")
+        # Every calibration sample is held out once: judge the pooled figures over all of them.
+        pooled = pool_fidelity([fold.fidelity for fold in folds])
+        verdict, why = assess(pooled, tolerance)
+        if not all(f.status == "ok" for f in folds):
+            verdict = "missed"
+        report.fidelity.verdict, report.fidelity.more_samples = pooled.verdict, pooled.more_samples
+        record_verdict(report, verdict, f"pooled over {len(values)} folds ({pooled.samples} samples): {why}, std across folds {report.fidelity_std:.4f}")
 
 
 def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:

@@ -12,6 +12,7 @@ import itertools
 import math
 from typing import Any
 
+from ..runtimes.cpu import cpu_has_bf16
 from ..passes.base import REGISTRY, PassConfig, parse_pass_spec
 from ..passes.plan import Plan
 StageOption = dict[str, Any] | list[dict[str, Any]] | None
@@ -52,10 +53,15 @@ def expand_space(space: dict[str, list[StageOption]]) -> list[Plan]:
     seen: set[str] = set()
     for combination in itertools.product(*stages):
         plan = Plan(step for part in combination for step in part)
-        if plan and plan.key not in seen and plan.is_valid:
+        if plan and plan.key not in seen and plan.is_valid and runs_here(plan):
             seen.add(plan.key)
             plans.append(plan)
     return plans
+
+
+def runs_here(plan: Plan) -> bool:
+    """False for a bf16 plan on a CPU without native bf16 (runtimes/cpu.py): never offered there."""
+    return cpu_has_bf16() or not any(getattr(step, "precision", "f32") == "bf16" for step in plan)
 
 
 def space_size_bound(space: dict[str, list[StageOption]]) -> int:
