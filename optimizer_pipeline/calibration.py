@@ -97,13 +97,7 @@ def load_unlabeled(source: bytes | str | Path, input_names: Sequence[str], like:
     layout: the same inputs, each with the same per-sample shape and dtype. Any number of samples."""
     value = _load_mapped(source)
     if value is None:
-        data = _read(source)
-        if data.startswith(NPY_MAGIC):
-            value = _load_npy(data)
-        elif _is_npz(data):
-            value = _load_npz(data)
-        else:
-            value = _load_torch(data, what="unlabeled")
+        value = _load_any(_read(source), what="unlabeled")
     try:
         inputs = _as_inputs(value, list(input_names), min_samples=1)
     except InvalidCalibrationError as exc:
@@ -146,14 +140,16 @@ def load_calibration(source: bytes | str | Path, input_names: Sequence[str]) -> 
 
     `input_names` are the model's forward argument names: dict entries are matched to them.
     """
-    data = _read(source)
+    return Batch(_as_inputs(_load_any(_read(source), what="calibration"), list(input_names)))
+
+
+def _load_any(data: bytes, what: str):
+    """A .npy, a .npz or a torch.save file, told apart by content."""
     if data.startswith(NPY_MAGIC):
-        value = _load_npy(data)
-    elif _is_npz(data):
-        value = _load_npz(data)
-    else:
-        value = _load_torch(data, what="calibration")
-    return Batch(_as_inputs(value, list(input_names)))
+        return _load_npy(data)
+    if _is_npz(data):
+        return _load_npz(data)
+    return _load_torch(data, what=what)
 
 
 def load_labels(source: bytes | str | Path, batch_size: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import requests
 import torch
-from torch import nn
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -27,23 +26,11 @@ MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
 TWO_ARCHIVE, TWO_INPUTS = tiny_models.two_inputs()
 
 
-class TokenClassifier(nn.Module):
-    """INT64 inputs (token ids)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(ids).mean(1))
-
-
 @pytest.fixture(scope="module")
 def models(server):
     torch.manual_seed(0)
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(TokenClassifier().eval()), buffer)
+    torch.jit.save(torch.jit.script(tiny_models.TokenClassifier().eval()), buffer)
     uploads = {"mlp": (MLP_ARCHIVE, MLP_INPUTS), "two": (TWO_ARCHIVE, TWO_INPUTS), "tokens": (buffer.getvalue(), (torch.randint(0, 50, (16, 5)),))}
     for name, (archive, inputs) in uploads.items():
         accepted = upload(server.url, archive, inputs, name=name, config=FORCED_FREEZE)

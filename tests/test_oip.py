@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import requests
 import torch
-from torch import nn
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -22,22 +21,10 @@ MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
 TWO_ARCHIVE, TWO_INPUTS = tiny_models.two_inputs()
 
 
-class TokenClassifier(nn.Module):
-    """Integer inputs (token ids): for the integer datatypes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(50, 8)
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(ids).mean(1))
-
-
 @pytest.fixture(scope="module")
 def models(server):
     torch.manual_seed(0)
-    tokens = torch.jit.script(TokenClassifier().eval())
+    tokens = torch.jit.script(tiny_models.TokenClassifier().eval())
     buffer = io.BytesIO()
     torch.jit.save(tokens, buffer)
     uploads = {

@@ -190,6 +190,18 @@ class Probabilities(nn.Module):
         return torch.softmax(10 * self.net(x), dim=1)
 
 
+class TokenClassifier(nn.Module):
+    """Integer inputs (token ids): for the integer datatypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(1))
+
+
 def _seeded(cls: type[nn.Module]) -> nn.Module:
     torch.manual_seed(0)
     return cls()
