@@ -49,7 +49,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         pow abs neg sign sgn add add_ sub sub_ mul mul_ div div_ true_divide floor_divide rsub
         eq ne lt le gt ge eq_ ne_ lt_ le_ gt_ ge_ logical_and logical_or logical_not logical_xor
         bitwise_and bitwise_or bitwise_not bitwise_xor isfinite isinf isnan nan_to_num
-        warn is_grad_enabled is_autocast_enabled dim size numel stride is_contiguous is_floating_point is_complex device dtype
+        warn is_grad_enabled is_autocast_enabled dim size numel stride sym_size sym_numel sym_stride is_contiguous is_floating_point is_complex device dtype
         _shape_as_tensor item _local_scalar_dense
         tensor scalar_tensor zeros zeros_like ones ones_like full full_like fill_ zero_ arange linspace
         new_ones new_zeros new_full new_tensor eye tril triu one_hot clone detach detach_ contiguous to type_as float double half bfloat16

@@ -62,12 +62,13 @@ def test_pickled_module_is_recognised_and_never_unpickled():
         load_model(_saved(tiny_models.ConvBN()))
 
 
-def test_exported_program_is_recognised(tmp_path):
+def test_an_exported_program_with_a_fixed_batch_is_recognised_and_told_how_to_export_it(tmp_path):
+    # A .pt2 is accepted (tests/test_exported.py); one without a dynamic batch is refused with the fix.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(tiny_models.MLP().eval(), (torch.randn(2, 16),))
         torch.export.save(program, tmp_path / "model.pt2")
-    with pytest.raises(InvalidModelError, match="ExportedProgram"):
+    with pytest.raises(InvalidModelError, match="fixed batch size.*dynamic_shapes"):
         load_model((tmp_path / "model.pt2").read_bytes())
 
 
