@@ -41,6 +41,13 @@ def _status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
+def _seccomp_mode(pid: int) -> str | None:
+    try:
+        return _status(pid).get("Seccomp")
+    except OSError:  # it ended: its filter can no longer be seen
+        return None
+
+
 def _descendants(root: int) -> list[int]:
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -175,7 +182,8 @@ def test_processes_that_run_model_code_run_under_seccomp(server):
             "a validation child",
             timeout=30,
         )
-        assert _status(validating[0]).get("Seccomp") == "2"
+        # Caught as it starts, it may not have reached its filter yet: it must within a few seconds.
+        wait_until(lambda: _seccomp_mode(validating[0]) == "2", "the validation child's seccomp filter", timeout=10)
     finally:
         hanging.join()
     assert all(_status(pid).get("Seccomp") == "0" for pid in front_end)

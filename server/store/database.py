@@ -190,9 +190,16 @@ class PostgresDatabase:
         with pool.connection() as connection, connection.transaction():
             connection.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
             connection.execute(schema("postgresql"))
+            # Only where a column is missing: ALTER TABLE takes an exclusive lock on the table even when
+            # IF NOT EXISTS makes it a no-op, and deadlocks with other replicas' job claims.
+            present = {
+                (row["table_name"], row["column_name"])
+                for row in connection.execute("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()")
+            }
             for table, columns in _LATER_COLUMNS.items():
                 for name, declaration in columns:
-                    connection.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {declaration}")
+                    if (table, name) not in present:
+                        connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
         return pool
 
     @contextmanager
