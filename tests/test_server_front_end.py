@@ -180,7 +180,8 @@ def serving_pid(server) -> int:
     raise AssertionError("no process of the server holds the connection")
 
 
-def test_an_api_server_killed_with_sigkill_is_restarted_and_serves_again(server, mlp):
+def kill_the_serving_api_server(server) -> int:
+    """kill -9 the API server that holds a connection, then wait until /health answers again; its pid."""
     victim = serving_pid(server)
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 60
@@ -191,6 +192,11 @@ def test_an_api_server_killed_with_sigkill_is_restarted_and_serves_again(server,
                 break
         except (requests.Timeout, requests.ConnectionError):
             pass
+    return victim
+
+
+def test_an_api_server_killed_with_sigkill_is_restarted_and_serves_again(server, mlp):
+    victim = kill_the_serving_api_server(server)
     replacement = serving_pid(server)
     assert replacement != victim
     assert f"(pid {victim}) died (signal SIGKILL); restarting it" in server.log_path.read_text()
@@ -202,16 +208,7 @@ def test_an_api_server_killed_with_sigkill_is_restarted_and_serves_again(server,
     "(they passed on the frontend branch alone, and fail since; see docs/limits.md)",
 )
 def test_inference_answers_reach_an_api_server_restarted_after_sigkill(server, mlp):
-    victim = serving_pid(server)
-    os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        assert time.monotonic() < deadline, f"/health never answered again after the API server died:\n{server.log_tail()}"
-        try:
-            if requests.get(server.url + "/health", timeout=HEALTH_TIMEOUT).status_code == 200:
-                break
-        except (requests.Timeout, requests.ConnectionError):
-            pass
+    kill_the_serving_api_server(server)
     # Answers reach the restarted server: it took the dead one's response queue.
     x = torch.randn(3, 16)
     response = requests.post(server.url + "/predict", json={"model": "mlp", "variant": "original", "inputs": [x.tolist()]}, timeout=20)

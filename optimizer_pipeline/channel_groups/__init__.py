@@ -9,6 +9,7 @@
 """
 
 from . import handlers as _handlers  # noqa: F401  (registers the op handlers)
+from . import layout_handlers as _layout_handlers  # noqa: F401  (and those that move the channel dim)
 from .analysis import ChannelAnalysis, ChannelGroup, analyse
 from .apply import remove_components, set_tensor_attribute
 from .batchnorm import recalibrate_batchnorm
