@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# libseccomp: the seccomp filter of every process that runs model code (server/seccomp_filter.py).
+# libseccomp: the seccomp filter of every process that runs model code (server/jobs/seccomp_filter.py).
 RUN apt-get update && apt-get install -y --no-install-recommends libseccomp2 && rm -rf /var/lib/apt/lists/*
 
 # torch alone and first: it is by far the largest layer and changes least often.

@@ -20,7 +20,7 @@ from common import RESULTS_DIR, median_call_ms, write_results
 import torch
 
 import models
-from optimizer_pipeline.allocator import pin_malloc_thresholds
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
 
 BATCH = 32
 CALLS = 300

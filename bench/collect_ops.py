@@ -1,5 +1,5 @@
 """Every TorchScript op that the models we test and benchmark on, common scripted library modules, and
-the variants our own passes make of them contain: the ground truth optimizer_pipeline/op_allowlist.py
+the variants our own passes make of them contain: the ground truth optimizer_pipeline/intake/op_allowlist.py
 was built from.
 
     python bench/collect_ops.py              # ops per namespace, and which are not on the allowlist
@@ -32,10 +32,10 @@ import tiny_models  # noqa: E402
 import topologies  # noqa: E402
 
 from optimizer_pipeline import jit  # noqa: E402
-from optimizer_pipeline.calibration import Batch  # noqa: E402
-from optimizer_pipeline.model_loading import run_model  # noqa: E402
-from optimizer_pipeline.model_ops import op_kinds  # noqa: E402
-from optimizer_pipeline.op_allowlist import is_allowed  # noqa: E402
+from optimizer_pipeline.intake.calibration import Batch  # noqa: E402
+from optimizer_pipeline.intake.model_loading import run_model  # noqa: E402
+from optimizer_pipeline.intake.model_ops import op_kinds  # noqa: E402
+from optimizer_pipeline.intake.op_allowlist import is_allowed  # noqa: E402
 from optimizer_pipeline.passes import parse_pass_spec, run_pass  # noqa: E402
 
 Built = tuple[bytes, tuple[torch.Tensor, ...]]

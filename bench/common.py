@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 import models  # noqa: E402
 
-from optimizer_pipeline.calibration import Batch  # noqa: E402
-from optimizer_pipeline.fidelity import accuracy  # noqa: E402
-from optimizer_pipeline.model_loading import run_model  # noqa: E402
+from optimizer_pipeline.intake.calibration import Batch  # noqa: E402
+from optimizer_pipeline.fidelity.measures import accuracy  # noqa: E402
+from optimizer_pipeline.intake.model_loading import run_model  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -40,8 +40,8 @@ import torch
 from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
 
 from optimizer_pipeline import jit, optimize
-from optimizer_pipeline.allocator import pin_malloc_thresholds
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.passes import parse_pass_spec, run_pass
 from optimizer_pipeline.runtimes import load_variant
 

@@ -7,9 +7,9 @@ near-uniform class scores), and CNNs trained here on real data (scikit-learn dig
 Fashion-MNIST), scored on the real test labels. The calibration protocol is the pipeline's: the
 passes see only `--samples` training samples the model was NOT trained on (with the original's
 outputs); the test set never reaches them. Every pass runs with its default options.
-Latency: original and variant take turns in one process (optimizer_pipeline.latency), fixed
+Latency: original and variant take turns in one process (optimizer_pipeline.measure.latency), fixed
 thread count, glibc malloc thresholds pinned as the pipeline and the server pin them
-(optimizer_pipeline/allocator.py); speed-ups are ratios of medians against the float original.
+(optimizer_pipeline/measure/allocator.py); speed-ups are ratios of medians against the float original.
 
     python bench/pruning.py                  # writes bench/results/pruning.json
     python bench/pruning.py --models digits_cnn --amounts 0.5 --rounds 10
@@ -37,14 +37,14 @@ import data  # noqa: E402
 import models  # noqa: E402
 
 from optimizer_pipeline import jit  # noqa: E402
-from optimizer_pipeline.allocator import pin_malloc_thresholds  # noqa: E402
-from optimizer_pipeline.calibration import Batch  # noqa: E402
-from optimizer_pipeline.fidelity import compare_outputs  # noqa: E402
-from optimizer_pipeline.latency import compare_latency  # noqa: E402
-from optimizer_pipeline.model_loading import run_model  # noqa: E402
-from optimizer_pipeline.passes.finetune import FinetuneConfig, finetune  # noqa: E402
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured  # noqa: E402
-from optimizer_pipeline.passes.quantize_static import QuantizeStaticConfig, quantize_static  # noqa: E402
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402
+from optimizer_pipeline.intake.calibration import Batch  # noqa: E402
+from optimizer_pipeline.fidelity.measures import compare_outputs  # noqa: E402
+from optimizer_pipeline.measure.latency import compare_latency  # noqa: E402
+from optimizer_pipeline.intake.model_loading import run_model  # noqa: E402
+from optimizer_pipeline.passes.recovery.finetune import FinetuneConfig, finetune  # noqa: E402
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured  # noqa: E402
+from optimizer_pipeline.passes.quantization.static import QuantizeStaticConfig, quantize_static  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pruning.json"
 

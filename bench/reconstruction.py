@@ -29,12 +29,12 @@ import torch
 import models
 
 from optimizer_pipeline import jit
-from optimizer_pipeline.allocator import pin_malloc_thresholds
-from optimizer_pipeline.calibration import Batch, load_calibration
-from optimizer_pipeline.model_loading import run_model
-from optimizer_pipeline.passes.finetune import FinetuneConfig, finetune
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
-from optimizer_pipeline.passes.quantize_static import QuantizeStaticConfig, quantize_static
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
+from optimizer_pipeline.intake.calibration import Batch, load_calibration
+from optimizer_pipeline.intake.model_loading import run_model
+from optimizer_pipeline.passes.recovery.finetune import FinetuneConfig, finetune
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured
+from optimizer_pipeline.passes.quantization.static import QuantizeStaticConfig, quantize_static
 
 BATCH = 32
 CALLS = 200

@@ -26,11 +26,11 @@ from pathlib import Path
 from common import MODELS, RESULTS_DIR, labelled_task, saved, write_results
 
 from optimizer_pipeline import optimize
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.choice import TIE_MARGIN
 from optimizer_pipeline.config import DEFAULT_CANDIDATES, CandidateSpec, Tolerance
-from optimizer_pipeline.fidelity import accuracy, compare_outputs
-from optimizer_pipeline.model_loading import run_model
+from optimizer_pipeline.fidelity.measures import accuracy, compare_outputs
+from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.runtimes import load_variant
 
 SINGLE_PASSES = [CandidateSpec(plan=plan).display_name() for plan in DEFAULT_CANDIDATES]

@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from bench.models import ResNetSmall  # noqa: E402
 from clients import OptiserveClient  # noqa: E402
-from optimizer_pipeline.allocator import pin_malloc_thresholds  # noqa: E402
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
 from bench.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
 from server_harness import API_KEY, FORCED_FREEZE, ServerProcess  # noqa: E402

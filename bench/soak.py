@@ -194,7 +194,7 @@ def main() -> int:
                 accepted = upload(server.url, archive, batch, name=name, config=FORCED_FREEZE)
                 assert accepted.status_code == 202, accepted.text
                 wait_for(server.url, accepted.json()["id"])
-            from server.shared_tensors import prefix_for
+            from server.inference.shared_tensors import prefix_for
 
             names = {name: requests.get(f"{server.url}/v2/models/{name}", timeout=30).json()["inputs"][0]["name"] for name in archives}
             shm_glob = prefix_for(Path(folder) / "store") + "*"

@@ -14,8 +14,8 @@ from .errors import (
     OptimizerError,
     UnsafeModelError,
 )
-from .model_loading import load_model
-from .model_ops import check_model_ops
+from .intake.model_loading import load_model
+from .intake.model_ops import check_model_ops
 from .pipeline import inspect_upload, optimize, parse_config
 from .report import Report
 from .variants import OptimizationResult, Variant

@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from . import jit, watch
-from .calibration import Batch
+from . import jit
+from .measure import watch
+from .intake.calibration import Batch
 from .config import PipelineConfig, Tolerance
-from .fidelity import assess, compare_outputs
-from .latency import MIN_ROUNDS, alone_stats, compare_latency
-from .latency_alone import Subject, time_alone
-from .model_loading import run_model
-from .outputs import NamedOutputs
+from .fidelity.measures import assess, compare_outputs
+from .measure.latency import MIN_ROUNDS, alone_stats, compare_latency
+from .measure.latency_alone import Subject, time_alone
+from .intake.model_loading import run_model
+from .fidelity.outputs import NamedOutputs
 from .passes import REGISTRY, Plan, run_pass
 from .report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
 from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving

@@ -10,7 +10,7 @@ from .runtimes.cpu import cpu_has_bf16
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIME_BUDGET_S, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
-from .report.confidence import agreement_bound
+from .fidelity.confidence import agreement_bound
 from .search.settings import SearchConfig
 
 # Strict: a string or a bool where a number belongs is refused, not coerced ("0.5" or true for a
@@ -83,7 +83,7 @@ class Tolerance(BaseModel):
     @model_validator(mode="after")
     def _meaningful_threshold(self) -> Tolerance:
         # A threshold outside what the metric can reach is always met or never met: no tolerance at all.
-        # It also becomes the model's live guard (server/live_window.py), which has the same bounds.
+        # It also becomes the model's live guard (server/live/window.py), which has the same bounds.
         low, high = _THRESHOLD_RANGE.get(self.metric, (None, None))
         if low is not None and not low <= self.threshold <= high:
             raise ValueError(f"a {self.metric} threshold must lie in [{low}, {high}], got {self.threshold}")

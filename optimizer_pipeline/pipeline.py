@@ -12,17 +12,18 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import jit, watch
-from .allocator import pin_malloc_thresholds
-from .calibration import Batch, load_calibration, load_labels, load_unlabeled
+from . import jit
+from .measure import watch
+from .measure.allocator import pin_malloc_thresholds
+from .intake.calibration import Batch, load_calibration, load_labels, load_unlabeled
 from .candidates import BuiltCandidate, PlanBuilder, Reference, confirm_finalists, evaluate_candidate
 from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
-from .fidelity import accuracy
-from .model_loading import check_model_accepts, load_model
+from .fidelity.measures import accuracy
+from .intake.model_loading import check_model_accepts, load_model
 from .passes import Plan
-from .references import make_references
+from .fidelity.references import make_references
 from .search.pareto import pareto_front
 from .search.first_plans import first_plans_for
 from .search.runner import run_search

@@ -17,28 +17,29 @@ import litserve as ls
 from fastapi import Depends, FastAPI, HTTPException
 from litserve.utils import WorkerSetupStatus
 
-from optimizer_pipeline.processes import die_with_parent
+from optimizer_pipeline.measure.processes import die_with_parent
 
-from . import confinement, jobs, shared_tensors
-from .api_docs import describe_api
-from .auth import BearerKey
+from .jobs import confinement, runner as jobs
+from .inference import shared_tensors
+from .http.api_docs import describe_api
+from .http.auth import BearerKey
 from .dataplane import ManagementPlane, UploadLimits
-from .errors import install_error_handlers
-from .inference import CompareAPI, PredictAPI, is_inference_path
-from .limits import BodySizeLimitMiddleware, DeadlineMiddleware
+from .http.errors import install_error_handlers
+from .inference.worker import CompareAPI, PredictAPI, is_inference_path
+from .http.limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .litserve_bridge import QueueBridge, WorkerDeath, drop_gzip, supervise_api_servers, supervise_workers, take_over_route
-from .metrics import RequestMetricsMiddleware
+from .http.metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
-from .oip_routes import OipRoutes
-from .predict_route import PredictRoute
-from .record_channel import RecordSender, RecordWriter
+from .http.oip_routes import OipRoutes
+from .http.predict_route import PredictRoute
+from .store.record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
-from .routes import ManagementRoutes
-from .runtimes import marks_dir, reset_marks
-from .routing_plane import RoutingPlane
+from .http.routes import ManagementRoutes
+from .inference.variant_cache import marks_dir, reset_marks
+from .live.routing_plane import RoutingPlane
 from .settings import Settings
 from .store import Store, open_store
-from .validation import ValidationLimits
+from .jobs.validation import ValidationLimits
 
 logger = logging.getLogger("optiserve")
 # How often the main process looks for stale shared-memory segments (a dead API server is seen at once).

@@ -16,10 +16,10 @@ from typing import Any, BinaryIO
 from optimizer_pipeline import Report
 from optimizer_pipeline.report.html import render_html
 
-from .errors import ApiError, not_found, status_code_name
-from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
+from .http.errors import ApiError, not_found, status_code_name
+from .http.schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
 from .store import NameTakenError, Store, new_model_id, now
-from .validation import ValidationLimits, validate_upload
+from .jobs.validation import ValidationLimits, validate_upload
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import IO
 
 from pydantic import SecretStr, ValidationError
 
-from .auth import resolve_key
+from .http.auth import resolve_key
 from .settings import SECRET_VARIABLES, Settings
 
 FLAG_TYPES = {int: int, float: float, str: str, Path: Path}
@@ -69,7 +69,7 @@ def run_worker(settings: Settings) -> int:
     lock = _take_local_dir(settings)
     if lock is None:
         return 1
-    from .jobs import work  # only now: it creates the Prometheus metrics (and imports torch)
+    from .jobs.runner import work  # only now: it creates the Prometheus metrics (and imports torch)
 
     print(f"optiserve worker running jobs from {settings.store_description}", flush=True)
     return work(settings.without_secrets())  # it checks no key; its job processes run model code

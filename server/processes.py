@@ -1,4 +1,4 @@
-"""Process hygiene of the server's own processes (dying with the parent: optimizer_pipeline.processes)."""
+"""Process hygiene of the server's own processes (dying with the parent: optimizer_pipeline.measure.processes)."""
 
 from __future__ import annotations
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from optimizer_pipeline import jit
-from optimizer_pipeline.deadline import deadline
-from optimizer_pipeline.calibration import Batch
-from optimizer_pipeline.fidelity import compare_outputs
-from optimizer_pipeline.model_loading import run_model
-from optimizer_pipeline.passes.augmentation import AugmentationConfig, augmented
-from optimizer_pipeline.passes.finetune import FinetuneConfig, finetune
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
-from optimizer_pipeline.passes.quantize_qat import QuantizeQatConfig, quantize_qat
+from optimizer_pipeline.measure.deadline import deadline
+from optimizer_pipeline.intake.calibration import Batch
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.intake.model_loading import run_model
+from optimizer_pipeline.passes.recovery.augmentation import AugmentationConfig, augmented
+from optimizer_pipeline.passes.recovery.finetune import FinetuneConfig, finetune
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured
+from optimizer_pipeline.passes.quantization.qat import QuantizeQatConfig, quantize_qat
 
 from topologies import build
 

@@ -7,8 +7,8 @@ import os
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import jit, optimize
-from optimizer_pipeline.calibration import Batch
-from optimizer_pipeline.latency_alone import Subject, time_alone
+from optimizer_pipeline.intake.calibration import Batch
+from optimizer_pipeline.measure.latency_alone import Subject, time_alone
 from optimizer_pipeline.passes import parse_pass_spec, run_pass
 
 

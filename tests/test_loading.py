@@ -21,7 +21,7 @@ from optimizer_pipeline import (
     load_model,
     parse_config,
 )
-from optimizer_pipeline.calibration import load_calibration, load_labels
+from optimizer_pipeline.intake.calibration import load_calibration, load_labels
 from optimizer_pipeline.config import DEFAULT_CANDIDATES
 from optimizer_pipeline.search.space import DEFAULT_SPACE
 

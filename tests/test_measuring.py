@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from optimizer_pipeline.allocator import pin_malloc_thresholds
-from optimizer_pipeline.fidelity import compare_outputs
-from optimizer_pipeline.latency import compare_latency
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.measure.latency import compare_latency
 
 
 def test_identical_outputs_are_perfect():

@@ -17,9 +17,9 @@ from torch import nn
 import hostile_models
 import tiny_models
 from optimizer_pipeline import UnsafeModelError, inspect_upload, jit, optimize
-from optimizer_pipeline.calibration import Batch
-from optimizer_pipeline.model_loading import run_model
-from optimizer_pipeline.model_ops import check_model_ops, harden_torch, is_vetted
+from optimizer_pipeline.intake.calibration import Batch
+from optimizer_pipeline.intake.model_loading import run_model
+from optimizer_pipeline.intake.model_ops import check_model_ops, harden_torch, is_vetted
 from optimizer_pipeline.passes import parse_pass_spec, run_pass
 from optimizer_pipeline.runtimes import load_variant
 

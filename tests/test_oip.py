@@ -207,7 +207,7 @@ def test_a_header_length_beyond_the_body_gets_400(server, models):
 
 
 def test_large_tensors_go_through_shared_memory_both_ways_and_leave_no_segment(server, client, models):
-    from server.shared_tensors import MIN_BYTES, SHM_DIR, prefix_for
+    from server.inference.shared_tensors import MIN_BYTES, SHM_DIR, prefix_for
 
     x = torch.randn(20_000, 16).numpy()  # 1.3 MB in (the test limit is 2 MB), 0.3 MB out: both over MIN_BYTES
     assert x.nbytes > MIN_BYTES and x.shape[0] * 4 * 4 > MIN_BYTES

@@ -11,9 +11,9 @@ import torch
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import InvalidConfigError, jit, optimize, parse_config
-from optimizer_pipeline.calibration import Batch
-from optimizer_pipeline.fidelity import compare_outputs
-from optimizer_pipeline.model_loading import run_model
+from optimizer_pipeline.intake.calibration import Batch
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.passes import PassOutput, parse_pass_spec, run_pass
 from optimizer_pipeline.report.table import format_report
 from optimizer_pipeline.runtimes.cpu import cpu_has_bf16

@@ -14,11 +14,11 @@ from conftest import FAST
 from optimizer_pipeline import Report, inspect_upload, optimize, parse_config
 from optimizer_pipeline.choice import choose
 from optimizer_pipeline.errors import InvalidConfigError
-from optimizer_pipeline.fidelity import judge_outputs
+from optimizer_pipeline.fidelity.measures import judge_outputs
 from optimizer_pipeline.runtimes.cpu import bf16_from_cpuinfo, cpu_has_bf16
-from optimizer_pipeline.outputs import flatten_outputs
+from optimizer_pipeline.fidelity.outputs import flatten_outputs
 from optimizer_pipeline.report import CandidateReport, Fidelity
-from optimizer_pipeline.report.confidence import agreement_bound, samples_for_agreement
+from optimizer_pipeline.fidelity.confidence import agreement_bound, samples_for_agreement
 from optimizer_pipeline.search.space import DEFAULT_SPACE, expand_space
 
 INT8 = {**FAST, "candidates": [{"plan": [{"pass": "quantize_static"}]}], "batch_size": 16}

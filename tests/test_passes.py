@@ -7,9 +7,9 @@ import torch
 
 import tiny_models
 from optimizer_pipeline import jit
-from optimizer_pipeline.calibration import Batch
-from optimizer_pipeline.fidelity import compare_outputs
-from optimizer_pipeline.model_loading import run_model
+from optimizer_pipeline.intake.calibration import Batch
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.passes import parse_pass_spec, run_pass
 from optimizer_pipeline.passes.modules import weighted_layers
 

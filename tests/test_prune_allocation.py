@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from optimizer_pipeline import jit
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.channel_groups.allocation import keep_options
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured
 
 from topologies import build
 

@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from optimizer_pipeline import jit
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.channel_groups import recalibrate_batchnorm
 from optimizer_pipeline.channel_groups.batchnorm import CHUNK
-from optimizer_pipeline.fidelity import compare_outputs
-from optimizer_pipeline.model_loading import run_model
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.passes.base import parse_pass_spec
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured
 
 from topologies import TOPOLOGIES, build, trained
 

@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from optimizer_pipeline import jit
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.passes.base import parse_pass_spec
-from optimizer_pipeline.passes.prune_structured import PruneStructuredConfig, prune_structured
+from optimizer_pipeline.passes.pruning.structured import PruneStructuredConfig, prune_structured
 
 from topologies import trained
 

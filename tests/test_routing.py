@@ -7,8 +7,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from server.live_window import LiveFidelity, LiveSample, default_guard, judge, summarize
-from server.routing import Guard, Pinned, Route, Shadow, Split, choose
+from server.live.window import LiveFidelity, LiveSample, default_guard, judge, summarize
+from server.live.routing import Guard, Pinned, Route, Shadow, Split, choose
 
 BOTH = {"original", "optimized"}
 

@@ -8,10 +8,10 @@ import torch
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import jit, optimize, parse_config
-from optimizer_pipeline.calibration import Batch
+from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.config import Tolerance
 from optimizer_pipeline.passes import parse_pass_spec
-from optimizer_pipeline.references import make_references
+from optimizer_pipeline.fidelity.references import make_references
 from optimizer_pipeline.report import CandidateReport
 from optimizer_pipeline.search.pareto import pareto_front
 from optimizer_pipeline.search.runner import run_search

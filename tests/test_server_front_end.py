@@ -23,7 +23,7 @@ from torch import nn
 
 import tiny_models
 from server_harness import FORCED_FREEZE, server_fixture, upload, wait_for
-from server.shared_tensors import SHM_DIR, SharedSpace, ShmFull, prefix_for
+from server.inference.shared_tensors import SHM_DIR, SharedSpace, ShmFull, prefix_for
 from wire.codec import decode_response, encode_request, wire_tensor
 
 MAX_JSON = 4 * 2**20

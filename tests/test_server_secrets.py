@@ -256,9 +256,9 @@ def test_the_filter_refuses_exec_and_network_sockets_with_eperm():
 
 def test_an_inference_worker_cannot_read_the_key_file_nor_write_the_index(tmp_path, monkeypatch):
     from server import confinement
-    from server.auth import key_path, resolve_key
+    from server.http.auth import key_path, resolve_key
     from server.settings import Settings
-    from server.shared_tensors import SHM_DIR
+    from server.inference.shared_tensors import SHM_DIR
     from server.store import open_store
 
     if not confinement.landlock_abi():
@@ -310,9 +310,9 @@ def test_the_main_process_writes_what_workers_send_and_refuses_anything_else(tmp
     import pickle
 
     from optimizer_pipeline.report import ModelSummary
-    from server.live_window import LiveSample
-    from server.record_channel import RecordWriter
-    from server.schemas import ModelMeta
+    from server.live.window import LiveSample
+    from server.store.record_channel import RecordWriter
+    from server.http.schemas import ModelMeta
     from server.settings import Settings
     from server.store import new_model_id, now, open_store
 

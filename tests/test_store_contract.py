@@ -9,9 +9,9 @@ import time
 import pytest
 
 from optimizer_pipeline.report import Chosen, ModelSummary
-from server.live_window import LiveSample
-from server.routing import Guard, Pinned
-from server.schemas import ModelMeta, RoutingEvent, VariantInfo
+from server.live.window import LiveSample
+from server.live.routing import Guard, Pinned
+from server.http.schemas import ModelMeta, RoutingEvent, VariantInfo
 from server.settings import Settings
 from server.store import NameTakenError, Store, new_model_id, now, open_store
 from server.store.s3_artifacts import S3Artifacts

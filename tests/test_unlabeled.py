@@ -16,10 +16,10 @@ import tiny_models
 from clients.models import ModelStatus
 from clients.status_summary import status_summary
 from optimizer_pipeline import optimize
-from optimizer_pipeline.calibration import load_calibration, load_unlabeled
+from optimizer_pipeline.intake.calibration import load_calibration, load_unlabeled
 from optimizer_pipeline.config import PipelineConfig
 from optimizer_pipeline.errors import InvalidUnlabeledError
-from optimizer_pipeline.references import make_references
+from optimizer_pipeline.fidelity.references import make_references
 from optimizer_pipeline.search.compound import MIN_HELD_OUT, compound_plans
 from optimizer_pipeline import jit
 from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, server_fixture, upload, wait_for

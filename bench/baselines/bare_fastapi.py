@@ -16,7 +16,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from optimizer_pipeline.allocator import pin_malloc_thresholds
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
 
 
 def build(model_path: str) -> FastAPI:

@@ -13,7 +13,7 @@ import sys
 import litserve as ls
 import torch
 
-from optimizer_pipeline.allocator import pin_malloc_thresholds
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
 
 
 class TorchScriptAPI(ls.LitAPI):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calibration import Batch
+from ..intake.calibration import Batch
 from ..jit import ScriptModule
 from . import graph as g
 

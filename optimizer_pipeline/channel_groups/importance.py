@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from ..calibration import Batch
+from ..intake.calibration import Batch
 from ..jit import ScriptModule
 from . import graph as g
 from .analysis import ChannelAnalysis

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..calibration import Batch
+from ..intake.calibration import Batch
 from ..jit import ScriptModule
 from . import graph as g
 from .analysis import ChannelAnalysis

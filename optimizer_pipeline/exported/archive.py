@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidModelError, UnsafeModelError
-from ..model_ops import is_vetted
+from ..intake.model_ops import is_vetted
 
 HOW_TO_EXPORT = (
     "Export it with `torch.export.save(torch.export.export(model.eval(), example_inputs, "

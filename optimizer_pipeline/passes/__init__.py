@@ -1,18 +1,10 @@
 """Optimization passes. Importing a pass module registers it by name (see base.py)."""
 
-from . import (  # noqa: F401
-    finetune,
-    freeze,
-    onnx_export,
-    ort_quantize,
-    ov_convert,
-    ov_quantize,
-    prune_structured,
-    prune_unstructured,
-    quantize_dynamic,
-    quantize_qat,
-    quantize_static,
-)
+# Importing a pass module registers it: one folder per algorithm, one module per backend.
+from .conversion import freeze, onnx_export, ov_convert  # noqa: F401
+from .pruning import structured, unstructured  # noqa: F401
+from .quantization import dynamic, ort_quantize, ov_quantize, qat, static  # noqa: F401
+from .recovery import finetune  # noqa: F401
 from .base import REGISTRY, PassConfig, PassOutput, parse_pass_spec, run_pass
 from .plan import Plan
 

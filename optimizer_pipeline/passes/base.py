@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ..calibration import Batch
+from ..intake.calibration import Batch
 
 
 class PassConfig(BaseModel):

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..calibration import Batch
-from ..model_loading import run_model
+from ..intake.calibration import Batch
+from ..intake.model_loading import run_model
 
 # Parity is checked at batch 1 and at the calibration size capped here: enough to catch a batch
 # dimension baked into the graph, cheap enough to run on every conversion.

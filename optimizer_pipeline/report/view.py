@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..config import Tolerance
 from . import CandidateReport, Report
-from .confidence import agreement_bound, resolution_warning
+from ..fidelity.confidence import agreement_bound, resolution_warning
 from ..search.pareto import pareto_front
 
 

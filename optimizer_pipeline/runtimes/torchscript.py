@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import jit
-from ..model_ops import check_archive_code, check_model_ops
+from ..intake.model_ops import check_archive_code, check_model_ops
 from .base import LoadedVariant, RuntimeSupport
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again, record_verdict
-from ..fidelity import assess, pool_fidelity
+from ..fidelity.measures import assess, pool_fidelity
 from ..config import PipelineConfig, Tolerance
-from ..deadline import Clock, deadline
+from ..measure.deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
 from ..report import CandidateReport, SearchSummary
 from .compound import compound_plans

@@ -17,15 +17,15 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from wire import WireError
 
-from .. import metrics
-from ..auth import BearerKey
-from ..errors import ApiError
+from ..http import metrics
+from ..http.auth import BearerKey
+from ..http.errors import ApiError
 from ..litserve_bridge import QueueBridge
-from ..oip_call import InferCall
-from ..oip_routes import VARIANTS, OipRoutes
-from ..predict_route import ROUTING_KEY_HEADER
+from ..inference.oip_call import InferCall
+from ..http.oip_routes import VARIANTS, OipRoutes
+from ..http.predict_route import ROUTING_KEY_HEADER
 from ..settings import Settings
-from ..shared_tensors import MIN_BYTES, SharedArray, SharedResponse
+from ..inference.shared_tensors import MIN_BYTES, SharedArray, SharedResponse
 from .tensors import infer_response, request_tensors
 
 ENDPOINT = "/inference.GRPCInferenceService/ModelInfer"  # the label of /metrics' request series

@@ -17,9 +17,9 @@ from typing import BinaryIO
 from optimizer_pipeline.files import atomic_write_bytes, atomic_write_stream, atomic_write_text
 from optimizer_pipeline.report import Chosen
 
-from ..live_window import LiveSample
-from ..routing import Guard
-from ..schemas import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
+from ..live.window import LiveSample
+from ..live.routing import Guard
+from ..http.schemas import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
 from .stamps import now
 from .artifacts import ArtifactStore
 from .database import Database, integrity_errors

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from ..live_window import LiveSample
-from ..routing import MAX_WINDOW, Guard, Pinned
-from ..schemas import FAILURE_KINDS, FailureKind, ModelInfo, ModelMeta, RoutingEvent
+from ..live.window import LiveSample
+from ..live.routing import MAX_WINDOW, Guard, Pinned
+from ..http.schemas import FAILURE_KINDS, FailureKind, ModelInfo, ModelMeta, RoutingEvent
 from .database import Database, Session
 from .model_info import INFO_SQL, VARIANT_SQL, model_info
 

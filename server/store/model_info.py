@@ -7,8 +7,8 @@ import json
 
 from optimizer_pipeline.report import Chosen
 
-from ..routing import Guard
-from ..schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
+from ..live.routing import Guard
+from ..http.schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
 
 JOB_COLUMNS = ("state", "stage", "progress", "error", "attempts", "queued_at", "started_at", "finished_at", "optimization_seconds", "chosen", "notes")
 _INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS, "timeouts", "crashes", "out_of_memory", "unhealthy", "policy", "guard", "revision")

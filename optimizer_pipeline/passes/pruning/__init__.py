@@ -1,0 +1,1 @@
+"""Pruning: unstructured (magnitude) and structured (channel groups, with reconstruction)."""

@@ -1,0 +1,1 @@
+"""Recovery fine-tuning: distilling from the original, with augmentation of unlabeled data."""

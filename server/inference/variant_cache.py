@@ -1,0 +1,226 @@
+"""Loaded variants for the inference workers: the per-worker LRU cache that holds them (bounded by
+count and by bytes), and the warmer that loads new variants before the model is called ready.
+
+Loading goes through optimizer_pipeline.runtimes (one small loader per runtime: TorchScript,
+ONNX Runtime), the same code the pipeline measured the variant with.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ValidationError
+
+from optimizer_pipeline.files import atomic_write_text
+from optimizer_pipeline.fidelity.outputs import NamedOutputs, flatten_outputs
+from optimizer_pipeline.runtimes import load_variant
+
+from ..http import metrics
+from ..http.schemas import ModelInfo, VariantInfo
+
+logger = logging.getLogger("optiserve")
+RunVariant = Callable[[tuple[torch.Tensor, ...]], NamedOutputs]
+
+
+Example = Callable[[], tuple[torch.Tensor, ...]]
+# How often a worker's warmer looks for variants it has not loaded yet.
+WARM_POLL_SECONDS = 0.5
+
+
+def load(runtime: str, path: Path, threads: int, example: Example | None = None) -> RunVariant:
+    model = load_variant(runtime, path.read_bytes(), threads)
+
+    def run(inputs: tuple[torch.Tensor, ...]) -> NamedOutputs:
+        with torch.inference_mode():  # torch's warnings are silenced once per worker (quiet_torch_for_good)
+            return flatten_outputs(model(*inputs))
+
+    if example is not None:
+        _warm_up(run, example())
+    return run
+
+
+def _warm_up(run: RunVariant, inputs: tuple[torch.Tensor, ...]) -> None:
+    # TorchScript's profiling executor optimizes a graph during its first calls (100+ ms); doing
+    # that at load keeps it out of the first user request (a third call runs the optimized graph once).
+    for _ in range(3):
+        try:
+            run(inputs)
+        except Exception:  # an odd model may reject zeros; it then simply warms up on real traffic
+            return
+
+
+@dataclass
+class _Entry:
+    version: int
+    run: RunVariant
+    size: int
+
+
+class VariantCache:
+    """Per-worker LRU of loaded variants, keyed by (model id, variant) and checked against a version.
+
+    The version comes from the store on every lookup, so a variant that appears or changes is
+    reloaded on its next request, with no message between processes.
+
+    Two bounds: `capacity` variants, and `max_bytes` (0: none) of variant file sizes. A file's size
+    stands for what the loaded model holds: its weights dominate both, and it is known before loading,
+    so room is made first and the worker never holds the old set and the new variant at once. A
+    variant larger than `max_bytes` is still served: loaded (after the cache is emptied), used for
+    the call that asked for it, and dropped.
+    """
+
+    def __init__(self, capacity: int, threads: int, max_bytes: int = 0, api: str = "") -> None:
+        self.capacity = capacity
+        self.threads = threads
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # the serving thread, the live observer's shadow forwards and the warmer share it
+        self._labels = (api, str(os.getpid()))  # the gauge's pid label comes with its multiprocess mode
+        self._gauge = metrics.VARIANT_CACHE_BYTES.labels(api)
+        self._gauge.set(0)
+
+    def get(
+        self,
+        model_id: str,
+        variant: str,
+        version: int,
+        runtime: str,
+        locate: Callable[[], Path],
+        example: Example | None = None,
+        size: int = 0,
+    ) -> RunVariant:
+        """The loaded variant; `locate` gives its file, called only when it must be (re)loaded."""
+        with self._lock:
+            return self._get(model_id, variant, version, runtime, locate, example, size)
+
+    def _get(
+        self, model_id: str, variant: str, version: int, runtime: str, locate: Callable[[], Path], example: Example | None, size: int
+    ) -> RunVariant:
+        key = (model_id, variant)
+        entry = self._entries.get(key)
+        if entry is not None and entry.version == version:
+            self._entries.move_to_end(key)
+            return entry.run
+        if entry is not None:  # replaced: the old version goes before the new one loads
+            self._drop(key)
+        self._make_room(size)
+        loaded = load(runtime, locate(), self.threads, example)
+        metrics.VARIANT_LOADS.labels(*self._labels).inc()
+        if self.max_bytes and size > self.max_bytes:
+            metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()  # used once by the caller, never kept
+            return loaded
+        self._entries[key] = _Entry(version, loaded, size)
+        self._bytes += size
+        self._gauge.set(self._bytes)
+        return loaded
+
+    def _make_room(self, size: int) -> None:
+        while self._entries and (len(self._entries) >= self.capacity or (self.max_bytes and self._bytes + size > self.max_bytes)):
+            self._drop(next(iter(self._entries)))
+            metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        self._bytes -= self._entries.pop(key).size
+        self._gauge.set(self._bytes)
+
+    @property
+    def loaded_bytes(self) -> int:
+        return self._bytes
+
+
+# ---- warm before ready ----
+
+
+class WarmMarks(BaseModel):
+    """What one worker has loaded and run: `<model id>/<variant>` -> the version it warmed."""
+
+    pid: int
+    variants: dict[str, int] = {}
+
+
+def marks_dir(local_dir: Path) -> Path:
+    return local_dir / "warm"
+
+
+def reset_marks(local_dir: Path) -> None:
+    """At server start (main process): marks of the last run's workers mean nothing now."""
+    shutil.rmtree(marks_dir(local_dir), ignore_errors=True)
+    marks_dir(local_dir).mkdir(parents=True, exist_ok=True)
+
+
+def write_marks(directory: Path, marks: WarmMarks) -> None:
+    """The worker's one write about warmth: its own file, replaced whole, in the server's local state dir."""
+    atomic_write_text(directory / f"{marks.pid}.json", marks.model_dump_json())
+
+
+def warm_everywhere(directory: Path, info: ModelInfo, variants: list[VariantInfo]) -> bool:
+    """Whether every live /predict worker has loaded and run these variants (at their current version)."""
+    workers = []
+    for path in directory.glob("*.json"):
+        try:
+            marks = WarmMarks.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError):
+            continue  # being replaced right now, or not ours: the next poll reads it
+        if Path(f"/proc/{marks.pid}").exists():  # a restarted worker's successor has its own file
+            workers.append(marks)
+    return bool(workers) and all(m.variants.get(f"{info.id}/{v.name}") == v.version for m in workers for v in variants)
+
+
+class Warmer:
+    """A worker's background thread: loads and runs each variant (new, or replaced) once, then marks it.
+
+    Loading goes through the worker's cache, so it respects the residency bounds; a variant is warmed
+    once per version, so later evictions do not make the warmer fight the traffic for the cache.
+    """
+
+    def __init__(self, directory: Path, models: Callable[[], list[ModelInfo]], warm: Callable[[ModelInfo, str], None]) -> None:
+        self.directory = directory
+        self.models = models
+        self.warm = warm
+        self.marks = WarmMarks(pid=os.getpid())
+        self._failed: dict[str, int] = {}
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_marks(self.directory, self.marks)  # this worker exists, and has warmed nothing yet
+        threading.Thread(target=self._loop, name="variant-warmer", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.pass_once()
+            except Exception:
+                logger.exception("the variant warmer failed; it retries")
+            time.sleep(WARM_POLL_SECONDS)
+
+    def pass_once(self) -> None:
+        models = [info for info in self.models() if info.health.healthy]
+        current = {f"{info.id}/{variant.name}" for info in models for variant in info.variants}
+        changed = set(self.marks.variants) - current  # deleted models and variants
+        for key in changed:
+            del self.marks.variants[key]
+        for info in models:
+            for variant in sorted(info.variants, key=lambda v: v.name != info.default_variant):  # the default first
+                key = f"{info.id}/{variant.name}"
+                if variant.version in (self.marks.variants.get(key), self._failed.get(key)):
+                    continue
+                try:
+                    self.warm(info, variant.name)
+                except Exception as exc:  # the request that needs it will say why; ready stays false
+                    logger.warning("could not warm %s: %s", key, exc)
+                    self._failed[key] = variant.version
+                    continue
+                self.marks.variants[key] = variant.version
+                write_marks(self.directory, self.marks)
+        if changed:
+            write_marks(self.directory, self.marks)

@@ -1,0 +1,378 @@
+"""The LitAPIs behind POST /predict and POST /compare.
+
+LitServe batches requests for different models together, and one raised exception would fail the
+whole batch. So `predict` groups the batch by model (and variant), answers every request with its
+own outcome (an error is an outcome), and `encode_response` turns each into a JSON response with
+its own status. Annotations stay real objects (no `from __future__ import annotations`): LitServe
+reads decode_request's annotation to build the FastAPI endpoint that validates the body.
+"""
+
+import logging
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Union
+
+import litserve as ls
+import torch
+from fastapi import HTTPException, Response
+
+from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
+from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline.jit import quiet_torch_for_good
+from optimizer_pipeline.intake.model_ops import harden_torch
+from optimizer_pipeline.fidelity.outputs import NamedOutputs
+from optimizer_pipeline.measure.processes import die_with_parent
+from wire.codec import WireError
+
+from ..jobs import confinement
+from ..http import metrics
+from ..http.errors import ApiError, JsonResponse, error_body, not_found
+from .forward_watchdog import ForwardWatchdog
+from .outcomes import (
+    Outcome,
+    Pending,
+    Ran,
+    cast_to_model,
+    check_batch_dimension,
+    error_outcome,
+    example_inputs,
+    forward_failed,
+    in_protocol,
+    infer_outcome,
+    not_ready,
+    out_of_memory,
+    request_tensors,
+)
+from ..litserve_bridge import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
+from ..live.observer import LiveObserver
+from .oip_call import InferCall, RawInfer
+from ..store.record_channel import RecordSender
+from ..live.routing import Route, choose
+from .variant_cache import RunVariant, VariantCache, Warmer, marks_dir
+from ..http.schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
+from ..settings import Settings
+from ..http.predict_route import BodyError, JsonBody
+from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
+from ..store import open_store
+from .tensors import TensorDecodeError, to_object
+
+logger = logging.getLogger("optiserve")
+SWITCH_INTERVAL_SECONDS = 0.0005
+
+
+class InferenceAPI(ls.LitAPI):
+    endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
+    request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
+    # Whether requests queued together merge into one forward call: the serving path's throughput.
+    batched: bool = True
+
+    def __init__(self, settings: Settings, records: RecordSender) -> None:
+        super().__init__(
+            max_batch_size=settings.max_batch_size if self.batched else 1,
+            batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
+            api_path=self.endpoint,
+            loop=GreedyBatchLoop(),
+        )
+        self.settings = settings
+        self.records = records  # what a worker writes, the main process writes for it
+
+    def setup(self, device: str) -> None:
+        die_with_parent()
+        # Ctrl-C reaches every process of the group; the main process stops the workers itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(self.settings.worker_threads)
+        harden_torch()
+        quiet_torch_for_good()
+        pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
+        self.store = open_store(self.settings, read_only=True)
+        self.loop.record = HeldRecord(held_record_path(self.settings.held_dir, self.api_path, current_worker_id()))
+        warm_marks = marks_dir(self.settings.local_dir).resolve()
+        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
+        self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
+        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
+        self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+
+    def _overran(self, model_id: str, seconds: float) -> None:
+        """The watchdog's last act before this worker ends: count the timeout, answer this model's
+        requests, and put the others this worker holds back on the queue."""
+        message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
+        try:
+            self.records.timeout(model_id, message)
+        finally:
+            self.loop.release_held(model_id, HTTPException(504, {"code": "model_timeout", "message": message}))
+
+    def batch(self, inputs: list) -> list:
+        return list(inputs)
+
+    def unbatch(self, output: list) -> list:
+        return list(output)
+
+    def predict(self, x):
+        requests = list(x) if isinstance(x, list) else [x]
+        outcomes: list[Union[Outcome, None]] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for position, request in enumerate(requests):
+            if isinstance(request, (JsonBody, RawInfer)):  # too large for the API server to parse
+                try:
+                    requests[position] = request = self._parse(request)
+                except BodyError as error:
+                    outcomes[position] = Outcome(error.status, error.body)
+                    continue
+            groups[(request.model, getattr(request, "variant", None))].append(position)
+        for (ref, variant), positions in groups.items():
+            pending = [Pending(p, requests[p]) for p in positions]
+            try:
+                self._serve_group(ref, variant, pending)
+            except ApiError as error:
+                for item in pending:
+                    item.outcome = item.outcome or error_outcome(error)
+            except Exception as exc:  # a bug or a broken file must fail this group only
+                logger.exception("inference failed for model %r", ref)
+                for item in pending:
+                    item.outcome = item.outcome or Outcome(500, error_body(500, "internal_error", f"inference failed ({type(exc).__name__})"))
+            for item in pending:
+                outcomes[item.position] = in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
+        return outcomes if isinstance(x, list) else outcomes[0]
+
+    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
+        if isinstance(request, JsonBody):
+            return request.parse(self.request_schema)
+        try:
+            return request.decode()
+        except WireError as exc:
+            raise BodyError(400, {"error": str(exc)}) from None
+
+    def encode_response(self, output: Outcome) -> Response:
+        # LitServe builds /predict's route from this annotation. Only /v2 answers (raw bodies, which the
+        # OIP route turns back into a Response) can be a SharedResponse.
+        headers = {metrics.MODEL_HEADER: output.model, metrics.VARIANT_HEADER: output.variant}
+        if output.raw is not None:
+            headers.update(output.raw.headers)
+            if output.raw.size >= MIN_BYTES:
+                try:
+                    return SharedResponse(output.status, headers, self.shm.share(output.raw.chunks))
+                except ShmFull as exc:
+                    if output.raw.size > QUEUE_FALLBACK_BYTES:
+                        return JsonResponse({"error": str(exc)}, status_code=503, headers={k: headers[k] for k in (metrics.MODEL_HEADER, metrics.VARIANT_HEADER)})
+            return Response(output.raw.body(), status_code=output.status, headers=headers)
+        return JsonResponse(output.body, status_code=output.status, headers=headers)
+
+    # ---- one group: requests for the same model (and variant) ----
+
+    def _serve_group(self, ref: str, variant: Union[str, None], pending: list[Pending]) -> None:
+        info = self._lookup(ref)
+        self.loop.running([item.position for item in pending], info.id)
+        decoded = self._decode(info, pending)
+        for variants, items in self._assign(info, variant, decoded).items():
+            try:
+                models = {name: self._load(info, name) for name in variants}
+            except ApiError as error:  # e.g. a variant not ready: these requests only
+                for item in items:
+                    item.outcome = error_outcome(error)
+                continue
+            runs = {name: self._run(info, name, model, items) for name, model in models.items()}
+            for item in items:
+                if item.outcome is None:
+                    item.outcome = self._respond(info, item, runs)
+            self._served(info, items, runs)
+
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        """Which variants run which requests."""
+        raise NotImplementedError
+
+    def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
+        """After the answers are made, before they are sent."""
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        raise NotImplementedError
+
+    def _lookup(self, ref: str) -> ModelInfo:
+        info = self.store.get(ref)
+        if info is None:
+            raise not_found(ref)
+        if not info.health.healthy:
+            raise ApiError(
+                503, "model_unhealthy", f"model {info.name!r} is marked unhealthy: {info.health.reason}; replace it, or POST /models/{info.id}/reset"
+            )
+        return info
+
+    def _load(self, info: ModelInfo, variant_name: str, watchdog: Union[ForwardWatchdog, None] = None) -> RunVariant:
+        variant = info.variant(variant_name)
+        if variant is None:
+            raise not_ready(info, variant_name)
+
+        def locate() -> Path:
+            # Only on a cache miss: on a shared store this looks the file up and may download it.
+            path = self.store.file(info.id, variant.filename)
+            if path is None:
+                raise not_found(info.id)  # deleted between the lookup and now
+            return path
+
+        # Loading warms the model up with a forward call, which gets the same hard limit.
+        with (watchdog or self.watchdog).watching(info.id):
+            return self.cache.get(info.id, variant.name, variant.version, variant.runtime, locate, lambda: example_inputs(info), variant.size_bytes)
+
+    def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
+        """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
+        decoded = []
+        for item in pending:
+            try:
+                tensors = request_tensors(info, item.request)
+                item.inputs = tuple(
+                    cast_to_model(tensor, dtype, name, item.casts)
+                    for tensor, dtype, name in zip(tensors, info.summary.input_dtypes, info.summary.inputs)
+                )
+                check_batch_dimension(item.inputs)
+            except Exception as exc:  # whatever a request holds, it fails that request alone
+                message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
+                item.outcome = Outcome(422, error_body(422, "invalid_input", message), info.name)
+                continue
+            decoded.append(item)
+        return decoded
+
+    def _run(self, info: ModelInfo, variant_name: str, model: RunVariant, pending: list[Pending]) -> Ran:
+        """Run requests with the same input signature as one batch; fall back to one by one on failure."""
+        ran = Ran()
+        by_signature: dict[tuple, list[Pending]] = defaultdict(list)
+        for item in pending:
+            if item.outcome is None:  # e.g. it already failed on the other variant of a comparison
+                by_signature[item.signature()].append(item)
+        for group in by_signature.values():
+            try:
+                self._forward(info, variant_name, model, group, ran)
+            except Exception as exc:
+                if len(group) == 1:
+                    group[0].outcome = self._forward_failed(info, group[0], exc)
+                    continue
+                for item in group:  # isolate the request that breaks the model
+                    try:
+                        self._forward(info, variant_name, model, [item], ran)
+                    except Exception as single_exc:
+                        item.outcome = self._forward_failed(info, item, single_exc)
+        return ran
+
+    def _forward_failed(self, info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
+        if not out_of_memory(exc):
+            return forward_failed(info, item, exc)
+        cap = self.settings.worker_memory_bytes / 2**30
+        message = (
+            f"model {info.name!r} tried to allocate more memory than an inference worker may map "
+            f"(OPTISERVE_WORKER_MEMORY_BYTES, {cap:g} GiB beyond torch itself); the worker restarts, and this counts towards the model's health"
+        )
+        # The worker answers its batch and then makes way for a fresh one: a failed allocation can
+        # leave a heap fragmented or a library's state half-built.
+        self.loop.retire_after_batch("out_of_memory", info.id, message)
+        return Outcome(507, error_body(507, "out_of_memory", message), info.name)
+
+    def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
+        inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
+        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog)
+        metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
+        total = sum(item.size for item in group)
+        if len(group) > 1 and any(t.dim() == 0 or t.shape[0] != total for _, t in outputs):
+            raise ValueError("outputs do not keep the batch as their first dimension; a merged batch cannot be split")
+        offset = 0
+        for item in group:
+            ran.outputs[item.position] = [(name, t[offset : offset + item.size]) for name, t in outputs] if len(group) > 1 else outputs
+            ran.milliseconds[item.position] = seconds * 1000
+            offset += item.size
+
+    def _timed_forward(
+        self, info: ModelInfo, variant_name: str, model: RunVariant, inputs: tuple[torch.Tensor, ...], watchdog: ForwardWatchdog,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> tuple[NamedOutputs, float]:
+        started = clock()
+        with watchdog.watching(info.id):
+            outputs = model(inputs)
+        seconds = clock() - started
+        metrics.FORWARD_SECONDS.labels(info.name, variant_name, info.variant(variant_name).runtime).observe(seconds)
+        return outputs, seconds
+
+
+class PredictAPI(InferenceAPI):
+    endpoint = "/predict"
+    request_schema = PredictRequest
+
+    def setup(self, device: str) -> None:
+        super().setup(device)
+        # The observer thread holds the GIL for its Python work; the serving thread waits for it at
+        # most this long (the default 5 ms is longer than a whole small request).
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        # Shadow forwards run on the observer's thread, under a time limit of their own.
+        self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        self.observer = LiveObserver(self.store, self._shadow_forward, self.records)
+        # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
+        self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
+
+    def decode_request(self, request: PredictRequest) -> PredictRequest:
+        return request
+
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        """An explicit variant wins; otherwise the model's routing policy places each request."""
+        available = {variant.name for variant in info.variants}
+        assigned: dict[tuple[str, ...], list[Pending]] = defaultdict(list)
+        for item in pending:
+            item.route = Route(requested) if requested else choose(info.routing, available, info.default_variant, item.request.routing_key)
+            assigned[(item.route.serve,)].append(item)
+        return assigned
+
+    def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
+        (ran,) = runs.values()
+        for item in pending:
+            if item.outcome is not None and item.outcome.status == 200:
+                self.observer.observe(info, item.inputs, item.route, ran.outputs[item.position], ran.milliseconds[item.position])
+
+    def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
+        model = self._load(info, variant, self.shadow_watchdog)
+        # The observer thread runs at nice 19, so its wall time measures the wait for a core under load,
+        # not the variant: a shadow forward is timed in its thread's CPU time (live_window.py labels it).
+        outputs, seconds = self._timed_forward(info, variant, model, inputs, self.shadow_watchdog, clock=time.thread_time)
+        return outputs, seconds * 1000
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        (variant, ran), = runs.items()
+        milliseconds = round(ran.milliseconds[item.position], 3)
+        if isinstance(item.request, InferCall):
+            return infer_outcome(info, variant, item, ran.outputs[item.position], milliseconds)
+        response = PredictResponse.model_construct(
+            model=info.name,
+            variant=variant,
+            outputs=[to_object(name, t, item.request.binary_outputs) for name, t in ran.outputs[item.position]],
+            inference_ms=milliseconds,
+            casts=item.casts or None,
+        )
+        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, variant)
+
+
+class CompareAPI(InferenceAPI):
+    endpoint = "/compare"
+    batched = False  # an A/B view of one request, not a throughput path
+    request_schema = InferenceRequest
+
+    def decode_request(self, request: InferenceRequest) -> InferenceRequest:
+        return request
+
+    def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
+        return {("original", "optimized"): pending}
+
+    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        outputs = {name: ran.outputs[item.position] for name, ran in runs.items()}
+        binary = item.request.binary_outputs
+        response = CompareResponse.model_construct(
+            model=info.name,
+            outputs={name: [to_object(n, t, binary) for n, t in named] for name, named in outputs.items()},
+            inference_ms={name: round(ran.milliseconds[item.position], 3) for name, ran in runs.items()},
+            fidelity=compare_outputs(outputs["original"], outputs["optimized"]),
+        )
+        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, "both")
+
+
+def is_inference_path(path: str) -> bool:
+    """Routes that run model code, and so get the arrival-to-answer deadline."""
+    return path in (PredictAPI.endpoint, CompareAPI.endpoint) or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+

@@ -1,0 +1,1 @@
+"""Model code away from the API servers: the optimization job runner, upload validation, and their confinement."""
