@@ -1,5 +1,5 @@
 """Longer fuzzing run: schemathesis against a real server's /openapi.json, every operation in
-positive and negative mode, with many more examples than tests/test_fuzz.py and a fresh seed.
+positive and negative mode, with many more examples than tests/security/test_fuzz.py and a fresh seed.
 
     python bench/fuzz.py [--examples 300] [--seed N]
 

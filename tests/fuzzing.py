@@ -1,6 +1,6 @@
 """Schemathesis against a running server's /openapi.json, one operation and generation mode at a time.
 
-Shared by tests/test_fuzz.py (bounded, in the suite) and bench/fuzz.py (longer). Failures are
+Shared by tests/security/test_fuzz.py (bounded, in the suite) and bench/fuzz.py (longer). Failures are
 collected, not raised: one run reports every distinct problem, each with a curl line that replays it.
 """
 

@@ -16,7 +16,7 @@ An op that is not listed is refused, whatever it is called. Deliberately absent:
 
 Built from reality: `bench/collect_ops.py` collects every op of every model in the tests and benches,
 of common scripted library modules (nn.TransformerEncoderLayer, nn.MultiheadAttention, LSTM/GRU,
-F.interpolate, ...) and of every variant our passes make of them; tests/test_model_ops.py proves all of
+F.interpolate, ...) and of every variant our passes make of them; tests/pipeline/test_model_ops.py proves all of
 those are listed. To add an op: check its CPU kernel bounds-checks what it reads and writes, then add it.
 """
 

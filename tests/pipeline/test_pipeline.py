@@ -19,7 +19,7 @@ from optimizer_pipeline.config import DEFAULT_CANDIDATES, CandidateSpec, Pipelin
 from optimizer_pipeline.report import CandidateReport, Fidelity
 from optimizer_pipeline.runtimes import load_variant
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _calibration(inputs) -> bytes:

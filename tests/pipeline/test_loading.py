@@ -63,7 +63,7 @@ def test_pickled_module_is_recognised_and_never_unpickled():
 
 
 def test_an_exported_program_with_a_fixed_batch_is_recognised_and_told_how_to_export_it(tmp_path):
-    # A .pt2 is accepted (tests/test_exported.py); one without a dynamic batch is refused with the fix.
+    # A .pt2 is accepted (tests/pipeline/test_exported.py); one without a dynamic batch is refused with the fix.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(tiny_models.MLP().eval(), (torch.randn(2, 16),))
