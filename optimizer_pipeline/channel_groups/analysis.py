@@ -16,6 +16,7 @@ import torch
 from ..jit import ScriptModule, exported_method_names
 from . import graph as g
 from .elements import ChannelElements
+from .registry import HANDLERS
 
 # Ops that ask a tensor nothing that depends on its channel count: channels may be removed under them.
 SHAPE_QUERIES = frozenset(
@@ -159,8 +160,6 @@ class GraphWalk:
 
     # -- the walk --------------------------------------------------------------------------------
     def run(self) -> None:
-        from .handlers import HANDLERS
-
         for node in self.graph.nodes():
             kind = node.kind()
             if any(True for _ in node.blocks()):

@@ -12,19 +12,7 @@ from collections.abc import Callable
 
 from . import graph as g
 from .analysis import GraphWalk, NotUnderstood, ShapeRewrite, Tracked
-
-Handler = Callable[[GraphWalk, g.Node], None]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*kinds: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        for kind in kinds:
-            HANDLERS[kind] = handler
-        return handler
-
-    return register
-
+from .registry import Handler, handles
 
 def _int_constant(value: g.Value, what: str):
     found = g.constant(value)

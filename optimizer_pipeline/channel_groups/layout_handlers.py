@@ -1,6 +1,6 @@
 """Handlers for the ops that move the channel dim (view, reshape, flatten, permute, transpose,
 indexing, size): they track channels onto the new dim, split them into attention heads, or rewrite a
-shape constant. Registered into handlers.HANDLERS like the rest (one handler per op family)."""
+shape constant. Registered into registry.HANDLERS like the rest (one handler per op family)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 
 from . import graph as g
 from .analysis import GraphWalk, NotUnderstood, ShapeRewrite, Tracked
-from .handlers import _int_constant, _tracked_input, handles, on_tracked_input
+from .handlers import _int_constant, _tracked_input, on_tracked_input
+from .registry import handles
 
 
 # -- ops that move the channel dim -------------------------------------------------------------------

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import math
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # config judges fidelity with the bounds below, so it cannot be imported at run time
-    from ..config import Tolerance
-
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
 # Metrics that are a share of samples, and so come in steps of one sample.
@@ -42,29 +37,29 @@ def samples_to_show(threshold: float, z: float = Z_95) -> int | None:
     return math.ceil(threshold * z * z / (1 - threshold))
 
 
-def resolution_warning(tolerance: Tolerance, samples: int) -> str | None:
-    """Why this many held-out samples cannot show the tolerance, or None when they can."""
-    if tolerance.metric not in COUNTED_METRICS or samples <= 0:
+def resolution_warning(metric: str, threshold: float, samples: int) -> str | None:
+    """Why this many held-out samples cannot show a tolerance (metric, threshold), or None when they can."""
+    if metric not in COUNTED_METRICS or samples <= 0:
         return None
     step = 1 / samples
-    if tolerance.metric == "agreement":
-        needed = samples_to_show(tolerance.threshold, Z_95_ONE_SIDED)
+    if metric == "agreement":
+        needed = samples_to_show(threshold, Z_95_ONE_SIDED)
         if needed is None or samples >= needed:
             return None
         one_miss = (
-            f"one miss gives {1 - step:.4g} < {tolerance.threshold:g}, so the tolerance passes only with no miss at all"
-            if 1 - step < tolerance.threshold
+            f"one miss gives {1 - step:.4g} < {threshold:g}, so the tolerance passes only with no miss at all"
+            if 1 - step < threshold
             else f"one sample moves agreement by {step:.4g}"
         )
         return (
-            f"{samples} held-out samples cannot show agreement ≥ {tolerance.threshold:g}: {one_miss}, and even "
+            f"{samples} held-out samples cannot show agreement ≥ {threshold:g}: {one_miss}, and even "
             f"{samples} of {samples} only shows ≥ {agreement_bound(1.0, samples):.3f} at 95% confidence (one-sided); "
             f"that needs at least {needed} held-out samples with no miss"
         )
-    if step > tolerance.threshold:
+    if step > threshold:
         return (
             f"{samples} held-out samples: one sample moves accuracy by {step:.4g}, more than the allowed "
-            f"drop of {tolerance.threshold:g}, so the tolerance passes only with no sample lost"
+            f"drop of {threshold:g}, so the tolerance passes only with no sample lost"
         )
     return None
 

@@ -85,7 +85,7 @@ def view_report(report: Report) -> ReportView:
         front=front,
         time_text=_time_text(report),
         timing_note=_timing_note(baseline, report.batch_size),
-        confidence_warning=resolution_warning(tolerance, _samples_behind_verdicts(report, folds)),
+        confidence_warning=resolution_warning(tolerance.metric, tolerance.threshold, _samples_behind_verdicts(report, folds)),
     )
 
 
