@@ -225,7 +225,7 @@ def _in_child(check) -> None:
 
 
 def test_the_filter_refuses_exec_and_network_sockets_with_eperm():
-    from server import seccomp_filter
+    from server.jobs import seccomp_filter
 
     def confined() -> None:
         seccomp_filter.install(seccomp_filter.SyscallPolicy())
@@ -255,7 +255,7 @@ def test_the_filter_refuses_exec_and_network_sockets_with_eperm():
 
 
 def test_an_inference_worker_cannot_read_the_key_file_nor_write_the_index(tmp_path, monkeypatch):
-    from server import confinement
+    from server.jobs import confinement
     from server.http.auth import key_path, resolve_key
     from server.settings import Settings
     from server.inference.shared_tensors import SHM_DIR
