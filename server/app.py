@@ -6,6 +6,7 @@ Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are cr
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 import multiprocessing
@@ -143,7 +144,7 @@ def _wrap_lifespan(app: FastAPI, settings: Settings, grpc: Callable[[], Abstract
     @asynccontextmanager
     async def lifespan(instance: FastAPI):
         die_with_parent()
-        if getattr(instance, "response_queue_id", 0) == 0:
+        if os.environ.get("LITSERVE_WORKER_ID", "0") == "0":  # API server 0 (its response queue id changes on a restart)
             print(f"optiserve is up at {settings.url}  (store: {settings.store_description})", flush=True)
         async with inner(instance) as state, (grpc or nullcontext)():
             yield state

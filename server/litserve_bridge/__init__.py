@@ -12,7 +12,8 @@
   items and the sentinel it handles are not).
 - `supervise_api_servers`: LitServe forks its API server processes once and never looks at them
   again; one that died (SIGBUS, kill -9) left the shared listening socket open with nobody to
-  answer, so clients hung. They are watched, and restarted the way LitServe started them.
+  answer, so clients hung. They are watched, and restarted the way LitServe started them, each on a
+  response queue no dead server can still be reading from.
 - `supervise_workers`: the main process's watch over the inference workers, in place of LitServe's
   (which polls every 2 s and answers nothing that waits in an API server).
 

@@ -8,6 +8,7 @@ import multiprocessing
 import multiprocessing.connection
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -18,11 +19,16 @@ import litserve as ls
 import uvicorn
 from fastapi import HTTPException
 from litserve.server import _Server
+from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
 from .batching import IDLE_WAKE_SECONDS, HeldBatch, HeldRecord, held_record_path
 
 logger = logging.getLogger("optiserve")
+# An API server waits for answers with get(timeout=1) on its response queue (litserve's
+# MPQueueTransport.areceive). The manager runs a get of a server that died to its end, and an answer it
+# takes then is sent to the dead connection: a queue is not read again until this long after its reader died.
+STALE_GET_SECONDS = 2.0
 
 # ---- the main process's watch over the inference workers ----
 
@@ -106,16 +112,29 @@ def _worker_slot(server: ls.LitServer, index: int) -> tuple[Any, int]:
 def supervise_api_servers(server: ls.LitServer, every: float, tick: Callable[[], None]) -> None:
     """Once `run()` has forked the API servers, restart any that dies; `tick` runs every `every` seconds meanwhile.
 
-    A thread of the main process watches their sentinels (the main thread is parked in run()). A
-    restarted server takes the same response queue id, so answers still find their way.
+    A thread of the main process watches their sentinels (the main thread is parked in run()). Each
+    API server has two response queues; a restarted one reads the one its dead predecessor did not,
+    so that no answer goes to a get the dead one left pending (see STALE_GET_SECONDS).
     """
-    start_servers, shut_down = server._start_server, server._perform_graceful_shutdown
+    start_servers, shut_down, init_manager = server._start_server, server._perform_graceful_shutdown, server._init_manager
     stopping = threading.Event()
+
+    def init(num_api_servers: int) -> Any:
+        manager = init_manager(num_api_servers)
+        # Made before the inference workers start: each takes the list of queues once, at its start.
+        if isinstance(server._transport, MPQueueTransport):
+            server._transport._queues.extend(manager.Queue() for _ in range(num_api_servers))
+        return manager
 
     def start(port, count, log_level, sockets, worker_type, **kwargs):
         workers = start_servers(port, count, log_level, sockets, worker_type, **kwargs)
         if worker_type == "process":
-            launch = lambda index: _fork_api_server(server, index, port, log_level, sockets, kwargs)  # noqa: E731
+            queues = _ResponseQueues(count, spares=len(getattr(server._transport, "_queues", ())) >= 2 * count)
+
+            def launch(index: int) -> Any:
+                queue_id = queues.replace(index, stopping)
+                return _fork_api_server(server, index, queue_id, port, log_level, sockets, kwargs)
+
             watcher = threading.Thread(target=_watch_api_servers, args=(workers, launch, stopping, every, tick), daemon=True, name="optiserve-api-supervisor")
             watcher.start()
         return workers
@@ -124,7 +143,28 @@ def supervise_api_servers(server: ls.LitServer, every: float, tick: Callable[[],
         stopping.set()  # LitServe is about to stop the API servers itself: no restarts from here on
         return shut_down(*args, **kwargs)
 
-    server._start_server, server._perform_graceful_shutdown = start, shutdown
+    server._init_manager, server._start_server, server._perform_graceful_shutdown = init, start, shutdown
+
+
+class _ResponseQueues:
+    """Which response queue each API server reads: server i reads queue i or its spare, i + count."""
+
+    def __init__(self, count: int, spares: bool) -> None:
+        self.count, self.spares = count, spares
+        self.reading = list(range(count))
+        self.left_at: dict[int, float] = {}  # queue id -> when its reader died
+
+    def replace(self, index: int, stopping: threading.Event) -> int:
+        """The queue for the server that replaces server `index`, once no get of a dead server can be pending on it."""
+        dead = self.reading[index]
+        if not self.spares:
+            return dead
+        self.left_at[dead] = time.monotonic()
+        queue_id = (dead + self.count) % (2 * self.count)
+        if queue_id in self.left_at:  # a server that died within seconds of its start: wait out its predecessor's get
+            stopping.wait(max(0.0, self.left_at[queue_id] + STALE_GET_SECONDS - time.monotonic()))
+        self.reading[index] = queue_id
+        return queue_id
 
 
 def _watch_api_servers(workers: dict[int, Any], launch: Callable[[int], Any], stopping: threading.Event, every: float, tick: Callable[[], None]) -> None:
@@ -146,9 +186,9 @@ def _watch_api_servers(workers: dict[int, Any], launch: Callable[[int], Any], st
     wait([process.sentinel for process in workers.values()], timeout=60)
 
 
-def _fork_api_server(server: ls.LitServer, index: int, port: int, log_level: str, sockets: list, kwargs: dict) -> Any:
+def _fork_api_server(server: ls.LitServer, index: int, queue_id: int, port: int, log_level: str, sockets: list, kwargs: dict) -> Any:
     # As LitServer._start_server (litserve 0.2.19) starts each API server, for one index.
-    server.app.response_queue_id = index
+    server.app.response_queue_id = queue_id
     app = copy.copy(server.app)
     server._prepare_app_run(app)
     config = uvicorn.Config(

@@ -202,18 +202,14 @@ def test_an_api_server_killed_with_sigkill_is_restarted_and_serves_again(server,
     assert f"(pid {victim}) died (signal SIGKILL); restarting it" in server.log_path.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: after a restart, inference answers do not reach the new API server's requests here "
-    "(they passed on the frontend branch alone, and fail since; see docs/limits.md)",
-)
 def test_inference_answers_reach_an_api_server_restarted_after_sigkill(server, mlp):
-    kill_the_serving_api_server(server)
-    # Answers reach the restarted server: it took the dead one's response queue.
     x = torch.randn(3, 16)
-    response = requests.post(server.url + "/predict", json={"model": "mlp", "variant": "original", "inputs": [x.tolist()]}, timeout=20)
-    assert response.status_code == 200, response.text
-    assert binary_infer(server.url, "mlp", np.zeros((8000, 16), np.float32)).status_code == 200
+    for _ in range(2):  # the second restart reads a response queue a dead server read before
+        kill_the_serving_api_server(server)
+        # Asked at once: the dead server's last get of answers may still be pending in LitServe's manager.
+        response = requests.post(server.url + "/predict", json={"model": "mlp", "variant": "original", "inputs": [x.tolist()]}, timeout=20)
+        assert response.status_code == 200, response.text
+        assert binary_infer(server.url, "mlp", np.zeros((8000, 16), np.float32)).status_code == 200
 
 
 # ---- shared memory ----
