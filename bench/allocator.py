@@ -15,11 +15,11 @@ import statistics
 import subprocess
 import sys
 
-from common import RESULTS_DIR, median_call_ms, write_results
+from support.common import RESULTS_DIR, median_call_ms, write_results
 
 import torch
 
-import models
+from support import models
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
 
 BATCH = 32

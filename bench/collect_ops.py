@@ -61,7 +61,7 @@ MINILM_PASSES = {"freeze", "quantize_static", "quantize_dynamic"}
 
 
 def _bench_models():
-    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "bench" / "models.py")
+    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "bench" / "support" / "models.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -184,7 +184,7 @@ def _traced(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Built:
 def minilm() -> Built | None:
     try:
         sys.path.insert(0, str(ROOT / "bench"))
-        from minilm import traced_minilm
+        from support.minilm import traced_minilm
     except ImportError:
         return None
     try:

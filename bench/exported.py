@@ -1,7 +1,7 @@
 """Benchmark: the pick from a torch.export program (.pt2) against the pick from the same model's
 TorchScript, at the same budget, each timed alone in a fresh process, taking turns.
 
-For each bench model (trained here on real data, see common.py) the trained module is saved both
+For each bench model (trained here on real data, see support/common.py) the trained module is saved both
 ways, `torch.jit.trace` and `torch.export` with a dynamic batch, and `optimize()` runs on each with
 its defaults (target batch 32, labels given). The original TorchScript, both picks and the .pt2
 program as served are then timed alone (bench/peers.py's fresh-process timer). The target: the
@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402  (its fresh-process timer)
-from common import MODELS, RESULTS_DIR, labelled_task, write_results  # noqa: E402
+from support.common import MODELS, RESULTS_DIR, labelled_task, write_results  # noqa: E402
 
 from optimizer_pipeline import optimize  # noqa: E402
 

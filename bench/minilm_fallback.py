@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from common import RESULTS_DIR, saved, write_results
+from support.common import RESULTS_DIR, saved, write_results
 
-import minilm
+from support import minilm
 from optimizer_pipeline import optimize
 
 

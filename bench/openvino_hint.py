@@ -14,8 +14,8 @@ import numpy as np
 import openvino as ov
 import torch
 
-from common import RESULTS_DIR, write_results
-from models import DenseBlockNet, ResNetSmall
+from support.common import RESULTS_DIR, write_results
+from support.models import DenseBlockNet, ResNetSmall
 
 HINTS = ("LATENCY", "THROUGHPUT")
 ROUNDS = 30

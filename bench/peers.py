@@ -1,6 +1,6 @@
 """Benchmark: optiserve's pick against its peers, each variant timed alone in a fresh process, taking turns.
 
-For each bench model (trained here in seconds on real data, see common.py), `optimize()` runs with
+For each bench model (trained here in seconds on real data, see support/common.py), `optimize()` runs with
 its defaults (the `auto` search, target batch 32) and labels; then the peers are built the plain
 way, outside the pipeline:
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
+from support.common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
 
 from optimizer_pipeline import jit, optimize
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds

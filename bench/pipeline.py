@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
+from support.common import MODELS, RESULTS_DIR, labelled_task, test_accuracy, write_results
 
 from optimizer_pipeline import optimize
 from optimizer_pipeline.config import DEFAULT_CANDIDATES

@@ -33,8 +33,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import data  # noqa: E402
-import models  # noqa: E402
+from support import data, models  # noqa: E402
 
 from optimizer_pipeline import jit  # noqa: E402
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402

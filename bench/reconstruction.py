@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
-from common import RESULTS_DIR, labelled_task, median_call_ms, test_accuracy, write_results
+from support import common
+from support.common import RESULTS_DIR, labelled_task, median_call_ms, test_accuracy, write_results
 
 import torch
 
-import models
+from support import models
 
 from optimizer_pipeline import jit
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import MODELS, RESULTS_DIR, labelled_task, saved, write_results
+from support.common import MODELS, RESULTS_DIR, labelled_task, saved, write_results
 
 from optimizer_pipeline import optimize
 from optimizer_pipeline.intake.calibration import Batch
@@ -52,7 +52,7 @@ def bench_classifier(name: str, calibration_size: int, test_size: int) -> dict:
 
 
 def bench_minilm(calibration_size: int, test_size: int) -> dict:
-    import minilm
+    from support import minilm
 
     texts = minilm.sentences(calibration_size + test_size)
     archive, tokenize = minilm.traced_minilm()

@@ -12,7 +12,7 @@ is the median over rounds. Bodies are built before timing, so every server pays 
   raw bytes to the bare FastAPI route (the floor), tritonclient and OptiserveClient (binary),
   OIP JSON number lists encoded and decoded by wire/;
 - the server's peak RSS growth for one 64 MB input;
-- OIP over gRPC (tritonclient.grpc) beside REST, and the first request after ready (bench/serving_grpc.py).
+- OIP over gRPC (tritonclient.grpc) beside REST, and the first request after ready (bench/support/serving_grpc.py).
 
 Prints the tables and the issue's targets, and writes bench/results/serving.json.
 """
@@ -44,11 +44,11 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from bench.models import ResNetSmall  # noqa: E402
+from bench.support.models import ResNetSmall  # noqa: E402
 from clients import OptiserveClient  # noqa: E402
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
-from bench.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
+from bench.support.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
 from server_harness import API_KEY, FORCED_FREEZE, ServerProcess  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
 from wire import decode_response, encode_request  # noqa: E402

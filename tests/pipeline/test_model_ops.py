@@ -221,7 +221,7 @@ collect_ops = _collect_ops()
 
 
 def test_every_model_in_tests_and_bench_and_common_library_modules_passes():
-    """tiny_models, topologies, the run-time hostile probes, bench/models.py and scripted/traced
+    """tiny_models, topologies, the run-time hostile probes, bench/support/models.py and scripted/traced
     TransformerEncoderLayer, MultiheadAttention, LSTM/GRU/RNN, interpolate, norms, pools, ..."""
     refused, checked = {}, 0
     for name, build in collect_ops.models():

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import data  # noqa: E402
-import models  # noqa: E402
+from . import data, models  # noqa: E402
 
 from optimizer_pipeline.intake.calibration import Batch  # noqa: E402
 from optimizer_pipeline.fidelity.measures import accuracy  # noqa: E402
 from optimizer_pipeline.intake.model_loading import run_model  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 
 # name -> (dataset, architecture factory, training epochs)
 MODELS: dict[str, tuple[str, Callable[[], torch.nn.Module], int]] = {
