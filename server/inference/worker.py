@@ -3,8 +3,7 @@
 LitServe batches requests for different models together, and one raised exception would fail the
 whole batch. So `predict` groups the batch by model (and variant), answers every request with its
 own outcome (an error is an outcome), and `encode_response` turns each into a JSON response with
-its own status. Annotations stay real objects (no `from __future__ import annotations`): LitServe
-reads decode_request's annotation to build the FastAPI endpoint that validates the body.
+its own status.
 """
 
 import logging
@@ -15,7 +14,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Union
 
-import litserve as ls
 import torch
 from fastapi import HTTPException, Response
 
@@ -46,7 +44,7 @@ from .outcomes import (
     out_of_memory,
     request_tensors,
 )
-from ..litserve_bridge import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
+from ..litserve_bridge import BridgedAPI
 from ..live.observer import LiveObserver
 from .oip_call import InferCall, RawInfer
 from ..store.record_channel import RecordSender
@@ -63,19 +61,14 @@ logger = logging.getLogger("optiserve")
 SWITCH_INTERVAL_SECONDS = 0.0005
 
 
-class InferenceAPI(ls.LitAPI):
+class InferenceAPI(BridgedAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
     request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
     def __init__(self, settings: Settings, records: RecordSender) -> None:
-        super().__init__(
-            max_batch_size=settings.max_batch_size if self.batched else 1,
-            batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
-            api_path=self.endpoint,
-            loop=GreedyBatchLoop(),
-        )
+        super().__init__(self.endpoint, settings.max_batch_size if self.batched else 1)
         self.settings = settings
         self.records = records  # what a worker writes, the main process writes for it
 
@@ -88,7 +81,7 @@ class InferenceAPI(ls.LitAPI):
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings, read_only=True)
-        self.loop.record = HeldRecord(held_record_path(self.settings.held_dir, self.api_path, current_worker_id()))
+        self.keep_held_record(self.settings.held_dir)
         warm_marks = marks_dir(self.settings.local_dir).resolve()
         confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
@@ -103,12 +96,6 @@ class InferenceAPI(ls.LitAPI):
             self.records.timeout(model_id, message)
         finally:
             self.loop.release_held(model_id, HTTPException(504, {"code": "model_timeout", "message": message}))
-
-    def batch(self, inputs: list) -> list:
-        return list(inputs)
-
-    def unbatch(self, output: list) -> list:
-        return list(output)
 
     def predict(self, x):
         requests = list(x) if isinstance(x, list) else [x]
@@ -308,9 +295,6 @@ class PredictAPI(InferenceAPI):
         self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 
-    def decode_request(self, request: PredictRequest) -> PredictRequest:
-        return request
-
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         """An explicit variant wins; otherwise the model's routing policy places each request."""
         available = {variant.name for variant in info.variants}
@@ -352,9 +336,6 @@ class CompareAPI(InferenceAPI):
     endpoint = "/compare"
     batched = False  # an A/B view of one request, not a throughput path
     request_schema = InferenceRequest
-
-    def decode_request(self, request: InferenceRequest) -> InferenceRequest:
-        return request
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         return {("original", "optimized"): pending}
