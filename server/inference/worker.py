@@ -301,7 +301,7 @@ class PredictAPI(InferenceAPI):
     def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
         model = self._load(info, variant, self.shadow_watchdog)
         # The observer thread runs at nice 19, so its wall time measures the wait for a core under load,
-        # not the variant: a shadow forward is timed in its thread's CPU time (live_window.py labels it).
+        # not the variant: a shadow forward is timed in its thread's CPU time (live/window.py labels it).
         outputs, seconds = self._timed_forward(info, variant, model, inputs, self.shadow_watchdog, clock=time.thread_time)
         return outputs, seconds * 1000
 
