@@ -31,6 +31,7 @@ from .litserve_bridge import (
     is_first_api_server,
     managers_die_with_parent,
     quiet_monitor_shutdown,
+    run_lit_server,
     supervise_api_servers,
     supervise_workers,
     take_over_route,
@@ -157,13 +158,7 @@ def run_server(settings: Settings) -> int:
         # for, or a request of an API server that died.
         stale = 2 * settings.request_timeout + 10
         supervise_api_servers(server, every=SUPERVISE_SECONDS, tick=lambda: shared_tensors.sweep(prefix, older_than=stale))
-        server.run(
-            host=settings.host,
-            port=settings.port,
-            num_api_servers=settings.api_servers,
-            log_level=settings.log_level,
-            generate_client_file=False,
-        )
+        run_lit_server(server, settings.host, settings.port, settings.api_servers, settings.log_level)
     except KeyboardInterrupt:
         pass
     finally:

@@ -76,6 +76,12 @@ def build_lit_server(apis: list[BridgedAPI], workers: dict[str, int], timeout: f
     return server
 
 
+def run_lit_server(server: ls.LitServer, host: str, port: int, api_servers: int, log_level: str) -> None:
+    """Run the server until it stops: `api_servers` API server processes, and the inference workers."""
+    # LitServe would write a client.py into the working directory first.
+    server.run(host=host, port=port, num_api_servers=api_servers, log_level=log_level, generate_client_file=False)
+
+
 def workers_ready(server: ls.LitServer) -> bool:
     """Whether every inference worker has finished its setup."""
     # A Manager dict LitServe shares with the workers; it exists once run() has started them.
