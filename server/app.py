@@ -6,17 +6,12 @@ Imported only after server.main has set PROMETHEUS_MULTIPROC_DIR (metrics are cr
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import warnings
 import multiprocessing
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from multiprocessing.managers import SyncManager
 
-import litserve as ls
 from fastapi import Depends, FastAPI, HTTPException
-from litserve.utils import WorkerSetupStatus
 
 from optimizer_pipeline.measure.processes import die_with_parent
 
@@ -28,7 +23,20 @@ from .dataplane import ManagementPlane, UploadLimits
 from .http.errors import install_error_handlers
 from .inference.worker import CompareAPI, PredictAPI, is_inference_path
 from .http.limits import BodySizeLimitMiddleware, DeadlineMiddleware
-from .litserve_bridge import QueueBridge, WorkerDeath, drop_gzip, supervise_api_servers, supervise_workers, take_over_route
+from .litserve_bridge import (
+    LitServer,
+    QueueBridge,
+    WorkerDeath,
+    build_lit_server,
+    is_first_api_server,
+    managers_die_with_parent,
+    quiet_monitor_shutdown,
+    run_lit_server,
+    supervise_api_servers,
+    supervise_workers,
+    take_over_route,
+    workers_ready,
+)
 from .http.metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .http.oip_routes import OipRoutes
@@ -47,35 +55,12 @@ logger = logging.getLogger("optiserve")
 SUPERVISE_SECONDS = 5.0
 
 
-class _QuietMonitorShutdown(logging.Filter):
-    """LitServe's worker-monitor thread logs a crash when the Manager it polls shuts down at exit."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        return not (record.getMessage() == "Monitoring worker crashed" and isinstance(error, (OSError, EOFError)))
-
-
-def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.LitServer:
-    with warnings.catch_warnings():
-        # Both APIs share batch/unbatch code; /compare deliberately takes one request at a time (see inference.py).
-        warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch methods")
-        # Spawned workers run model code: they get the settings without the key (the guard keeps it).
-        apis = [PredictAPI(settings.without_secrets(), records), CompareAPI(settings.without_secrets(), records)]
+def build_server(settings: Settings, store: Store, records: RecordSender) -> LitServer:
+    # Spawned workers run model code: they get the settings without the key (the guard keeps it).
+    apis = [PredictAPI(settings.without_secrets(), records), CompareAPI(settings.without_secrets(), records)]
     guard = BearerKey(settings.api_key.get_secret_value()) if settings.auth and settings.api_key else None
-    if guard and settings.auth_inference:
-        for api in apis:
-            api.authorize = guard  # LitServe's hook: a FastAPI dependency of the API's route
-    server = ls.LitServer(
-        apis,
-        accelerator="cpu",
-        workers_per_device={"/predict": settings.workers, "/compare": settings.compare_workers},
-        timeout=settings.request_timeout,
-        # Ours are /health (live) and /ready (workers up), with JSON bodies; LitServe's move aside.
-        healthcheck_path="/_litserve/health",
-        info_path="/_litserve/info",
-        restart_workers=True,
-    )
-    drop_gzip(server)
+    workers = {PredictAPI.endpoint: settings.workers, CompareAPI.endpoint: settings.compare_workers}
+    server = build_lit_server(apis, workers, settings.request_timeout, guard if guard and settings.auth_inference else None)
     app = server.app
     space = shared_tensors.space_for(settings.local_dir, settings.shm_budget_bytes)
     supervise_workers(server, settings.held_dir, lambda death: _worker_died(store, settings, death))
@@ -86,18 +71,14 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> ls.
         take_over_route(server, api.endpoint)
         PredictRoute(bridges[api.endpoint], settings.max_json_bytes, space, api.request_schema).install(app, inference_dependencies)
     predict_bridge = bridges[PredictAPI.endpoint]
-
-    def workers_ready() -> bool:
-        # A Manager dict shared with the workers; it exists once run() has started them.
-        status = getattr(server, "workers_setup_status", None)
-        return bool(status) and all(value == WorkerSetupStatus.READY for value in status.values())
+    ready = lambda: workers_ready(server)  # noqa: E731
 
     describe_api(app)
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     parts = UploadLimits(settings.max_upload_bytes, settings.max_unlabeled_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), workers_ready, guard).router())
-    oip = OipRoutes(store, predict_bridge, workers_ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard).router())
+    oip = OipRoutes(store, predict_bridge, ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, upload_max_bytes=settings.max_upload_bytes + settings.max_unlabeled_bytes
@@ -144,20 +125,12 @@ def _wrap_lifespan(app: FastAPI, settings: Settings, grpc: Callable[[], Abstract
     @asynccontextmanager
     async def lifespan(instance: FastAPI):
         die_with_parent()
-        if os.environ.get("LITSERVE_WORKER_ID", "0") == "0":  # API server 0 (its response queue id changes on a restart)
+        if is_first_api_server():
             print(f"optiserve is up at {settings.url}  (store: {settings.store_description})", flush=True)
         async with inner(instance) as state, (grpc or nullcontext)():
             yield state
 
     app.router.lifespan_context = lifespan
-
-
-def _manager_that_dies_with_parent() -> SyncManager:
-    # LitServe's queues live in a multiprocessing Manager it starts with `mp.Manager()`; that
-    # process would outlive a kill -9 of the main process. Same manager, plus PR_SET_PDEATHSIG.
-    manager = SyncManager(ctx=multiprocessing.get_context())
-    manager.start(initializer=die_with_parent)
-    return manager
 
 
 def run_server(settings: Settings) -> int:
@@ -172,8 +145,8 @@ def run_server(settings: Settings) -> int:
     shared_tensors.sweep(shared_tensors.prefix_for(settings.local_dir))  # segments a crash or a late answer left
     print(confinement.describe(), flush=True)
     interrupt_on_sigterm()
-    logging.getLogger("litserve.server").addFilter(_QuietMonitorShutdown())
-    multiprocessing.Manager = _manager_that_dies_with_parent  # looked up by LitServe at run()
+    quiet_monitor_shutdown()
+    managers_die_with_parent()
     runner = jobs.start_runner(settings.without_secrets()) if settings.jobs else None
     try:
         # Workers hold the index read-only; this thread writes their samples and timeouts.
@@ -185,13 +158,7 @@ def run_server(settings: Settings) -> int:
         # for, or a request of an API server that died.
         stale = 2 * settings.request_timeout + 10
         supervise_api_servers(server, every=SUPERVISE_SECONDS, tick=lambda: shared_tensors.sweep(prefix, older_than=stale))
-        server.run(
-            host=settings.host,
-            port=settings.port,
-            num_api_servers=settings.api_servers,
-            log_level=settings.log_level,
-            generate_client_file=False,
-        )
+        run_lit_server(server, settings.host, settings.port, settings.api_servers, settings.log_level)
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,23 +13,22 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from wire import ModelMetadata
-from wire.codec import HEADER_LENGTH, WireError, decode_request
+from wire.codec import HEADER_LENGTH, WireError
 from wire.schemas import ErrorBody, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
 
-from ..inference.codec import DATATYPES
 from .errors import ApiError, JsonResponse, not_found
 from ..litserve_bridge import QueueBridge
-from ..inference.oip_call import InferCall, RawInfer
+from ..inference.adapters.oip import InferCall, RawInfer, decode
 from .predict_route import INLINE_PARSE_BYTES, ROUTING_KEY_HEADER, carry, read_body, release, too_large
 from ..inference.variant_cache import warm_everywhere
 from .schemas import ModelInfo, VariantName
 from ..inference.shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedArray, SharedResponse, SharedSpace, ShmFull
+from ..inference.tensors import datatype_of
 from ..store import Store
 
 VARIANTS = ("original", "optimized")
@@ -126,17 +125,17 @@ class OipRoutes:
             finally:
                 release(raw.data)
         try:
-            parsed, tensors = decode_request(body, header_length)
+            call = decode(body, header_length, model, version, routing_key)
         except WireError as exc:
             raise ApiError(400, "invalid_input", str(exc)) from None
         shared = []
         try:
-            for tensor in tensors:
+            for tensor in call.inputs:
                 if tensor.array.nbytes >= MIN_BYTES:
                     tensor.array = self._share(tensor.array)
                     if isinstance(tensor.array, SharedArray):
                         shared.append(tensor.array)
-            return await self._answer(InferCall.of(parsed, tensors, model, version, routing_key))
+            return await self._answer(call)
         finally:
             for array in shared:
                 array.data.unlink()
@@ -175,7 +174,7 @@ class OipRoutes:
 def _tensors(names: list[str], shapes: list[list[int]], dtypes: list[str]) -> list[MetadataTensor]:
     """Tensor metadata from the upload's summary (torch dtype names), the batch dimension as -1."""
     return [
-        MetadataTensor(name=name, datatype=DATATYPES.get(getattr(torch, dtype, None), "FP32"), shape=[-1, *shape])
+        MetadataTensor(name=name, datatype=datatype_of(dtype), shape=[-1, *shape])
         for name, shape, dtype in zip(names, shapes, dtypes)
     ]
 

@@ -18,7 +18,7 @@ VariantName = Literal["original", "optimized"]
 # Used with fullmatch: `$` alone would let a trailing newline through.
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
-# Open Inference Protocol tensor datatypes that torch can hold.
+# Open Inference Protocol tensor datatypes that torch can hold (inference/tensors.py maps each to its torch dtype).
 Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"]
 
 

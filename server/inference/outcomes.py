@@ -1,26 +1,21 @@
 """What the inference workers make of each request: its record in a batch, its decoded inputs, and
-its answer (an outcome) in the shape of the protocol it came by. Kept apart from the LitAPIs in
-inference.py, which run the batches."""
+its answer (an outcome); and `Adapter`, what a protocol's adapter (adapters/) does for the workers.
+Kept apart from the LitAPIs in worker.py, which run the batches."""
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 import torch
 
 from optimizer_pipeline.fidelity.outputs import NamedOutputs
-from wire import WireTensor, encode_response
 from wire.codec import Encoded
 
-from .codec import wire_ready
-from ..http.errors import ApiError, error_body
-from .oip_call import InferCall
+from ..http.errors import ApiError
 from ..live.routing import Route
-from ..http.schemas import InferenceRequest, ModelInfo
-from .shared_tensors import SharedArray
-from .tensors import TensorDecodeError, to_torch
+from ..http.schemas import ModelInfo
+from .tensors import TensorDecodeError
 
 
 @dataclass
@@ -34,12 +29,41 @@ class Outcome:
     raw: Union[Encoded, None] = None  # an already encoded body (the protocol's)
 
 
+class Refused(Exception):
+    """A body its adapter could not parse: `outcome` is the answer, in its protocol's shape."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.status)
+        self.outcome = outcome
+
+
+class Adapter(Protocol):
+    """One protocol in front of the workers: which payloads are its, their inputs as tensors, and
+    the answer (or failure) in its shape. A request it hands on has `model`, `variant` (or none)
+    and `routing_key`."""
+
+    payloads: tuple[type, ...]  # what its routes put on the queue
+
+    def parse(self, payload: Any) -> Any:
+        """The request a payload carries; Refused if its body is not one."""
+
+    def tensors(self, info: ModelInfo, request: Any) -> list[torch.Tensor]:
+        """The inputs in the order of the model's forward arguments; TensorDecodeError says what is wrong."""
+
+    def answer(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
+        """The answer of a request that ran (`runs`: its outputs per variant)."""
+
+    def error(self, failure: ApiError, model: str) -> Outcome:
+        """A failure (`model`: the model's name, when known) in the protocol's shape."""
+
+
 @dataclass
 class Pending:
     """A request of one group, with its decoded inputs."""
 
     position: int
-    request: Union[InferenceRequest, InferCall]
+    request: Any  # what its adapter parsed
+    adapter: Adapter
     inputs: tuple[torch.Tensor, ...] = ()
     outcome: Union[Outcome, None] = None
     casts: list[str] = field(default_factory=list)
@@ -52,6 +76,9 @@ class Pending:
     def signature(self) -> tuple:
         return tuple((t.dtype, tuple(t.shape[1:])) for t in self.inputs)
 
+    def fail(self, failure: ApiError, model: str = "") -> None:
+        self.outcome = self.adapter.error(failure, model)
+
 
 @dataclass
 class Ran:
@@ -60,30 +87,6 @@ class Ran:
     outputs: dict[int, NamedOutputs] = field(default_factory=dict)
     milliseconds: dict[int, float] = field(default_factory=dict)
 
-
-
-def request_tensors(info: ModelInfo, request: Union[InferenceRequest, InferCall]) -> list[torch.Tensor]:
-    """The request's inputs as tensors, in the order of the model's forward arguments."""
-    expected = info.summary.inputs
-    if isinstance(request, InferCall):
-        by_name = {tensor.name: tensor for tensor in request.inputs}
-        unknown = sorted(set(by_name) - set(expected))
-        if unknown or len(by_name) != len(expected):
-            raise TensorDecodeError(
-                f"the model's inputs are {expected} ({expectation(info)}); the request has {[t.name for t in request.inputs]}"
-            )
-        return [from_wire(by_name[name]) for name in expected]
-    if len(request.inputs) != len(expected):
-        raise TensorDecodeError(f"the model takes {len(expected)} input(s) ({expectation(info)}), the request has {len(request.inputs)}")
-    return [to_torch(value, position, info.summary.input_dtypes[position]) for position, value in enumerate(request.inputs)]
-
-
-def from_wire(tensor: WireTensor) -> torch.Tensor:
-    array = tensor.array.load() if isinstance(tensor.array, SharedArray) else tensor.array
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a read-only view of the request body; never written to
-        result = torch.from_numpy(array)
-    return result.view(torch.bfloat16) if tensor.datatype == "BF16" else result
 
 
 def cast_to_model(tensor: torch.Tensor, dtype_name: str, name: str, casts: list[str]) -> torch.Tensor:
@@ -98,36 +101,6 @@ def cast_to_model(tensor: torch.Tensor, dtype_name: str, name: str, casts: list[
         return tensor  # the model decides; a failure says what it expects
     casts.append(f"input {name}: {str(tensor.dtype).removeprefix('torch.')} -> {dtype_name}")
     return tensor.to(expected)
-
-
-def infer_outcome(info: ModelInfo, variant: str, item: Pending, outputs: NamedOutputs, milliseconds: float) -> Outcome:
-    call = item.request
-    wanted = call.requested_outputs
-    available = [name for name, _ in outputs]
-    if wanted is not None and (missing := sorted(set(wanted) - set(available))):
-        return Outcome(400, {"error": f"unknown output(s) {missing}; the model's outputs are {available}"}, info.name, variant)
-    tensors = []
-    for name, tensor in outputs:
-        if wanted is None or name in wanted:
-            ready, datatype = wire_ready(tensor)
-            array = (ready.view(torch.uint16) if datatype == "BF16" else ready).numpy()
-            tensors.append(WireTensor(name, datatype, array))
-    parameters = {"inference_ms": milliseconds, **({"casts": "; ".join(item.casts)} if item.casts else {})}
-    encoded = encode_response(info.name, variant, call.request_id, tensors, call.binary_outputs, parameters)
-    return Outcome(200, {}, info.name, variant, raw=encoded)
-
-
-def in_protocol(outcome: Outcome) -> Outcome:
-    """Errors in the protocol's shape, `{"error": message}`, with its statuses."""
-    if outcome.status == 200 or "error" not in outcome.body or not isinstance(outcome.body["error"], dict):
-        return outcome
-    error = outcome.body["error"]
-    status = {"variant_not_available": 404, "variant_not_ready": 503, "invalid_input": 400}.get(error["code"], outcome.status)
-    return Outcome(status, {"error": error["message"]}, outcome.model, outcome.variant)
-
-
-def error_outcome(error: ApiError) -> Outcome:
-    return Outcome(error.status, error_body(error.status, error.code, error.message))
 
 
 def not_ready(info: ModelInfo, variant: str) -> ApiError:
@@ -179,7 +152,6 @@ def out_of_memory(exc: Exception) -> bool:
     return isinstance(exc, MemoryError) or any(sign in str(exc) for sign in OUT_OF_MEMORY_SIGNS)
 
 
-def forward_failed(info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
+def forward_failed(info: ModelInfo, item: Pending, exc: Exception) -> ApiError:
     given = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in item.inputs)
-    message = f"the model failed on inputs {given}; it expects {expectation(info)} ({summary_line(exc)})"
-    return Outcome(422, error_body(422, "invalid_input", message), info.name)
+    return ApiError(422, "invalid_input", f"the model failed on inputs {given}; it expects {expectation(info)} ({summary_line(exc)})")

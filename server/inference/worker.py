@@ -1,10 +1,10 @@
-"""The LitAPIs behind POST /predict and POST /compare.
+"""The LitAPIs behind POST /predict (and /v2's infer) and POST /compare.
 
 LitServe batches requests for different models together, and one raised exception would fail the
 whole batch. So `predict` groups the batch by model (and variant), answers every request with its
-own outcome (an error is an outcome), and `encode_response` turns each into a JSON response with
-its own status. Annotations stay real objects (no `from __future__ import annotations`): LitServe
-reads decode_request's annotation to build the FastAPI endpoint that validates the body.
+own outcome (an error is an outcome), and `encode_response` turns each into a response with its
+own status. The workers know no protocol: each request's adapter (adapters/) parses it, makes its
+inputs tensors, and shapes its answer or its failure.
 """
 
 import logging
@@ -15,67 +15,56 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Union
 
-import litserve as ls
 import torch
 from fastapi import HTTPException, Response
 
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
-from optimizer_pipeline.fidelity.measures import compare_outputs
 from optimizer_pipeline.jit import quiet_torch_for_good
 from optimizer_pipeline.intake.model_ops import harden_torch
 from optimizer_pipeline.fidelity.outputs import NamedOutputs
 from optimizer_pipeline.measure.processes import die_with_parent
-from wire.codec import WireError
 
 from ..jobs import confinement
 from ..http import metrics
-from ..http.errors import ApiError, JsonResponse, error_body, not_found
+from ..http.errors import ApiError, JsonResponse, not_found
+from .adapters import COMPARE, OIP, PREDICT
 from .forward_watchdog import ForwardWatchdog
 from .outcomes import (
+    Adapter,
     Outcome,
     Pending,
     Ran,
+    Refused,
     cast_to_model,
     check_batch_dimension,
-    error_outcome,
     example_inputs,
     forward_failed,
-    in_protocol,
-    infer_outcome,
     not_ready,
     out_of_memory,
-    request_tensors,
 )
-from ..litserve_bridge import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
+from ..litserve_bridge import BridgedAPI
 from ..live.observer import LiveObserver
-from .oip_call import InferCall, RawInfer
 from ..store.record_channel import RecordSender
 from ..live.routing import Route, choose
 from .variant_cache import RunVariant, VariantCache, Warmer, marks_dir
-from ..http.schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
+from ..http.schemas import ModelInfo
 from ..settings import Settings
-from ..http.predict_route import BodyError, JsonBody
 from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
 from ..store import open_store
-from .tensors import TensorDecodeError, to_object
+from .tensors import TensorDecodeError
 
 logger = logging.getLogger("optiserve")
 SWITCH_INTERVAL_SECONDS = 0.0005
 
 
-class InferenceAPI(ls.LitAPI):
+class InferenceAPI(BridgedAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
-    request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
+    adapters: tuple[Adapter, ...]  # the protocols whose requests reach this API
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
     def __init__(self, settings: Settings, records: RecordSender) -> None:
-        super().__init__(
-            max_batch_size=settings.max_batch_size if self.batched else 1,
-            batch_timeout=0.0,  # GreedyBatchLoop never waits for a batch to fill
-            api_path=self.endpoint,
-            loop=GreedyBatchLoop(),
-        )
+        super().__init__(self.endpoint, settings.max_batch_size if self.batched else 1)
         self.settings = settings
         self.records = records  # what a worker writes, the main process writes for it
 
@@ -88,7 +77,7 @@ class InferenceAPI(ls.LitAPI):
         quiet_torch_for_good()
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings, read_only=True)
-        self.loop.record = HeldRecord(held_record_path(self.settings.held_dir, self.api_path, current_worker_id()))
+        self.keep_held_record(self.settings.held_dir)
         warm_marks = marks_dir(self.settings.local_dir).resolve()
         confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
@@ -104,46 +93,34 @@ class InferenceAPI(ls.LitAPI):
         finally:
             self.loop.release_held(model_id, HTTPException(504, {"code": "model_timeout", "message": message}))
 
-    def batch(self, inputs: list) -> list:
-        return list(inputs)
-
-    def unbatch(self, output: list) -> list:
-        return list(output)
-
     def predict(self, x):
-        requests = list(x) if isinstance(x, list) else [x]
-        outcomes: list[Union[Outcome, None]] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for position, request in enumerate(requests):
-            if isinstance(request, (JsonBody, RawInfer)):  # too large for the API server to parse
-                try:
-                    requests[position] = request = self._parse(request)
-                except BodyError as error:
-                    outcomes[position] = Outcome(error.status, error.body)
-                    continue
-            groups[(request.model, getattr(request, "variant", None))].append(position)
-        for (ref, variant), positions in groups.items():
-            pending = [Pending(p, requests[p]) for p in positions]
+        payloads = list(x) if isinstance(x, list) else [x]
+        outcomes: list[Union[Outcome, None]] = [None] * len(payloads)
+        groups: dict[tuple, list[Pending]] = defaultdict(list)
+        for position, payload in enumerate(payloads):
+            adapter = next(adapter for adapter in self.adapters if isinstance(payload, adapter.payloads))
+            try:
+                request = adapter.parse(payload)  # a body too large for the API server to parse
+            except Refused as refused:
+                outcomes[position] = refused.outcome
+                continue
+            groups[(request.model, getattr(request, "variant", None))].append(Pending(position, request, adapter))
+        for (ref, variant), pending in groups.items():
             try:
                 self._serve_group(ref, variant, pending)
             except ApiError as error:
                 for item in pending:
-                    item.outcome = item.outcome or error_outcome(error)
+                    if item.outcome is None:
+                        item.fail(error)
             except Exception as exc:  # a bug or a broken file must fail this group only
                 logger.exception("inference failed for model %r", ref)
+                failure = ApiError(500, "internal_error", f"inference failed ({type(exc).__name__})")
                 for item in pending:
-                    item.outcome = item.outcome or Outcome(500, error_body(500, "internal_error", f"inference failed ({type(exc).__name__})"))
+                    if item.outcome is None:
+                        item.fail(failure)
             for item in pending:
-                outcomes[item.position] = in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
+                outcomes[item.position] = item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
-
-    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
-        if isinstance(request, JsonBody):
-            return request.parse(self.request_schema)
-        try:
-            return request.decode()
-        except WireError as exc:
-            raise BodyError(400, {"error": str(exc)}) from None
 
     def encode_response(self, output: Outcome) -> Response:
         # LitServe builds /predict's route from this annotation. Only /v2 answers (raw bodies, which the
@@ -171,12 +148,12 @@ class InferenceAPI(ls.LitAPI):
                 models = {name: self._load(info, name) for name in variants}
             except ApiError as error:  # e.g. a variant not ready: these requests only
                 for item in items:
-                    item.outcome = error_outcome(error)
+                    item.fail(error)
                 continue
             runs = {name: self._run(info, name, model, items) for name, model in models.items()}
             for item in items:
                 if item.outcome is None:
-                    item.outcome = self._respond(info, item, runs)
+                    item.outcome = item.adapter.answer(info, item, runs)
             self._served(info, items, runs)
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
@@ -185,9 +162,6 @@ class InferenceAPI(ls.LitAPI):
 
     def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
         """After the answers are made, before they are sent."""
-
-    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
-        raise NotImplementedError
 
     def _lookup(self, ref: str) -> ModelInfo:
         info = self.store.get(ref)
@@ -220,7 +194,7 @@ class InferenceAPI(ls.LitAPI):
         decoded = []
         for item in pending:
             try:
-                tensors = request_tensors(info, item.request)
+                tensors = item.adapter.tensors(info, item.request)
                 item.inputs = tuple(
                     cast_to_model(tensor, dtype, name, item.casts)
                     for tensor, dtype, name in zip(tensors, info.summary.input_dtypes, info.summary.inputs)
@@ -228,7 +202,7 @@ class InferenceAPI(ls.LitAPI):
                 check_batch_dimension(item.inputs)
             except Exception as exc:  # whatever a request holds, it fails that request alone
                 message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
-                item.outcome = Outcome(422, error_body(422, "invalid_input", message), info.name)
+                item.fail(ApiError(422, "invalid_input", message), info.name)
                 continue
             decoded.append(item)
         return decoded
@@ -245,16 +219,16 @@ class InferenceAPI(ls.LitAPI):
                 self._forward(info, variant_name, model, group, ran)
             except Exception as exc:
                 if len(group) == 1:
-                    group[0].outcome = self._forward_failed(info, group[0], exc)
+                    group[0].fail(self._forward_failed(info, group[0], exc), info.name)
                     continue
                 for item in group:  # isolate the request that breaks the model
                     try:
                         self._forward(info, variant_name, model, [item], ran)
                     except Exception as single_exc:
-                        item.outcome = self._forward_failed(info, item, single_exc)
+                        item.fail(self._forward_failed(info, item, single_exc), info.name)
         return ran
 
-    def _forward_failed(self, info: ModelInfo, item: Pending, exc: Exception) -> Outcome:
+    def _forward_failed(self, info: ModelInfo, item: Pending, exc: Exception) -> ApiError:
         if not out_of_memory(exc):
             return forward_failed(info, item, exc)
         cap = self.settings.worker_memory_bytes / 2**30
@@ -265,7 +239,7 @@ class InferenceAPI(ls.LitAPI):
         # The worker answers its batch and then makes way for a fresh one: a failed allocation can
         # leave a heap fragmented or a library's state half-built.
         self.loop.retire_after_batch("out_of_memory", info.id, message)
-        return Outcome(507, error_body(507, "out_of_memory", message), info.name)
+        return ApiError(507, "out_of_memory", message)
 
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
@@ -294,7 +268,8 @@ class InferenceAPI(ls.LitAPI):
 
 class PredictAPI(InferenceAPI):
     endpoint = "/predict"
-    request_schema = PredictRequest
+    adapters = (PREDICT, OIP)  # /v2 infers (REST and gRPC) share these workers, their batching and deadlines
+    request_schema = PREDICT.schema  # the JSON body of the API's own route
 
     def setup(self, device: str) -> None:
         super().setup(device)
@@ -307,9 +282,6 @@ class PredictAPI(InferenceAPI):
         # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
         self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         Warmer(marks_dir(self.settings.local_dir), self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
-
-    def decode_request(self, request: PredictRequest) -> PredictRequest:
-        return request
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         """An explicit variant wins; otherwise the model's routing policy places each request."""
@@ -329,46 +301,19 @@ class PredictAPI(InferenceAPI):
     def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
         model = self._load(info, variant, self.shadow_watchdog)
         # The observer thread runs at nice 19, so its wall time measures the wait for a core under load,
-        # not the variant: a shadow forward is timed in its thread's CPU time (live_window.py labels it).
+        # not the variant: a shadow forward is timed in its thread's CPU time (live/window.py labels it).
         outputs, seconds = self._timed_forward(info, variant, model, inputs, self.shadow_watchdog, clock=time.thread_time)
         return outputs, seconds * 1000
-
-    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
-        (variant, ran), = runs.items()
-        milliseconds = round(ran.milliseconds[item.position], 3)
-        if isinstance(item.request, InferCall):
-            return infer_outcome(info, variant, item, ran.outputs[item.position], milliseconds)
-        response = PredictResponse.model_construct(
-            model=info.name,
-            variant=variant,
-            outputs=[to_object(name, t, item.request.binary_outputs) for name, t in ran.outputs[item.position]],
-            inference_ms=milliseconds,
-            casts=item.casts or None,
-        )
-        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, variant)
 
 
 class CompareAPI(InferenceAPI):
     endpoint = "/compare"
     batched = False  # an A/B view of one request, not a throughput path
-    request_schema = InferenceRequest
-
-    def decode_request(self, request: InferenceRequest) -> InferenceRequest:
-        return request
+    adapters = (COMPARE,)
+    request_schema = COMPARE.schema
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         return {("original", "optimized"): pending}
-
-    def _respond(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
-        outputs = {name: ran.outputs[item.position] for name, ran in runs.items()}
-        binary = item.request.binary_outputs
-        response = CompareResponse.model_construct(
-            model=info.name,
-            outputs={name: [to_object(n, t, binary) for n, t in named] for name, named in outputs.items()},
-            inference_ms={name: round(ran.milliseconds[item.position], 3) for name, ran in runs.items()},
-            fidelity=compare_outputs(outputs["original"], outputs["optimized"]),
-        )
-        return Outcome(200, response.model_dump(mode="json", exclude_none=True), info.name, "both")
 
 
 def is_inference_path(path: str) -> bool:

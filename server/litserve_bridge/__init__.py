@@ -6,6 +6,10 @@
   a plain FastAPI route.
 - `take_over_route`: removes the route LitServe made for an API, so that a route of ours (which
   reaches the workers through a QueueBridge) answers that path instead.
+- `BridgedAPI`, `build_lit_server`: the LitAPI base our inference APIs subclass (so they import no
+  LitServe), and the LitServer made of them.
+- `run_lit_server`, `workers_ready`, `is_first_api_server`, `quiet_monitor_shutdown`, `managers_die_with_parent`:
+  what the rest of the server needs to know from LitServe's processes, or to set for them.
 - `drop_gzip`: LitServe always adds GZipMiddleware (level 9). Compressing a 2.8 MB JSON tensor
   answer took 0.8 s of the API server's CPU, 100x the rest of the request; tensors barely compress.
 - `GreedyBatchLoop`: how a worker collects a batch (a loop is a public LitAPI argument; the queue
@@ -25,10 +29,19 @@ while the others stay free for every other model.
 """
 
 from .batching import GROUP, IDLE_WAKE_SECONDS, RETIRED_EXIT_CODE, GreedyBatchLoop, HeldBatch, HeldRecord, current_worker_id, held_record_path
+from .lit_server import BridgedAPI, LitServer, build_lit_server, is_first_api_server, managers_die_with_parent, quiet_monitor_shutdown, run_lit_server, workers_ready
 from .queue_bridge import QueueBridge, drop_gzip, take_over_route
 from .supervision import WorkerDeath, supervise_api_servers, supervise_workers
 
 __all__ = [
+    "BridgedAPI",
+    "LitServer",
+    "build_lit_server",
+    "is_first_api_server",
+    "managers_die_with_parent",
+    "quiet_monitor_shutdown",
+    "run_lit_server",
+    "workers_ready",
     "GROUP",
     "IDLE_WAKE_SECONDS",
     "RETIRED_EXIT_CODE",

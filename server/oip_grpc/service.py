@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +20,7 @@ from ..http import metrics
 from ..http.auth import BearerKey
 from ..http.errors import ApiError
 from ..litserve_bridge import QueueBridge
-from ..inference.oip_call import InferCall
+from ..inference.adapters.oip import InferCall, error_message
 from ..http.oip_routes import VARIANTS, OipRoutes
 from ..http.predict_route import ROUTING_KEY_HEADER
 from ..settings import Settings
@@ -137,7 +136,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
         seen["model"] = answer.headers.get(metrics.MODEL_HEADER, "")
         seen["variant"] = answer.headers.get(metrics.VARIANT_HEADER, "")
         if answer.status_code != 200:
-            raise Failure(answer.status_code, _error_message(answer.body))
+            raise Failure(answer.status_code, error_message(answer.body))
         response = infer_response(answer.body, answer.headers)
         seen["status"] = 200
         return response
@@ -159,17 +158,6 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return body.decode(errors="replace")[:500]
-    error = document.get("error") if isinstance(document, dict) else None
-    if isinstance(error, dict):  # our own shape, from a route outside /v2
-        return str(error.get("message", error))
-    return str(error if error is not None else document)
 
 
 def _address(settings: Settings) -> str:
