@@ -17,7 +17,7 @@ import litserve as ls
 from fastapi import Depends, FastAPI, HTTPException
 from litserve.utils import WorkerSetupStatus
 
-from optimizer_pipeline.measure.processes import die_with_parent
+from optimizer_pipeline import die_with_parent
 
 from .jobs import confinement, runner as jobs
 from .inference import shared_tensors

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import torch
 
-from optimizer_pipeline.fidelity.outputs import NamedOutputs
+from optimizer_pipeline import NamedOutputs
 from wire import WireTensor, encode_response
 from wire.codec import Encoded
 
