@@ -72,7 +72,6 @@ def test_a_model_stored_with_an_unversioned_config_is_optimized_and_served(tmp_p
     store = _open(directory)
     model_id = _stage(store, PipelineConfig.model_validate(FORCED_FREEZE))
     _store_the_old_way(store, model_id, FORCED_FREEZE)
-    store.db.close()
     with running(directory) as server:
         info = wait_for(server.url, model_id)
         assert info["state"] == "ready", info
