@@ -56,8 +56,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     entries = [
         peers.Entry("original (TorchScript)", "torchscript", task.archive),
         peers.Entry("original (.pt2, as served)", "exported", program),
-        peers.Entry("pick from TorchScript", picks["torchscript"][0].optimized.runtime, picks["torchscript"][0].optimized.data),
-        peers.Entry("pick from .pt2", picks["pt2"][0].optimized.runtime, picks["pt2"][0].optimized.data),
+        peers.Entry("pick from TorchScript", picks["torchscript"][0].served.runtime, picks["torchscript"][0].served.data),
+        peers.Entry("pick from .pt2", picks["pt2"][0].served.runtime, picks["pt2"][0].served.data),
     ]
     alone = peers._time_alone(entries, task.test.head(BATCH).inputs, args.calls, args.turns)
     baseline = statistics.median(alone[0])

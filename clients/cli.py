@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optimize(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "optimize",
-        help="optimize a model locally and write original.pt (or .pt2), optimized.pt (or .onnx, .ovir), report.json",
+        help="optimize a model locally and write original.pt (or .pt2), report.json and, when a candidate qualifies, optimized.pt (or .onnx, .ovir)",
     )
     parser.add_argument("model", type=Path, help="TorchScript archive (torch.jit.save) or torch.export program (torch.export.save, .pt2)")
     parser.add_argument("calibration", type=Path, help="calibration batch: torch.save Tensor/tuple/dict, .npy or .npz")

@@ -24,7 +24,7 @@ from .measure.latency import MIN_ROUNDS, alone_stats, compare_latency
 from .measure.latency_alone import Subject, time_alone
 from .intake.model_loading import run_model
 from .fidelity.outputs import NamedOutputs
-from .passes import REGISTRY, Plan, run_pass
+from .passes import Plan, registered, run_pass
 from .report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
 from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving
 
@@ -105,7 +105,7 @@ def new_report(name: str, plan: Plan) -> CandidateReport:
         plan=[step.spec() for step in plan],
         runtime=runtime_serving(plan.output_format).name,
         status="ok",
-        notes=[note for step in plan if (note := REGISTRY[step.name].config_class.speed_note)],
+        notes=[note for step in plan if (note := registered(step.name).config_class.speed_note)],
     )
 
 

@@ -1,12 +1,15 @@
-"""The pipeline's config: what to try, what counts as faithful, how to measure. JSON in, pydantic out."""
+"""The pipeline's config: what to try, what counts as faithful, how to measure. JSON in, pydantic out.
+
+A stored config (the server keeps each upload's) carries the version of its meaning, like the report:
+reading one back gives the behaviour it was uploaded with (`StoredConfig`).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, SerializeAsAny, Tag, model_validator
 
-from .runtimes.cpu import cpu_has_bf16
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIME_BUDGET_S, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
@@ -60,8 +63,17 @@ BF16_CANDIDATES: list[list[dict[str, Any]]] = [
 
 def default_candidates() -> list[list[dict[str, Any]]]:
     """The built-in candidate set on this machine."""
+    # Here, not at the top: importing runtimes imports onnxruntime and openvino, which a config must not.
+    from .runtimes.cpu import cpu_has_bf16
+
     return DEFAULT_CANDIDATES + (BF16_CANDIDATES if cpu_has_bf16() else [])
 
+
+# The meaning of a config. 1: configs stored before there were versions. 2: finetune and quantize_qat
+# also train on the labels when the upload has them (`label_weight`, default 0.5); in 1 they did not.
+CONFIG_VERSION = 2
+# The passes whose training uses the labels since version 2 (DistillationConfig, passes/recovery/finetune.py).
+_LABEL_TRAINING_PASSES = ("finetune", "quantize_qat")
 
 _THRESHOLD_RANGE = {"agreement": (0.0, 1.0), "cosine": (0.0, 1.0), "accuracy_drop": (0.0, 1.0)}
 
@@ -145,6 +157,9 @@ class CandidateSpec(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = _STRICT
 
+    version: int = Field(
+        CONFIG_VERSION, ge=1, le=CONFIG_VERSION, description="what the config means (1: finetune and quantize_qat ignore labels)"
+    )
     plan: PlanSpec | None = Field(None, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")
     search: SearchSetting | None = Field(None, description="search a space of plans instead")
@@ -183,6 +198,14 @@ class PipelineConfig(BaseModel):
         True, description="let the default search try pruning → reconstruction → distillation → int8 when the data can certify it"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _as_of_its_version(cls, data: Any) -> Any:
+        # Version 1 trained without labels: its training steps say so explicitly, so they run as they did.
+        if isinstance(data, dict) and data.get("version") == 1:
+            return _without_label_training(data)
+        return data
+
     @model_validator(mode="after")
     def _one_source_of_plans(self) -> PipelineConfig:
         if sum(x is not None for x in (self.plan, self.candidates, self.search)) > 1:
@@ -214,3 +237,38 @@ class PipelineConfig(BaseModel):
         if has_class_scores:
             return Tolerance(metric="agreement", threshold=0.99, cosine_floor=0.99)
         return Tolerance(metric="cosine", threshold=0.99)
+
+
+def _without_label_training(value: Any) -> Any:
+    """`value` (raw JSON) with label_weight 0 on every training step that does not set it, wherever it sits
+    (plan, candidates, a search's stages)."""
+    if isinstance(value, list):
+        return [_without_label_training(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    updated = {key: _without_label_training(item) for key, item in value.items()}
+    if updated.get("pass") in _LABEL_TRAINING_PASSES and "label_weight" not in updated:
+        updated["label_weight"] = 0.0
+    return updated
+
+
+def _stored_version(value: Any) -> Any:
+    # Configs were stored without a version before there were versions: those are version 1.
+    if isinstance(value, dict) and "version" not in value:
+        return {**value, "version": 1}
+    return value
+
+
+def _stored_form(config: PipelineConfig) -> dict[str, Any]:
+    """What the user set, with the version: the defaults are left to the version to say."""
+    return {**config.model_dump(mode="json", by_alias=True, exclude_unset=True), "version": config.version}
+
+
+# A PipelineConfig as the server stores it (model.json, the index) and shows it: the user's fields plus
+# the version. Reading one without a version gives version 1.
+StoredConfig = Annotated[PipelineConfig, BeforeValidator(_stored_version), PlainSerializer(_stored_form)]
+
+
+def read_stored_config(value: dict[str, Any] | None) -> PipelineConfig | None:
+    """A stored config (JSON object) back in its typed form, meaning what it meant when it was stored."""
+    return None if value is None else PipelineConfig.model_validate(_stored_version(value))

@@ -139,11 +139,7 @@ def optimize(
         stage_seconds=clock.seconds(),
     )
     winner = next((b for b in built if b.report.name == chosen.candidate and b.archive is not None), None)
-    optimized = (
-        Variant("optimized", winner.report.runtime, winner.archive)
-        if winner
-        else Variant("optimized", original_runtime, original_bytes)
-    )
+    optimized = Variant("optimized", winner.report.runtime, winner.archive) if winner else None
     notify("done", 1.0)
     built_variants = {b.report.name: Variant(b.report.name, b.report.runtime, b.archive) for b in built if b.archive}
     return OptimizationResult(Variant("original", original_runtime, original_bytes), optimized, report, built_variants)

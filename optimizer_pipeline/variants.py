@@ -1,4 +1,4 @@
-"""What the pipeline hands back: the original and the optimized variant, with the report."""
+"""What the pipeline hands back: the original, the optimized variant (unless the original was kept), and the report."""
 
 from __future__ import annotations
 
@@ -26,17 +26,28 @@ class Variant:
 @dataclass(frozen=True)
 class OptimizationResult:
     original: Variant
-    optimized: Variant
+    # None when no candidate qualified and the original was kept (report.chosen says why).
+    optimized: Variant | None
     report: Report
     # Every candidate that built, by report name: for benchmarks and for inspecting runners-up.
     candidates: dict[str, Variant] = field(default_factory=dict)
 
+    @property
+    def kept_original(self) -> bool:
+        return self.optimized is None
+
+    @property
+    def served(self) -> Variant:
+        """What to serve: the optimized variant, or the original where it was kept."""
+        return self.optimized or self.original
+
     def save(self, directory: str | Path) -> list[Path]:
-        """Write original.pt, optimized.pt (or .onnx), report.json and report.html, each atomically."""
+        """Write original.pt, optimized.pt (or .onnx; none where the original was kept), report.json and
+        report.html, each atomically."""
         from .report.html import render_html  # the HTML renderer needs the config; keep this module light
         directory = Path(directory)
         written = []
-        for variant in (self.original, self.optimized):
+        for variant in (self.original, self.optimized) if self.optimized else (self.original,):
             path = directory / variant.filename
             atomic_write_bytes(path, variant.data)
             written.append(path)

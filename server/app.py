@@ -13,7 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 
 from fastapi import Depends, FastAPI, HTTPException
 
-from optimizer_pipeline.measure.processes import die_with_parent
+from optimizer_pipeline import die_with_parent
 
 from .jobs import confinement, runner as jobs
 from .inference import shared_tensors

@@ -11,10 +11,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from optimizer_pipeline import Report
-from optimizer_pipeline.report.html import render_html
+from optimizer_pipeline import InvalidConfigError, PipelineConfig, Report, parse_config, render_report_html
 
 from .http.errors import ApiError, not_found, status_code_name
 from .http.schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
@@ -114,7 +113,7 @@ class ManagementPlane:
     def report_html(self, ref: str) -> str:
         """The report as one self-contained page (scatter plot of the trials and the table)."""
         report = Report.model_validate_json(self.report_path(ref).read_text())
-        return render_html(report)
+        return render_report_html(report)
 
     def variant_path(self, ref: str, variant: str) -> tuple[ModelInfo, Path]:
         info = self.model(ref)
@@ -155,7 +154,8 @@ class ManagementPlane:
         return f"{derived}-{model_id[:6]}" if self.store.has_name(derived) else derived
 
 
-def _parse_config(text: str | None) -> dict[str, Any] | None:
+def _parse_config(text: str | None) -> PipelineConfig | None:
+    """The upload's config in its typed form, parsed once here: what is validated, stored and run."""
     if text is None or not text.strip():
         return None
     try:
@@ -164,7 +164,10 @@ def _parse_config(text: str | None) -> dict[str, Any] | None:
         raise ApiError(422, "invalid_config", f"config is not valid JSON ({exc})") from None
     if not isinstance(value, dict):
         raise ApiError(422, "invalid_config", f"config must be a JSON object, got {type(value).__name__}")
-    return value
+    try:
+        return parse_config(value)
+    except InvalidConfigError as exc:
+        raise ApiError(422, "invalid_config", str(exc)) from None
 
 
 def _name_taken(name: str) -> ApiError:

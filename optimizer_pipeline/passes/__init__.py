@@ -1,11 +1,9 @@
-"""Optimization passes. Importing a pass module registers it by name (see base.py)."""
+"""Optimization passes: one folder per algorithm, one module per backend; base.PASS_MODULES names them all.
 
-# Importing a pass module registers it: one folder per algorithm, one module per backend.
-from .conversion import freeze, onnx_export, ov_convert  # noqa: F401
-from .pruning import structured, unstructured  # noqa: F401
-from .quantization import dynamic, ort_quantize, ov_quantize, qat, static  # noqa: F401
-from .recovery import finetune  # noqa: F401
-from .base import REGISTRY, PassConfig, PassOutput, parse_pass_spec, run_pass
+Importing this package imports no pass module: each is imported when its name is first parsed or run.
+"""
+
+from .base import PASS_MODULES, REGISTRY, PassConfig, PassOutput, parse_pass_spec, registered, run_pass
 from .plan import Plan
 
-__all__ = ["REGISTRY", "PassConfig", "PassOutput", "Plan", "parse_pass_spec", "run_pass"]
+__all__ = ["PASS_MODULES", "REGISTRY", "PassConfig", "PassOutput", "Plan", "parse_pass_spec", "registered", "run_pass"]

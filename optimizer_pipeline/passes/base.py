@@ -3,11 +3,16 @@
 A pass is `run(model, calibration, config) -> PassOutput`. It may modify `model` in place (the
 pipeline always hands it a private copy) and returns the resulting ScriptModule plus details for
 the report (e.g. per-layer sparsity). Adding a pass = one module that defines a config class and
-decorates its function with `@register(ConfigClass)`.
+decorates its function with `@register(ConfigClass)`, and a line in PASS_MODULES.
+
+A pass module is imported when its name is first parsed or run, not before: parsing a config that
+names no ONNX or OpenVINO pass must not import onnx, openvino or nncf (the server parses every
+upload's config in its API process).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -70,12 +75,30 @@ class RegisteredPass:
     run: PassFunction
 
 
+# Every pass by name, with the module (under passes/) that registers it when imported.
+PASS_MODULES: dict[str, str] = {
+    "freeze": "conversion.freeze",
+    "onnx_export": "conversion.onnx_export",
+    "ov_convert": "conversion.ov_convert",
+    "prune_unstructured": "pruning.unstructured",
+    "prune_structured": "pruning.structured",
+    "quantize_dynamic": "quantization.dynamic",
+    "quantize_static": "quantization.static",
+    "quantize_qat": "quantization.qat",
+    "ort_quantize_static": "quantization.ort_quantize",
+    "ort_quantize_dynamic": "quantization.ort_quantize",
+    "ov_quantize": "quantization.ov_quantize",
+    "finetune": "recovery.finetune",
+}
+# The passes whose module has been imported; `registered` fills it on demand.
 REGISTRY: dict[str, RegisteredPass] = {}
 
 
 def register(config_class: type[PassConfig]) -> Callable[[PassFunction], PassFunction]:
     """Decorator: make `fn` the implementation of the pass named by config_class's `name` default."""
     pass_name = config_class.model_fields["name"].default
+    if pass_name not in PASS_MODULES:
+        raise RuntimeError(f"pass {pass_name!r} is missing from PASS_MODULES")
 
     def decorate(fn: PassFunction) -> PassFunction:
         if pass_name in REGISTRY:
@@ -95,10 +118,21 @@ def parse_pass_spec(value: Any) -> PassConfig:
     if not isinstance(value, dict) or "pass" not in value:
         raise ValueError(f'a pass spec is an object like {{"pass": "freeze"}}, got {value!r}')
     name = value["pass"]
+    if not is_known_pass(name):
+        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(sorted(PASS_MODULES))}")
+    return registered(name).config_class.model_validate(value)
+
+
+def is_known_pass(name: Any) -> bool:
+    return isinstance(name, str) and name in PASS_MODULES
+
+
+def registered(name: str) -> RegisteredPass:
+    """The pass named `name`, its module imported on first use."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown pass {name!r}; known passes: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name].config_class.model_validate(value)
+        importlib.import_module(f"{__package__}.{PASS_MODULES[name]}")
+    return REGISTRY[name]
 
 
 def run_pass(model: Any, calibration: Batch, config: PassConfig) -> PassOutput:
-    return REGISTRY[config.name].run(model, calibration, config)
+    return registered(config.name).run(model, calibration, config)

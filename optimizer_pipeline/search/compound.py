@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..candidates import BuiltCandidate, Reference
-from ..passes.base import REGISTRY, parse_pass_spec
+from ..passes.base import is_known_pass, parse_pass_spec
 from ..passes.plan import Plan
 
 # Why 256: the tolerance passes agreement unless its 95% Wilson interval lies wholly below the
@@ -48,7 +48,7 @@ class CompoundDecision:
 
 def compound_plans(built: list[BuiltCandidate], reference: Reference, seconds_left: float) -> CompoundDecision:
     """The compound plans worth trying after the first trials, and why (or why none)."""
-    if "prune_structured" not in REGISTRY:
+    if not is_known_pass("prune_structured"):
         return CompoundDecision([], "compound plans: structured pruning is not available in this build")
     held_out = len(reference.held_out)
     if held_out < MIN_HELD_OUT:

@@ -12,8 +12,7 @@ import itertools
 import math
 from typing import Any
 
-from ..runtimes.cpu import cpu_has_bf16
-from ..passes.base import REGISTRY, PassConfig, parse_pass_spec
+from ..passes.base import PassConfig, is_known_pass, parse_pass_spec, registered
 from ..passes.plan import Plan
 StageOption = dict[str, Any] | list[dict[str, Any]] | None
 
@@ -61,6 +60,9 @@ def expand_space(space: dict[str, list[StageOption]]) -> list[Plan]:
 
 def runs_here(plan: Plan) -> bool:
     """False for a bf16 plan on a CPU without native bf16 (runtimes/cpu.py): never offered there."""
+    # Here, not at the top: importing runtimes imports onnxruntime and openvino, which a config must not.
+    from ..runtimes.cpu import cpu_has_bf16
+
     return cpu_has_bf16() or not any(getattr(step, "precision", "f32") == "bf16" for step in plan)
 
 
@@ -94,7 +96,7 @@ def _expand_stage(options: list[StageOption]) -> list[Plan]:
             expanded.append(Plan())
             continue
         sequence = _option_specs(option)
-        if not all(spec.get("pass") in REGISTRY for spec in sequence):
+        if not all(is_known_pass(spec.get("pass")) for spec in sequence):
             continue
         expanded.extend(Plan(steps) for steps in itertools.product(*(_expand_spec(spec) for spec in sequence)))
     return expanded
@@ -108,5 +110,5 @@ def _expand_spec(spec: dict[str, Any]) -> list[PassConfig]:
 
 def _list_fields(pass_name: str) -> set[str]:
     """Fields whose value is itself a list (e.g. skip_layers): a list there is one value, not choices."""
-    fields = REGISTRY[pass_name].config_class.model_fields
+    fields = registered(pass_name).config_class.model_fields
     return {name for name, info in fields.items() if "list" in str(info.annotation) or "tuple" in str(info.annotation)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from optimizer_pipeline.files import atomic_write_text
+from optimizer_pipeline import atomic_write_text
 
 from .errors import ApiError
 

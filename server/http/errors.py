@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from optimizer_pipeline.errors import OptimizerError
+from optimizer_pipeline import OptimizerError
 
 from .schemas import ErrorBody, ErrorDetail
 

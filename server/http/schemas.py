@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from optimizer_pipeline.report import Chosen, Fidelity, ModelSummary, Runtime
+from optimizer_pipeline import Chosen, Fidelity, ModelSummary, Runtime, StoredConfig
 from wire.schemas import Dimension
 
 from ..live.window import LiveFidelity, LiveStatus, default_guard
@@ -42,7 +42,9 @@ class ModelMeta(BaseModel):
     name: str
     created_at: str
     summary: ModelSummary
-    config: dict[str, Any] | None = None
+    config: StoredConfig | None = Field(
+        None, description="the pipeline config as uploaded, with its version (a config stored without one is version 1)"
+    )
     has_labels: bool = False
     has_unlabeled: bool = Field(False, description="an unlabeled set was uploaded (stored as unlabeled.bin, used by the optimization)")
 

@@ -9,7 +9,7 @@ from typing import Any, Protocol, Union
 
 import torch
 
-from optimizer_pipeline.fidelity.outputs import NamedOutputs
+from optimizer_pipeline import NamedOutputs
 from wire.codec import Encoded
 
 from ..http.errors import ApiError

@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ValidationError
 
-from optimizer_pipeline.files import atomic_write_text
-from optimizer_pipeline.fidelity.outputs import NamedOutputs, flatten_outputs
-from optimizer_pipeline.runtimes import load_variant
+from optimizer_pipeline import NamedOutputs, atomic_write_text, flatten_outputs, load_variant
 
 from ..http import metrics
 from ..http.schemas import ModelInfo, VariantInfo

@@ -18,11 +18,7 @@ from typing import Callable, Union
 import torch
 from fastapi import HTTPException, Response
 
-from optimizer_pipeline.measure.allocator import pin_malloc_thresholds
-from optimizer_pipeline.jit import quiet_torch_for_good
-from optimizer_pipeline.intake.model_ops import harden_torch
-from optimizer_pipeline.fidelity.outputs import NamedOutputs
-from optimizer_pipeline.measure.processes import die_with_parent
+from optimizer_pipeline import NamedOutputs, die_with_parent, harden_torch, pin_malloc_thresholds, quiet_torch_for_good
 
 from ..jobs import confinement
 from ..http import metrics

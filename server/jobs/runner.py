@@ -34,11 +34,20 @@ from typing import Any
 
 import torch
 
-from optimizer_pipeline import OptimizationResult, OptimizerError, optimize
-from optimizer_pipeline.measure.latency_alone import start_forkserver
-from optimizer_pipeline.intake.model_ops import harden_torch
-from optimizer_pipeline.measure.processes import die_with_parent
-from optimizer_pipeline.measure.watch import Step, StepWatch, deadline_text, watching
+from optimizer_pipeline import (
+    OptimizationResult,
+    OptimizerError,
+    PipelineConfig,
+    Step,
+    StepWatch,
+    deadline_text,
+    die_with_parent,
+    harden_torch,
+    optimize,
+    preload_pipeline,
+    start_forkserver,
+    watching,
+)
 
 from . import confinement, seccomp_filter
 from ..http.metrics import OPTIMIZATION_SECONDS
@@ -85,6 +94,7 @@ def work(settings: Settings, role: str = "worker") -> int:
     Up to `job_concurrency` jobs run at once, each in a process of its own that this loop supervises."""
     interrupt_on_sigterm()
     adopt_orphans()
+    preload_pipeline()  # before the jobs fork: each starts with every pass imported, outside its memory cap
     store = open_store(settings)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     next_expiry_check = 0.0
@@ -278,8 +288,8 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
     if filter_syscalls:
         start_forkserver(functools.partial(seccomp_filter.install, policy))
         seccomp_filter.install(policy)
-    config = dict(info.config or {})
-    config["threads"] = min(config.get("threads") or settings.job_threads, settings.job_threads)
+    uploaded = info.config or PipelineConfig()
+    config = uploaded.model_copy(update={"threads": min(uploaded.threads or settings.job_threads, settings.job_threads)})
     started = time.perf_counter()
     try:
         with watching(_AnnouncedSteps(hung=dict(hung or {}), seen=seen, sender=steps, cap=settings.job_step_timeout)):
@@ -302,10 +312,7 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
 def _record(store: Store, claim: Claim, result: OptimizationResult, seconds: float) -> None:
     files = {"report.json": result.report.model_dump_json(indent=2).encode()}
     optimized = None
-    # When nothing qualified the pipeline hands back the original as "optimized"; serving that
-    # under the optimized label would mislabel metrics and A/B views, so no variant is stored.
-    if result.report.chosen.candidate != "original":
-        variant = result.optimized
+    if (variant := result.optimized) is not None:
         files[variant.filename] = variant.data
         optimized = VariantInfo(
             name="optimized", runtime=variant.runtime, filename=variant.filename, size_bytes=len(variant.data), version=0

@@ -17,17 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
-from optimizer_pipeline.measure.processes import die_with_parent
-from optimizer_pipeline.report import ModelSummary
+from optimizer_pipeline import PRELOAD_MODULE, ModelSummary, PipelineConfig, die_with_parent
 
 from . import confinement
 from ..http.errors import ApiError, optimizer_error_code
 from .seccomp_filter import SyscallPolicy
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["optimizer_pipeline", "server.jobs.validation"])
+_context.set_forkserver_preload([PRELOAD_MODULE, "server.jobs.validation"])
 
 
 @dataclass(frozen=True)
@@ -36,7 +34,7 @@ class ValidationLimits:
     memory_bytes: int
 
 
-def validate_upload(directory: Path, has_labels: bool, config: Any, limits: ValidationLimits, has_unlabeled: bool = False) -> ModelSummary:
+def validate_upload(directory: Path, has_labels: bool, config: PipelineConfig | None, limits: ValidationLimits, has_unlabeled: bool = False) -> ModelSummary:
     """Run `inspect_upload` on the files staged in `directory`; raise ApiError (4xx) if they do not pass."""
     with _forkserver_without_secrets():
         receiver, sender = _context.Pipe(duplex=False)
@@ -93,14 +91,13 @@ def _crash_message(exitcode: int | None, limits: ValidationLimits) -> str:
 
 
 def _validate_in_child(
-    sender: Connection, directory: Path, has_labels: bool, config: Any, limits: ValidationLimits, has_unlabeled: bool = False
+    sender: Connection, directory: Path, has_labels: bool, config: PipelineConfig | None, limits: ValidationLimits, has_unlabeled: bool = False
 ) -> None:
     die_with_parent(signal.SIGKILL)
     _silence_output()  # TorchScript can print; what it prints must not reach the server log
     import torch
 
-    from optimizer_pipeline import inspect_upload
-    from optimizer_pipeline.intake.model_ops import harden_torch
+    from optimizer_pipeline import harden_torch, inspect_upload
 
     torch.set_num_threads(1)
     harden_torch()

@@ -14,7 +14,7 @@ from typing import Any
 import litserve as ls
 from litserve.utils import WorkerSetupStatus
 
-from optimizer_pipeline.measure.processes import die_with_parent
+from optimizer_pipeline import die_with_parent
 
 from .batching import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
 from .queue_bridge import drop_gzip

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from optimizer_pipeline.intake.calibration import load_calibration
-from optimizer_pipeline.fidelity.measures import compare_outputs
-from optimizer_pipeline.fidelity.outputs import NamedOutputs
+from optimizer_pipeline import NamedOutputs, compare_outputs, load_calibration
 
 from ..http import metrics
 from .window import InputMoments, LiveSample

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from optimizer_pipeline.config import Tolerance
-from optimizer_pipeline.fidelity.confidence import Z_95, wilson_interval
+from optimizer_pipeline import Z_95, PipelineConfig, wilson_interval
 
 from .routing import Guard
 
@@ -103,10 +102,10 @@ class LiveStatus(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-def default_guard(config: dict[str, Any] | None, output_shapes: Sequence[Sequence[int]]) -> Guard:
+def default_guard(config: PipelineConfig | None, output_shapes: Sequence[Sequence[int]]) -> Guard:
     """The model's optimization tolerance, as a live guard (what the variant was chosen to keep)."""
     class_scores = any(len(shape) == 1 and shape[0] > 1 for shape in output_shapes)
-    tolerance = Tolerance.model_validate(config["tolerance"]) if config and config.get("tolerance") else None
+    tolerance = config.tolerance if config is not None else None
     if tolerance is None:
         # As the search's default: agreement where there are class scores, and cosine always (an
         # embedding's argmax agrees while its direction drifts).

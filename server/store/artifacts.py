@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from optimizer_pipeline.files import atomic_write_bytes
+from optimizer_pipeline import atomic_write_bytes
 
 
 class ArtifactStore(Protocol):

@@ -14,8 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from optimizer_pipeline.files import atomic_write_bytes, atomic_write_stream, atomic_write_text
-from optimizer_pipeline.report import Chosen
+from optimizer_pipeline import Chosen, atomic_write_bytes, atomic_write_stream, atomic_write_text
 
 from ..live.window import LiveSample
 from ..live.routing import Guard

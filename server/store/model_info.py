@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 
-from optimizer_pipeline.report import Chosen
+from optimizer_pipeline import Chosen
 
 from ..live.routing import Guard
 from ..http.schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
@@ -49,7 +49,7 @@ def model_info(values: tuple, variant_values: tuple[tuple, ...]) -> ModelInfo:
         healthy=row["unhealthy"] is None, reason=row["unhealthy"], timeouts=row["timeouts"], crashes=row["crashes"], out_of_memory=row["out_of_memory"]
     )
     return ModelInfo(
-        **meta.model_dump(),
+        **dict(meta),  # its config stays the typed one
         **job.model_dump(),
         variants=variant_infos,
         default_variant=default,

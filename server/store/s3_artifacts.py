@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from optimizer_pipeline.files import atomic_write_bytes
+from optimizer_pipeline import atomic_write_bytes
 
 from .per_process import PerProcess
 

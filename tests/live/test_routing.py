@@ -7,6 +7,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
+from optimizer_pipeline import PipelineConfig
 from server.live.window import LiveFidelity, LiveSample, default_guard, judge, summarize
 from server.live.routing import Guard, Pinned, Route, Shadow, Split, choose
 
@@ -37,9 +38,13 @@ def test_the_default_guard_follows_the_optimization_tolerance():
     classes, feature_map, embedding = [[10]], [[8, 4, 4]], [[384]]
     assert default_guard(None, classes) == Guard(min_agreement=0.99, min_cosine=0.99)
     assert default_guard(None, feature_map) == Guard(min_cosine=0.99)
-    assert default_guard({"tolerance": {"metric": "agreement", "threshold": 0.97}}, classes) == Guard(min_agreement=0.97)
-    assert default_guard({"tolerance": {"metric": "cosine", "threshold": 0.995}}, embedding) == Guard(min_cosine=0.995)
-    assert default_guard({"tolerance": {"metric": "accuracy_drop", "threshold": 0.02}}, classes) == Guard(min_agreement=0.98)
+    assert default_guard(_with_tolerance("agreement", 0.97), classes) == Guard(min_agreement=0.97)
+    assert default_guard(_with_tolerance("cosine", 0.995), embedding) == Guard(min_cosine=0.995)
+    assert default_guard(_with_tolerance("accuracy_drop", 0.02), classes) == Guard(min_agreement=0.98)
+
+
+def _with_tolerance(metric: str, threshold: float) -> PipelineConfig:
+    return PipelineConfig.model_validate({"tolerance": {"metric": metric, "threshold": threshold}})
 
 
 def compared(agreeing: int, disagreeing: int) -> list[LiveSample]:

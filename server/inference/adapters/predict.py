@@ -10,7 +10,7 @@ from typing import Union
 
 import torch
 
-from optimizer_pipeline.fidelity.measures import compare_outputs
+from optimizer_pipeline import compare_outputs
 
 from ...http.errors import ApiError, error_body
 from ...http.predict_route import BodyError, JsonBody
