@@ -4,6 +4,8 @@ Pure torch, no HTTP. Entry points: `optimize()` (the whole pipeline) and `inspec
 fast checks an upload must pass).
 """
 
+from wire.contract.report import Report
+
 from .config import PipelineConfig, Tolerance
 from .errors import (
     InvalidCalibrationError,
@@ -17,7 +19,6 @@ from .errors import (
 from .model_loading import load_model
 from .model_ops import check_model_ops
 from .pipeline import inspect_upload, optimize, parse_config
-from .report import Report
 from .variants import OptimizationResult, Variant
 
 __all__ = [

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from wire.contract.report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
+
 from . import jit, watch
 from .calibration import Batch
 from .config import PipelineConfig, Tolerance
@@ -24,7 +26,6 @@ from .latency_alone import Subject, time_alone
 from .model_loading import run_model
 from .outputs import NamedOutputs
 from .passes import REGISTRY, Plan, run_pass
-from .report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
 from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving
 
 FINALISTS = 4  # at most: the fastest of each of the three runtimes and a close runner-up

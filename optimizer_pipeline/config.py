@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, SerializeAsAny, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Discriminator, Field, SerializeAsAny, Tag, model_validator
 
 from .runtimes.cpu import cpu_has_bf16
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIME_BUDGET_S, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
-from .report.confidence import agreement_bound
 from .search.settings import SearchConfig
+from wire.contract.tolerance import STRICT, Tolerance
 
-# Strict: a string or a bool where a number belongs is refused, not coerced ("0.5" or true for a
-# threshold); a JSON integer still passes for a float. Pass options keep their own (lax) configs.
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-if TYPE_CHECKING:
-    from .report import Fidelity
+# Strict as the tolerance is: "0.5" or true for a number is refused, not coerced. Pass options keep
+# their own (lax) configs.
+_STRICT = STRICT
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
 
@@ -61,60 +58,6 @@ BF16_CANDIDATES: list[list[dict[str, Any]]] = [
 def default_candidates() -> list[list[dict[str, Any]]]:
     """The built-in candidate set on this machine."""
     return DEFAULT_CANDIDATES + (BF16_CANDIDATES if cpu_has_bf16() else [])
-
-
-_THRESHOLD_RANGE = {"agreement": (0.0, 1.0), "cosine": (0.0, 1.0), "accuracy_drop": (0.0, 1.0)}
-
-
-class Tolerance(BaseModel):
-    model_config = _STRICT
-
-    metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
-    threshold: float
-    cosine_floor: float | None = Field(
-        None, ge=0, le=1, description="also require the mean cosine to reach this (the default tolerance sets 0.99 with agreement); "
-        "outputs that are not class scores must reach it under an agreement tolerance (0.99 when unset)"
-    )
-    class_outputs: list[str] | None = Field(
-        None, max_length=1000, description="the outputs that are class scores, judged by top-1 agreement; the rest are judged by cosine. "
-        "Default: decided from the outputs (probabilities, or logits with a clear winner) and the labels; [] judges every output by cosine"
-    )
-
-    @model_validator(mode="after")
-    def _meaningful_threshold(self) -> Tolerance:
-        # A threshold outside what the metric can reach is always met or never met: no tolerance at all.
-        # It also becomes the model's live guard (server/live_window.py), which has the same bounds.
-        low, high = _THRESHOLD_RANGE.get(self.metric, (None, None))
-        if low is not None and not low <= self.threshold <= high:
-            raise ValueError(f"a {self.metric} threshold must lie in [{low}, {high}], got {self.threshold}")
-        return self
-
-    @property
-    def lower_is_better(self) -> bool:
-        return self.metric == "accuracy_drop"
-
-    def value(self, fidelity: Fidelity) -> float | None:
-        return getattr(fidelity, self.metric)
-
-    @property
-    def best_possible(self) -> float | None:
-        """The metric's best value where it is bounded (agreement and cosine: 1.0), else None."""
-        return 1.0 if self.metric in ("agreement", "cosine") else None
-
-    def accepts(self, value: float) -> bool:
-        return value <= self.threshold if self.lower_is_better else value >= self.threshold
-
-    def accepts_measured(self, value: float, samples: int) -> bool:
-        """Whether the observed value meets the threshold: what keeps a candidate in the running.
-        Certifying it takes the one-sided bound (fidelity.assess), which a few samples cannot give."""
-        return self.accepts(value)
-
-    def explain(self, value: float, samples: int | None = None) -> str:
-        bound = "allowed ≤" if self.lower_is_better else "required ≥"
-        text = f"{self.metric} {value:.4f} ({bound} {self.threshold})"
-        if self.metric == "agreement" and samples:
-            text += f", 95% one-sided bound {agreement_bound(value, samples):.3f} over {samples} samples"
-        return text
 
 
 class LatencyConfig(BaseModel):

@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from wire.contract.pareto import pareto_front
+from wire.contract.report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report, UnlabeledSummary
+
 from . import jit, watch
 from .allocator import pin_malloc_thresholds
 from .calibration import Batch, load_calibration, load_labels, load_unlabeled
@@ -23,13 +26,11 @@ from .fidelity import accuracy
 from .model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .references import make_references
-from .search.pareto import pareto_front
 from .search.first_plans import first_plans_for
 from .search.runner import run_search
 from .exported import is_exported_archive
 from .search.settings import SearchConfig
 from .stages import StageClock
-from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report, UnlabeledSummary
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire.contract.report import Report, Runtime
+
 from .files import atomic_write_bytes, atomic_write_text
-from .report import Report, Runtime
 
 # One stored file per variant; an OpenVINO IR (.xml + .bin) is kept as one archive (runtimes/openvino.py).
 FILE_SUFFIX: dict[str, str] = {"torchscript": ".pt", "onnxruntime": ".onnx", "openvino": ".ovir", "exported": ".pt2"}
@@ -33,7 +34,7 @@ class OptimizationResult:
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write original.pt, optimized.pt (or .onnx), report.json and report.html, each atomically."""
-        from .report.html import render_html  # the HTML renderer needs the config; keep this module light
+        from .report.html import render_html  # only when saving: loading a variant needs no page renderer
         directory = Path(directory)
         written = []
         for variant in (self.original, self.optimized):

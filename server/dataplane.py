@@ -15,9 +15,10 @@ from typing import Any, BinaryIO
 
 from optimizer_pipeline import Report
 from optimizer_pipeline.report.html import render_html
+from wire.contract.models import Deleted, ModelInfo, ModelMeta, UploadAccepted
 
 from .errors import ApiError, not_found, status_code_name
-from .schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
+from .schemas import NAME_PATTERN
 from .store import NameTakenError, Store, new_model_id, now
 from .validation import ValidationLimits, validate_upload
 

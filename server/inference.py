@@ -26,6 +26,7 @@ from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.outputs import NamedOutputs
 from optimizer_pipeline.processes import die_with_parent
 from wire.codec import WireError
+from wire.contract.models import ModelInfo
 
 from . import confinement, metrics
 from .errors import ApiError, JsonResponse, error_body, not_found
@@ -51,7 +52,7 @@ from .oip_call import InferCall, RawInfer
 from .record_channel import RecordSender
 from .routing import Route, choose
 from .runtimes import RunVariant, VariantCache, Warmer, marks_dir
-from .schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
+from .schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
 from .settings import Settings
 from .predict_route import BodyError, JsonBody
 from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
@@ -64,7 +65,7 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 
 class InferenceAPI(ls.LitAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
-    request_schema: type[InferenceRequest]  # what a JSON body the API server left unparsed must be
+    request_schema: type[CompareRequest]  # what a JSON body the API server left unparsed must be
     # Whether requests queued together merge into one forward call: the serving path's throughput.
     batched: bool = True
 
@@ -136,7 +137,7 @@ class InferenceAPI(ls.LitAPI):
                 outcomes[item.position] = in_protocol(item.outcome) if isinstance(item.request, InferCall) else item.outcome
         return outcomes if isinstance(x, list) else outcomes[0]
 
-    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[InferenceRequest, InferCall]:
+    def _parse(self, request: Union[JsonBody, RawInfer]) -> Union[CompareRequest, InferCall]:
         if isinstance(request, JsonBody):
             return request.parse(self.request_schema)
         try:
@@ -350,9 +351,9 @@ class PredictAPI(InferenceAPI):
 class CompareAPI(InferenceAPI):
     endpoint = "/compare"
     batched = False  # an A/B view of one request, not a throughput path
-    request_schema = InferenceRequest
+    request_schema = CompareRequest
 
-    def decode_request(self, request: InferenceRequest) -> InferenceRequest:
+    def decode_request(self, request: CompareRequest) -> CompareRequest:
         return request
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:

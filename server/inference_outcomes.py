@@ -13,12 +13,13 @@ import torch
 from optimizer_pipeline.outputs import NamedOutputs
 from wire import WireTensor, encode_response
 from wire.codec import Encoded
+from wire.contract.models import ModelInfo
 
 from .codec import wire_ready
 from .errors import ApiError, error_body
 from .oip_call import InferCall
 from .routing import Route
-from .schemas import InferenceRequest, ModelInfo
+from .schemas import CompareRequest
 from .shared_tensors import SharedArray
 from .tensors import TensorDecodeError, to_torch
 
@@ -39,7 +40,7 @@ class Pending:
     """A request of one group, with its decoded inputs."""
 
     position: int
-    request: Union[InferenceRequest, InferCall]
+    request: Union[CompareRequest, InferCall]
     inputs: tuple[torch.Tensor, ...] = ()
     outcome: Union[Outcome, None] = None
     casts: list[str] = field(default_factory=list)
@@ -62,7 +63,7 @@ class Ran:
 
 
 
-def request_tensors(info: ModelInfo, request: Union[InferenceRequest, InferCall]) -> list[torch.Tensor]:
+def request_tensors(info: ModelInfo, request: Union[CompareRequest, InferCall]) -> list[torch.Tensor]:
     """The request's inputs as tensors, in the order of the model's forward arguments."""
     expected = info.summary.inputs
     if isinstance(request, InferCall):

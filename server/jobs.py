@@ -39,11 +39,11 @@ from optimizer_pipeline.latency_alone import start_forkserver
 from optimizer_pipeline.model_ops import harden_torch
 from optimizer_pipeline.processes import die_with_parent
 from optimizer_pipeline.watch import Step, StepWatch, deadline_text, watching
+from wire.contract.models import VariantInfo
 
 from . import confinement, seccomp_filter
 from .metrics import OPTIMIZATION_SECONDS
 from .processes import adopt_orphans, interrupt_on_sigterm, stop_orphans
-from .schemas import VariantInfo
 from .seccomp_filter import SyscallPolicy
 from .settings import Settings
 from .store import Claim, Store, open_store

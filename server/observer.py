@@ -22,12 +22,12 @@ import torch
 from optimizer_pipeline.calibration import load_calibration
 from optimizer_pipeline.fidelity import compare_outputs
 from optimizer_pipeline.outputs import NamedOutputs
+from wire.contract.live import InputMoments, LiveSample
+from wire.contract.models import ModelInfo
 
 from . import metrics
-from .live_window import InputMoments, LiveSample
 from .record_channel import RecordSender
 from .routing import Route
-from .schemas import ModelInfo
 from .store import Store
 
 logger = logging.getLogger("optiserve")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import json
+from wire.contract.models import ModelInfo, ModelStatus, RoutingEvent
+from wire.contract.routing import Guard, Pinned, RoutingPolicy, Shadow, Split
 
 from .errors import ApiError, not_found
 from .live_window import live_status
-from .routing import Guard, Pinned, RoutingPolicy, Shadow, Split
-from .schemas import ModelInfo, ModelStatus, RoutingEvent
 from .store import Store, now
 
 

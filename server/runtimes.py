@@ -23,9 +23,9 @@ from pydantic import BaseModel, ValidationError
 from optimizer_pipeline.files import atomic_write_text
 from optimizer_pipeline.outputs import NamedOutputs, flatten_outputs
 from optimizer_pipeline.runtimes import load_variant
+from wire.contract.models import ModelInfo, VariantInfo
 
 from . import metrics
-from .schemas import ModelInfo, VariantInfo
 
 logger = logging.getLogger("optiserve")
 RunVariant = Callable[[tuple[torch.Tensor, ...]], NamedOutputs]

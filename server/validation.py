@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer_pipeline.processes import die_with_parent
-from optimizer_pipeline.report import ModelSummary
+from wire.contract.report import ModelSummary
 
 from . import confinement
 from .errors import ApiError, optimizer_error_code

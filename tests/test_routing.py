@@ -7,8 +7,10 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from server.live_window import LiveFidelity, LiveSample, default_guard, judge, summarize
-from server.routing import Guard, Pinned, Route, Shadow, Split, choose
+from server.live_window import judge, summarize
+from server.routing import Route, choose
+from wire.contract.live import LiveFidelity, LiveSample
+from wire.contract.routing import Guard, Pinned, Shadow, Split, default_guard
 
 BOTH = {"original", "optimized"}
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from optimizer_pipeline.files import atomic_write_bytes, atomic_write_stream, atomic_write_text
-from optimizer_pipeline.report import Chosen
+from wire.contract.live import LiveSample
+from wire.contract.models import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
+from wire.contract.report import Chosen
+from wire.contract.routing import Guard
 
-from ..live_window import LiveSample
-from ..routing import Guard
-from ..schemas import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
 from .stamps import now
 from .artifacts import ArtifactStore
 from .database import Database, integrity_errors

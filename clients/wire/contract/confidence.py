@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import math
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # config judges fidelity with the bounds below, so it cannot be imported at run time
-    from ..config import Tolerance
+from .tolerance import Tolerance
 
 Z_95 = 1.959964  # two-sided 95% normal quantile
 
