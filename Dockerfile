@@ -27,9 +27,10 @@ RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.
 COPY pyproject.toml README.md ./
 COPY optimizer_pipeline ./optimizer_pipeline
 COPY server ./server
+# clients/: the client's own distribution (with wire/), which the server depends on; installed in the same command.
 COPY clients ./clients
 # [shared]: the same image runs the embedded store or, as API replicas and job workers, a shared one (deploy/k8s/).
-RUN pip install ".[shared]" \
+RUN pip install ./clients ".[shared]" \
     && useradd --create-home --uid 10001 optiserve \
     && mkdir -p /data/store \
     && chown -R optiserve /data

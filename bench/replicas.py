@@ -90,8 +90,8 @@ def time_lookup(store: str, artifacts: str | None, ref: str, env: dict[str, str]
 
 def embedded_store_with(name: str, archive: bytes, calibration, root: Path) -> str:
     """An embedded store holding the model, indexed as an upload would be (no server needed to read it)."""
-    from optimizer_pipeline.report import ModelSummary
-    from server.http.schemas import ModelMeta
+    from wire.contract.models import ModelMeta
+    from wire.contract.report import ModelSummary
     from server.settings import Settings
     from server.store import new_model_id, now, open_store
 

@@ -8,10 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+from wire.report_text.table import format_report
+
 from .cli_errors import CliError, reporting_errors
 from .exit_codes import HELP_EPILOG, ExitCode
 from .routing_commands import add_routing_commands
-from .server_commands import add_commands
+from .server_commands import add_commands, import_server_part
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,9 +62,10 @@ def _add_optimize(commands: argparse._SubParsersAction) -> None:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    # Imported here so that client-only commands don't pay for importing torch.
+    # Imported here so that client-only commands don't pay for importing torch; the client
+    # distribution has no pipeline, and then says what to install.
+    import_server_part("optimizer_pipeline", "optimize")
     from optimizer_pipeline import OptimizerError, optimize
-    from optimizer_pipeline.report.table import format_report
 
     from .progress import ProgressBar
 

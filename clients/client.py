@@ -1,8 +1,8 @@
 """Python client of the optiserve HTTP API.
 
 `predict` speaks the Open Inference Protocol v2 with the binary tensor extension: raw bytes both
-ways, exact and dtype-preserving. The client depends on the wire format (wire/: numpy + pydantic)
-only; torch is imported only when it is handed a tensor.
+ways, exact and dtype-preserving. The client depends on the wire format and the contract (wire:
+numpy + pydantic) only; torch is imported only when it is handed a tensor.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import requests
 
 from wire import WireTensor, decode_response, encode_request, numpy_dtype
 from wire.codec import HEADER_LENGTH, wire_tensor
+from wire.contract.models import ModelInfo, ModelStatus, RoutingEvent, RoutingEvents, UploadAccepted
+from wire.contract.report import Report
 
-from .models import Comparison, ModelStatus, Prediction, RoutingEvent, UploadResult
+from .models import Comparison, Prediction, read_answer
 from .progress import ProgressBar
 
 FileLike = str | os.PathLike[str] | bytes | IO[bytes]
@@ -61,7 +63,7 @@ class OptiserveClient:
         name: str | None = None,
         replace: bool = False,
         unlabeled: FileLike | None = None,
-    ) -> UploadResult:
+    ) -> UploadAccepted:
         """Upload a TorchScript model and its calibration batch; optimization starts in the background.
 
         `unlabeled`: optional, any number of inputs in the calibration batch's layout (same file
@@ -76,19 +78,18 @@ class OptiserveClient:
             form["name"] = name
         if config is not None:
             form["config"] = _config_text(config)
-        return UploadResult.model_validate(self._request("POST", "/models", files=files, data=form))
+        return read_answer(UploadAccepted, self._request("POST", "/models", files=files, data=form))
 
     def model(self, model_id: str) -> ModelStatus:
-        return ModelStatus.model_validate(self._request("GET", f"/models/{model_id}"))
+        return read_answer(ModelStatus, self._request("GET", f"/models/{model_id}"))
 
-    def models(self) -> list[ModelStatus]:
-        return [ModelStatus.model_validate(m) for m in self._request("GET", "/models")["models"]]
+    def models(self) -> list[ModelInfo]:
+        """Every model, without its live status (model() has it)."""
+        return [read_answer(ModelInfo, m) for m in self._request("GET", "/models")["models"]]
 
-    def report(self, model_id: str):
-        """The full optimization report (optimizer_pipeline.report.Report)."""
-        from optimizer_pipeline.report import Report
-
-        return Report.model_validate(self._request("GET", f"/models/{model_id}/report"))
+    def report(self, model_id: str) -> Report:
+        """The full optimization report (wire.report_text.table.format_report prints it as a table)."""
+        return read_answer(Report, self._request("GET", f"/models/{model_id}/report"))
 
     def delete(self, model_id: str) -> None:
         self._request("DELETE", f"/models/{model_id}")
@@ -139,27 +140,26 @@ class OptiserveClient:
             policy = {"mode": "split", "optimized_share": split, "sample": sample}
         else:
             policy = {"mode": "shadow", "serve": serve, "sample": shadow}
-        return ModelStatus.model_validate(self._request("PUT", f"/models/{model_id}/routing", json_body=policy))
+        return read_answer(ModelStatus, self._request("PUT", f"/models/{model_id}/routing", json_body=policy))
 
     def guard(
         self, model_id: str, *, min_agreement: float | None = None, min_cosine: float | None = None, window: int = 500, enabled: bool = True
     ) -> ModelStatus:
         """Roll back to the original automatically when live fidelity falls below these (default: the optimization tolerance)."""
         body = {"min_agreement": min_agreement, "min_cosine": min_cosine, "window": window, "enabled": enabled}
-        return ModelStatus.model_validate(self._request("PUT", f"/models/{model_id}/guard", json_body=body))
+        return read_answer(ModelStatus, self._request("PUT", f"/models/{model_id}/guard", json_body=body))
 
     def promote(self, model_id: str, reason: str = "") -> ModelStatus:
         """Send all traffic to the optimized variant."""
-        return ModelStatus.model_validate(self._request("POST", f"/models/{model_id}/promote", json_body={"reason": reason}))
+        return read_answer(ModelStatus, self._request("POST", f"/models/{model_id}/promote", json_body={"reason": reason}))
 
     def rollback(self, model_id: str, reason: str = "") -> ModelStatus:
         """Send all traffic to the original."""
-        return ModelStatus.model_validate(self._request("POST", f"/models/{model_id}/rollback", json_body={"reason": reason}))
+        return read_answer(ModelStatus, self._request("POST", f"/models/{model_id}/rollback", json_body={"reason": reason}))
 
     def events(self, model_id: str, limit: int = 100) -> list[RoutingEvent]:
         """Routing changes, oldest first: by users, and the guard's rollbacks with the evidence."""
-        answer = self._request("GET", f"/models/{model_id}/events", params={"limit": limit})
-        return [RoutingEvent.model_validate(event) for event in answer["events"]]
+        return read_answer(RoutingEvents, self._request("GET", f"/models/{model_id}/events", params={"limit": limit})).events
 
     # ---- inference ----
 
@@ -193,7 +193,7 @@ class OptiserveClient:
         answer = self._request("POST", "/compare", json_body=body)
         as_torch = any(_is_torch(value) for value in inputs)
         answer["outputs"] = {variant: _decode_outputs(outputs, as_torch) for variant, outputs in answer["outputs"].items()}
-        return Comparison.model_validate(answer)
+        return read_answer(Comparison, answer)
 
     def _input_names(self, model_id: str) -> list[str]:
         if model_id not in self._names:

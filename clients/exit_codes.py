@@ -3,6 +3,7 @@
 exit codes:
   0    ok           the command did what it was asked
   1    unexpected   a bug in optiserve (OPTISERVE_DEBUG=1 shows its traceback), or `serve` or `worker` could not start
+                    (`serve`, `worker` and `optimize` need the server installed, not the client alone)
   2    usage        unknown command or flag, a missing or malformed argument (argparse)
   3    input        a local file is missing or unreadable, or is not a valid model, calibration batch,
                     labels, config, settings or input tensor file

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from wire.contract.live import LiveStatus
+from wire.contract.models import ModelStatus, RoutingEvent
+
 from .client import OptiserveClient
 from .exit_codes import ExitCode
-from .models import LiveStatus, ModelStatus, RoutingEvent
 from .server_commands import client_parser
 from .status_summary import describe_routing
 
@@ -66,7 +68,7 @@ def _ab(args: argparse.Namespace, client: OptiserveClient) -> int:
 def ab_summary(model: ModelStatus, events: list[RoutingEvent]) -> str:
     lines = [f"{model.name} (id {model.id}): {describe_routing(model.routing)}"]
     live = model.live
-    if live is None or not live.requests:
+    if not live.requests:
         lines.append("  no live traffic recorded yet")
     else:
         lines += _live_lines(live)

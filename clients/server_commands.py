@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlsplit
 
 import requests
+
+from wire.report_text.table import format_report
 
 from .cli_errors import CliError, reporting_errors
 from .client import OptiserveClient, OptiserveError
@@ -18,6 +22,14 @@ from .tensor_files import describe_prediction, prediction_json, read_inputs, sav
 
 DEFAULT_URL = os.environ.get("OPTISERVE_URL", "http://127.0.0.1:8000")
 DEFAULT_TIMEOUT_S = 60.0
+SERVER_COMMANDS = {
+    "serve": "run the optiserve server (LitServe) on a model store (--no-jobs: serve only)",
+    "worker": "run optimization jobs only, from a shared store (postgresql:// + s3://)",
+}
+# The server distribution's packages: the client distribution (clients/pyproject.toml) has neither.
+SERVER_PACKAGES = ("server", "optimizer_pipeline")
+# As README.md's quick start installs it; the server distribution is not on PyPI.
+SERVER_INSTALL = 'in a checkout of optiserve, pip install "torch==2.13.0" && pip install -e ./clients -e .'
 
 ClientHandler = Callable[[argparse.Namespace, OptiserveClient], int]
 
@@ -53,20 +65,41 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
-    from server.main import add_serve_arguments
+    for name, help_text in SERVER_COMMANDS.items():
+        # The server's flags are its settings and are parsed by the handler (server_arguments): the
+        # client commands never import the server, and `serve` without it installed says what to
+        # install. prefix_chars="+" lets every --flag through to `server_flags` untouched (argparse
+        # otherwise takes a leading --flag for an option of this parser, unknown to it).
+        parser = commands.add_parser(name, help=help_text, add_help=False, prefix_chars="+")
+        parser.add_argument("server_flags", nargs=argparse.REMAINDER)
+        parser.set_defaults(handler=reporting_errors(lambda args, name=name: _run(name, args.server_flags)))
 
-    for name, help_text in (
-        ("serve", "run the optiserve server (LitServe) on a model store (--no-jobs: serve only)"),
-        ("worker", "run optimization jobs only, from a shared store (postgresql:// + s3://)"),
-    ):
-        parser = commands.add_parser(name, help=help_text)
-        add_serve_arguments(parser)
-        parser.set_defaults(handler=reporting_errors(lambda args, name=name: _run(name, args)))
+
+def server_arguments(command: str, flags: list[str]) -> argparse.Namespace:
+    """`optiserve serve|worker FLAGS` parsed with the server's flags (--store, --workers, ...; --help)."""
+    add_serve_arguments = import_server_part("server.main", command).add_serve_arguments
+    parser = argparse.ArgumentParser(prog=f"optiserve {command}", description=SERVER_COMMANDS[command])
+    add_serve_arguments(parser)
+    return parser.parse_args(flags)
 
 
-def _run(command: str, args: argparse.Namespace) -> int:
+def import_server_part(module: str, command: str) -> ModuleType:
+    """A module of the server distribution, for `optiserve <command>`; without it, an error that says what to install."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_PACKAGES:
+            raise
+        raise CliError(
+            ExitCode.UNEXPECTED,
+            f"optiserve {command} needs the server, which is not installed here (only the optiserve-client distribution is): {SERVER_INSTALL}",
+        ) from exc
+
+
+def _run(command: str, flags: list[str]) -> int:
     from pydantic import ValidationError
 
+    args = server_arguments(command, flags)
     from server.main import COMMANDS, settings_from_args
 
     try:
@@ -144,12 +177,7 @@ def _status(args: argparse.Namespace, client: OptiserveClient) -> int:
 
 def _report(args: argparse.Namespace, client: OptiserveClient) -> int:
     report = client.report(args.model_id)
-    if args.json:
-        print(report.model_dump_json(indent=2))
-    else:
-        from optimizer_pipeline.report.table import format_report
-
-        print(format_report(report))
+    print(report.model_dump_json(indent=2) if args.json else format_report(report))
     return ExitCode.OK
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .models import FidelitySummary, ModelStatus
+from wire.contract.models import ModelInfo, ModelStatus
+from wire.contract.report import Fidelity
+from wire.contract.routing import Pinned, Shadow, Split
 
 
 def status_summary(model: ModelStatus) -> str:
@@ -15,44 +17,41 @@ def status_summary(model: ModelStatus) -> str:
         lines.append(f"  chosen: {model.chosen.candidate}{speedup}: {model.chosen.reason}")
         if model.chosen.fidelity is not None:
             lines.append("  fidelity: " + _fidelity(model.chosen.fidelity))
-    seconds = getattr(model, "optimization_seconds", None)
-    if model.finished and seconds is not None:
-        lines.append(f"  optimization took {seconds:.1f} s")
+    if model.finished and model.optimization_seconds is not None:
+        lines.append(f"  optimization took {model.optimization_seconds:.1f} s")
     if model.stage_seconds:
         lines.append("  stages: " + ", ".join(f"{stage} {spent:.1f} s" for stage, spent in model.stage_seconds.items()))
     if model.error:
         lines.append(f"  optimization failed: {model.error}")
-    lines += [f"  note: {note}" for note in getattr(model, "notes", None) or []]
+    lines += [f"  note: {note}" for note in model.notes]
     return "\n".join(lines)
 
 
-def describe_routing(routing: dict | None) -> str:
+def describe_routing(routing: Pinned | Split | Shadow | None) -> str:
     if routing is None:
         return "no routing policy: the default variant serves"
-    if routing["mode"] == "pinned":
-        return f"all traffic to the {routing['variant']} variant"
-    if routing["mode"] == "split":
-        compared = f", {routing['sample']:.0%} compared on both" if routing.get("sample") else ""
-        return f"{routing['optimized_share']:.1%} of traffic to the optimized variant{compared}"
-    return f"the {routing['serve']} variant serves, {routing['sample']:.0%} shadowed on the other"
+    if isinstance(routing, Pinned):
+        return f"all traffic to the {routing.variant} variant"
+    if isinstance(routing, Split):
+        compared = f", {routing.sample:.0%} compared on both" if routing.sample else ""
+        return f"{routing.optimized_share:.1%} of traffic to the optimized variant{compared}"
+    return f"the {routing.serve} variant serves, {routing.sample:.0%} shadowed on the other"
 
 
-def _state(model: ModelStatus) -> str:
+def _state(model: ModelInfo) -> str:
     return f"optimizing ({model.stage or 'starting'}, {model.progress:.0%})" if model.state == "optimizing" else model.state
 
 
-def _fidelity(fidelity: FidelitySummary) -> str:
+def _fidelity(fidelity: Fidelity) -> str:
     parts = [] if fidelity.agreement is None else [f"top-1 agreement {fidelity.agreement:.3f}"]
     parts += [
         f"cosine {fidelity.cosine:.4f} (worst sample {fidelity.cosine_min:.4f})",
         f"SQNR {fidelity.sqnr_db:.1f} dB",
         f"max abs error {fidelity.max_abs_error:.3g}",
     ]
-    accuracy, original = getattr(fidelity, "accuracy", None), getattr(fidelity, "accuracy_original", None)
-    if accuracy is not None and original is not None:
-        parts.append(f"accuracy {accuracy:.3f} (original {original:.3f})")
-    samples = getattr(fidelity, "samples", None)
-    return ", ".join(parts) + (f"; on {samples} held-out samples" if samples else "")
+    if fidelity.accuracy is not None and fidelity.accuracy_original is not None:
+        parts.append(f"accuracy {fidelity.accuracy:.3f} (original {fidelity.accuracy_original:.3f})")
+    return ", ".join(parts) + (f"; on {fidelity.samples} held-out samples" if fidelity.samples else "")
 
 
 def _size(size_bytes: int) -> str:

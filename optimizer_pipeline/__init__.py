@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Name -> the module (under optimizer_pipeline) that defines it.
+# Name -> the module that defines it: under optimizer_pipeline, or in wire.contract (the wire's types,
+# which the client shares; re-exported so the server has one place to ask).
 _EXPORTS: dict[str, str] = {
     # the pipeline
     "optimize": "pipeline",
@@ -27,16 +28,16 @@ _EXPORTS: dict[str, str] = {
     "check_model_ops": "intake.model_ops",
     # the config
     "PipelineConfig": "config",
-    "Tolerance": "config",
+    "Tolerance": "wire.contract.tolerance",
     "CONFIG_VERSION": "config",
     "read_stored_config": "config",
-    "StoredConfig": "config",
+    "stored_config": "config",
     # the report
-    "Report": "report",
-    "Chosen": "report",
-    "Fidelity": "report",
-    "ModelSummary": "report",
-    "Runtime": "report",
+    "Report": "wire.contract.report",
+    "Chosen": "wire.contract.report",
+    "Fidelity": "wire.contract.report",
+    "ModelSummary": "wire.contract.report",
+    "Runtime": "wire.contract.report",
     "render_report_html": "report.html",
     # the public errors
     "OptimizerError": "errors",
@@ -52,8 +53,8 @@ _EXPORTS: dict[str, str] = {
     "NamedOutputs": "fidelity.outputs",
     "flatten_outputs": "fidelity.outputs",
     "compare_outputs": "fidelity.measures",
-    "Z_95": "fidelity.confidence",
-    "wilson_interval": "fidelity.confidence",
+    "Z_95": "wire.contract.confidence",
+    "wilson_interval": "wire.contract.confidence",
     # hardening a process that runs uploaded models
     "harden_torch": "intake.model_ops",
     "quiet_torch_for_good": "jit",
@@ -81,7 +82,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), _RENAMED.get(name, name))
+    path = module if module.startswith("wire.") else f"{__name__}.{module}"
+    value = getattr(importlib.import_module(path), _RENAMED.get(name, name))
     globals()[name] = value
     return value
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from wire.contract.report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
+
 from . import jit
 from .measure import watch
 from .intake.calibration import Batch
@@ -25,7 +27,6 @@ from .measure.latency_alone import Subject, time_alone
 from .intake.model_loading import run_model
 from .fidelity.outputs import NamedOutputs
 from .passes import Plan, registered, run_pass
-from .report import AloneTiming, CandidateReport, LatencyComparison, OutputJudgement
 from .runtimes import LoadedVariant, load_variant, runtime_of, runtime_serving
 
 FINALISTS = 4  # at most: the fastest of each of the three runtimes and a close runner-up

@@ -3,8 +3,9 @@ and to be faster by at least `min_speedup`. Otherwise serve the original, and sa
 
 from __future__ import annotations
 
+from wire.contract.report import CandidateReport, Chosen
+
 from .config import PipelineConfig
-from .report import CandidateReport, Chosen
 
 
 TIE_MARGIN = 1.03

@@ -1,27 +1,30 @@
 """The pipeline's config: what to try, what counts as faithful, how to measure. JSON in, pydantic out.
 
 A stored config (the server keeps each upload's) carries the version of its meaning, like the report:
-reading one back gives the behaviour it was uploaded with (`StoredConfig`).
+reading one back gives the behaviour it was uploaded with (`stored_config`, `read_stored_config`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, SerializeAsAny, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Discriminator, Field, SerializeAsAny, Tag, model_validator
+from wire.contract.tolerance import STRICT, Tolerance
 
 from .limits import MAX_BATCH_SIZE, MAX_PLAN_STEPS, MAX_PLANS, MAX_SPEEDUP, MAX_TIME_BUDGET_S, MAX_TIMING_SECONDS, Seed
 from .passes.base import PassConfig, parse_pass_spec
 from .passes.plan import Plan
-from .fidelity.confidence import agreement_bound
 from .search.settings import SearchConfig
 
-# Strict: a string or a bool where a number belongs is refused, not coerced ("0.5" or true for a
-# threshold); a JSON integer still passes for a float. Pass options keep their own (lax) configs.
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+# Strict as the tolerance is: "0.5" or true for a number is refused, not coerced. Pass options keep
+# their own (lax) configs.
+_STRICT = STRICT
 
-if TYPE_CHECKING:
-    from .report import Fidelity
+# The meaning of a config. 1: configs stored before there were versions. 2: finetune and quantize_qat
+# also train on the labels when the upload has them (`label_weight`, default 0.5); in 1 they did not.
+CONFIG_VERSION = 2
+# The passes whose training uses the labels since version 2 (DistillationConfig, passes/recovery/finetune.py).
+_LABEL_TRAINING_PASSES = ("finetune", "quantize_qat")
 
 PassSpec = Annotated[SerializeAsAny[PassConfig], BeforeValidator(parse_pass_spec)]
 
@@ -67,66 +70,6 @@ def default_candidates() -> list[list[dict[str, Any]]]:
     from .runtimes.cpu import cpu_has_bf16
 
     return DEFAULT_CANDIDATES + (BF16_CANDIDATES if cpu_has_bf16() else [])
-
-
-# The meaning of a config. 1: configs stored before there were versions. 2: finetune and quantize_qat
-# also train on the labels when the upload has them (`label_weight`, default 0.5); in 1 they did not.
-CONFIG_VERSION = 2
-# The passes whose training uses the labels since version 2 (DistillationConfig, passes/recovery/finetune.py).
-_LABEL_TRAINING_PASSES = ("finetune", "quantize_qat")
-
-_THRESHOLD_RANGE = {"agreement": (0.0, 1.0), "cosine": (0.0, 1.0), "accuracy_drop": (0.0, 1.0)}
-
-
-class Tolerance(BaseModel):
-    model_config = _STRICT
-
-    metric: Literal["agreement", "cosine", "accuracy_drop", "sqnr_db"]
-    threshold: float
-    cosine_floor: float | None = Field(
-        None, ge=0, le=1, description="also require the mean cosine to reach this (the default tolerance sets 0.99 with agreement); "
-        "outputs that are not class scores must reach it under an agreement tolerance (0.99 when unset)"
-    )
-    class_outputs: list[str] | None = Field(
-        None, max_length=1000, description="the outputs that are class scores, judged by top-1 agreement; the rest are judged by cosine. "
-        "Default: decided from the outputs (probabilities, or logits with a clear winner) and the labels; [] judges every output by cosine"
-    )
-
-    @model_validator(mode="after")
-    def _meaningful_threshold(self) -> Tolerance:
-        # A threshold outside what the metric can reach is always met or never met: no tolerance at all.
-        # It also becomes the model's live guard (server/live/window.py), which has the same bounds.
-        low, high = _THRESHOLD_RANGE.get(self.metric, (None, None))
-        if low is not None and not low <= self.threshold <= high:
-            raise ValueError(f"a {self.metric} threshold must lie in [{low}, {high}], got {self.threshold}")
-        return self
-
-    @property
-    def lower_is_better(self) -> bool:
-        return self.metric == "accuracy_drop"
-
-    def value(self, fidelity: Fidelity) -> float | None:
-        return getattr(fidelity, self.metric)
-
-    @property
-    def best_possible(self) -> float | None:
-        """The metric's best value where it is bounded (agreement and cosine: 1.0), else None."""
-        return 1.0 if self.metric in ("agreement", "cosine") else None
-
-    def accepts(self, value: float) -> bool:
-        return value <= self.threshold if self.lower_is_better else value >= self.threshold
-
-    def accepts_measured(self, value: float, samples: int) -> bool:
-        """Whether the observed value meets the threshold: what keeps a candidate in the running.
-        Certifying it takes the one-sided bound (fidelity.assess), which a few samples cannot give."""
-        return self.accepts(value)
-
-    def explain(self, value: float, samples: int | None = None) -> str:
-        bound = "allowed ≤" if self.lower_is_better else "required ≥"
-        text = f"{self.metric} {value:.4f} ({bound} {self.threshold})"
-        if self.metric == "agreement" and samples:
-            text += f", 95% one-sided bound {agreement_bound(value, samples):.3f} over {samples} samples"
-        return text
 
 
 class LatencyConfig(BaseModel):
@@ -259,14 +202,12 @@ def _stored_version(value: Any) -> Any:
     return value
 
 
-def _stored_form(config: PipelineConfig) -> dict[str, Any]:
-    """What the user set, with the version: the defaults are left to the version to say."""
+def stored_config(config: PipelineConfig | None) -> dict[str, Any] | None:
+    """A config as the server stores (model.json, the index) and shows it: what the user set, with the
+    version (the defaults are left to the version to say). The wire's ModelMeta holds it as JSON."""
+    if config is None:
+        return None
     return {**config.model_dump(mode="json", by_alias=True, exclude_unset=True), "version": config.version}
-
-
-# A PipelineConfig as the server stores it (model.json, the index) and shows it: the user's fields plus
-# the version. Reading one without a version gives version 1.
-StoredConfig = Annotated[PipelineConfig, BeforeValidator(_stored_version), PlainSerializer(_stored_form)]
 
 
 def read_stored_config(value: dict[str, Any] | None) -> PipelineConfig | None:

@@ -12,6 +12,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from wire.contract.pareto import pareto_front
+from wire.contract.report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report, UnlabeledSummary
+
 from . import jit
 from .measure import watch
 from .measure.allocator import pin_malloc_thresholds
@@ -24,13 +27,11 @@ from .fidelity.measures import accuracy
 from .intake.model_loading import check_model_accepts, load_model
 from .passes import Plan
 from .fidelity.references import make_references
-from .search.pareto import pareto_front
 from .search.first_plans import first_plans_for
 from .search.runner import run_search
 from .exported import is_exported_archive
 from .search.settings import SearchConfig
 from .stages import StageClock
-from .report import REPORT_VERSION, CalibrationSummary, ModelFormat, ModelSummary, Report, UnlabeledSummary
 from .variants import OptimizationResult, Variant
 
 Source = bytes | str | Path

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wire.contract.report import Report, Runtime
+
 from .files import atomic_write_bytes, atomic_write_text
-from .report import Report, Runtime
 
 # One stored file per variant; an OpenVINO IR (.xml + .bin) is kept as one archive (runtimes/openvino.py).
 FILE_SUFFIX: dict[str, str] = {"torchscript": ".pt", "onnxruntime": ".onnx", "openvino": ".ovir", "exported": ".pt2"}

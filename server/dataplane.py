@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from optimizer_pipeline import InvalidConfigError, PipelineConfig, Report, parse_config, render_report_html
+from optimizer_pipeline import InvalidConfigError, PipelineConfig, Report, parse_config, render_report_html, stored_config
+from wire.contract.models import Deleted, ModelInfo, ModelMeta, UploadAccepted
 
 from .http.errors import ApiError, not_found, status_code_name
-from .http.schemas import NAME_PATTERN, Deleted, ModelInfo, ModelMeta, UploadAccepted
+from .http.schemas import NAME_PATTERN
 from .store import NameTakenError, Store, new_model_id, now
 from .jobs.validation import ValidationLimits, validate_upload
 
@@ -82,7 +83,7 @@ class ManagementPlane:
                 self.store.stage_stream(model_id, "unlabeled.bin", upload.unlabeled)
             summary = validate_upload(directory, upload.labels is not None, config, self.limits, has_unlabeled=upload.unlabeled is not None)
             meta = ModelMeta(
-                id=model_id, name=name, created_at=now(), summary=summary, config=config, has_labels=upload.labels is not None,
+                id=model_id, name=name, created_at=now(), summary=summary, config=stored_config(config), has_labels=upload.labels is not None,
                 has_unlabeled=upload.unlabeled is not None,
             )
             replaced = self.store.add_model(meta, replace=upload.replace)

@@ -124,7 +124,8 @@ class Settings(BaseSettings):
             raise ValueError("--artifacts goes with a postgresql:// store; a directory store keeps its files in <store>/models")
         if self.shared and (missing := [name for name in ("psycopg", "psycopg_pool", "boto3") if not _installed(name)]):
             raise ValueError(
-                f"a postgresql:// store needs the [shared] extra ({', '.join(missing)} not installed): pip install 'optiserve[shared]'"
+                f"a postgresql:// store needs the [shared] extra ({', '.join(missing)} not installed): "
+                "pip install 'optiserve[shared]' (in a checkout of optiserve: pip install -e '.[shared]')"
             )
         if self.shared and self.auth and self.api_key is None:
             # A key generated per process would differ between replicas behind one Service.

@@ -129,7 +129,7 @@ def running_postgres() -> Iterator[Postgres]:
     if not POSTGRES_BIN:
         raise Unavailable("PostgreSQL is not installed (Debian package `postgresql`; .ci/run installs it)")
     if importlib.util.find_spec("psycopg") is None:
-        raise Unavailable("psycopg is not installed (pip install -e '.[shared]')")
+        raise Unavailable("psycopg is not installed (pip install -e ./clients -e '.[shared]')")
     binaries = POSTGRES_BIN[-1]
     # Not under pytest's basetemp: its directories are private to root, and the server runs as postgres.
     directory = Path(tempfile.mkdtemp(prefix="optiserve-pg-"))

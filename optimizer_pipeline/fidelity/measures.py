@@ -4,16 +4,14 @@ and the tolerance's verdict on them, output by output, with a one-sided bound on
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-from .outputs import NamedOutputs, is_class_scores, output_kind
-from ..report import Fidelity, OutputFidelity, OutputJudgement, Verdict
-from .confidence import agreement_bound, mean_bound, samples_for_agreement, samples_for_mean
+from wire.contract.confidence import agreement_bound, mean_bound, samples_for_agreement, samples_for_mean
+from wire.contract.report import Fidelity, OutputFidelity, OutputJudgement, Verdict
+from wire.contract.tolerance import Tolerance
 
-if TYPE_CHECKING:  # config imports the report models this module fills
-    from ..config import Tolerance
+from .outputs import NamedOutputs, is_class_scores, output_kind
 
 # The cosine an output not judged by the tolerance's own metric must keep, when it names no cosine_floor.
 DEFAULT_COSINE = 0.99

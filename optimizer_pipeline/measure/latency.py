@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..report import LatencyComparison, LatencyStats
+from wire.contract.report import LatencyComparison, LatencyStats
 
 Forward = Callable[[], object]
 

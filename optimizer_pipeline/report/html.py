@@ -1,13 +1,12 @@
 """report.html: one self-contained page (inline SVG and CSS, no scripts, no network): who the model
-is, what is served and why, a plot of every trial, and the full table; the figures of report.table."""
+is, what is served and why, a plot of every trial, and the full table; the figures of the text table (wire.report_text)."""
 
 from __future__ import annotations
 
 import html
 
-from . import Report
-from .plot import plotted_rows, render_plot
-from .text import (
+from wire.contract.report import Report
+from wire.report_text.text import (
     baseline_text,
     chosen_text,
     fidelity_text,
@@ -23,7 +22,9 @@ from .text import (
     speedup_text,
     tolerance_text,
 )
-from .view import ReportView, TrialRow, view_report
+from wire.report_text.view import ReportView, TrialRow, view_report
+
+from .plot import plotted_rows, render_plot
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #111; max-width: 1500px; }

@@ -11,8 +11,8 @@ import html
 import math
 from dataclasses import dataclass
 
-from .text import speedup_text
-from .view import ReportView, TrialRow
+from wire.report_text.text import speedup_text
+from wire.report_text.view import ReportView, TrialRow
 
 WIDTH, HEIGHT = 820, 480
 LEFT, RIGHT, TOP, BOTTOM = 86, 24, 16, 110  # the bottom margin holds tick labels, the axis label and the legend

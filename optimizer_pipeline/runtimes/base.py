@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..report import Runtime
+from wire.contract.report import Runtime
 
 LoadedVariant = Callable[..., Any]
 

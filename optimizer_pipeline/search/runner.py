@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wire.contract.pareto import pareto_front
+from wire.contract.report import CandidateReport, SearchSummary
+
 from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again, record_verdict
 from ..fidelity.measures import assess, pool_fidelity
 from ..config import PipelineConfig, Tolerance
 from ..measure.deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
-from ..report import CandidateReport, SearchSummary
 from .compound import compound_plans
-from .pareto import pareto_front
 from .settings import SearchConfig
 from ..passes.plan import Plan
 from .space import DEFAULT_SPACE, expand_space

@@ -19,9 +19,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.routing import BaseRoute
 from swagger_ui_bundle import swagger_ui_path
+from wire.contract.models import ErrorBody
 
 from ..inference.worker import CompareAPI, PredictAPI
-from .schemas import CompareResponse, ErrorBody, InferenceRequest, PredictRequest, PredictResponse
+from .schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
 
 ASSETS_URL = "/static/docs"
 DESCRIPTION = (
@@ -129,7 +130,7 @@ def _add_request_schemas(schema: dict[str, Any]) -> None:
     # /predict and /compare parse their bodies themselves (predict_route.py), so FastAPI does not
     # collect the request models their documentation points to.
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (PredictRequest, InferenceRequest):
+    for model in (PredictRequest, CompareRequest):
         found = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(found.pop("$defs", {}))
         schemas.setdefault(model.__name__, found)

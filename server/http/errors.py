@@ -1,5 +1,4 @@
 """One JSON error shape for every failure: ours, the pipeline's, FastAPI's validation, LitServe's."""
-
 from __future__ import annotations
 
 import json
@@ -14,8 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from optimizer_pipeline import OptimizerError
+from wire.contract.models import ErrorBody, ErrorDetail
 
-from .schemas import ErrorBody, ErrorDetail
 
 logger = logging.getLogger("optiserve")
 OIP_PREFIX = "/v2"

@@ -19,20 +19,21 @@ from starlette.concurrency import run_in_threadpool
 
 from wire import ModelMetadata
 from wire.codec import HEADER_LENGTH, WireError
-from wire.schemas import ErrorBody, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
+from wire.schemas import InferenceErrorResponse, MetadataTensor, ModelReady, RepositoryEntry, ServerMetadata
+from wire.contract.models import ModelInfo
+from wire.contract.routing import VariantName
 
 from .errors import ApiError, JsonResponse, not_found
 from ..litserve_bridge import QueueBridge
 from ..inference.adapters.oip import InferCall, RawInfer, decode
 from .predict_route import INLINE_PARSE_BYTES, ROUTING_KEY_HEADER, carry, read_body, release, too_large
 from ..inference.variant_cache import warm_everywhere
-from .schemas import ModelInfo, VariantName
 from ..inference.shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedArray, SharedResponse, SharedSpace, ShmFull
 from ..inference.tensors import datatype_of
 from ..store import Store
 
 VARIANTS = ("original", "optimized")
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 503)}
+ERRORS = {status: {"model": InferenceErrorResponse} for status in (400, 401, 404, 413, 503)}
 
 
 class OipRoutes:

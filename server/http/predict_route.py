@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from .errors import ApiError, validation_error_body
 from ..litserve_bridge import QueueBridge
-from .schemas import InferenceRequest, PredictRequest
+from .schemas import CompareRequest, PredictRequest
 from ..inference.shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedBytes, SharedSpace, ShmFull
 
 ROUTING_KEY_HEADER = "X-Routing-Key"
@@ -99,9 +99,9 @@ def release(data: Any) -> None:
 
 
 class PredictRoute:
-    """/predict (PredictRequest) or /compare (InferenceRequest), through a QueueBridge to their workers."""
+    """/predict (PredictRequest) or /compare (CompareRequest), through a QueueBridge to their workers."""
 
-    def __init__(self, bridge: QueueBridge, max_json_bytes: int, space: SharedSpace, schema: type[InferenceRequest] = PredictRequest) -> None:
+    def __init__(self, bridge: QueueBridge, max_json_bytes: int, space: SharedSpace, schema: type[CompareRequest] = PredictRequest) -> None:
         self.bridge = bridge
         self.max_json_bytes = max_json_bytes
         self.space = space

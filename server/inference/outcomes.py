@@ -11,10 +11,10 @@ import torch
 
 from optimizer_pipeline import NamedOutputs
 from wire.codec import Encoded
+from wire.contract.models import ModelInfo
 
 from ..http.errors import ApiError
 from ..live.routing import Route
-from ..http.schemas import ModelInfo
 from .tensors import TensorDecodeError
 
 

@@ -21,9 +21,9 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from optimizer_pipeline import NamedOutputs, atomic_write_text, flatten_outputs, load_variant
+from wire.contract.models import ModelInfo, VariantInfo
 
 from ..http import metrics
-from ..http.schemas import ModelInfo, VariantInfo
 
 logger = logging.getLogger("optiserve")
 RunVariant = Callable[[tuple[torch.Tensor, ...]], NamedOutputs]

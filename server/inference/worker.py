@@ -19,6 +19,7 @@ import torch
 from fastapi import HTTPException, Response
 
 from optimizer_pipeline import NamedOutputs, die_with_parent, harden_torch, pin_malloc_thresholds, quiet_torch_for_good
+from wire.contract.models import ModelInfo
 
 from ..jobs import confinement
 from ..http import metrics
@@ -43,7 +44,6 @@ from ..live.observer import LiveObserver
 from ..store.record_channel import RecordSender
 from ..live.routing import Route, choose
 from .variant_cache import RunVariant, VariantCache, Warmer, marks_dir
-from ..http.schemas import ModelInfo
 from ..settings import Settings
 from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
 from ..store import open_store

@@ -45,14 +45,15 @@ from optimizer_pipeline import (
     harden_torch,
     optimize,
     preload_pipeline,
+    read_stored_config,
     start_forkserver,
     watching,
 )
+from wire.contract.models import VariantInfo
 
 from . import confinement, seccomp_filter
 from ..http.metrics import OPTIMIZATION_SECONDS
 from ..processes import adopt_orphans, interrupt_on_sigterm, stop_orphans
-from ..http.schemas import VariantInfo
 from .seccomp_filter import SyscallPolicy
 from ..settings import Settings
 from ..store import Claim, Store, open_store
@@ -288,7 +289,7 @@ def run_job(settings: Settings, claim: Claim, steps: Connection | None = None, h
     if filter_syscalls:
         start_forkserver(functools.partial(seccomp_filter.install, policy))
         seccomp_filter.install(policy)
-    uploaded = info.config or PipelineConfig()
+    uploaded = read_stored_config(info.config) or PipelineConfig()
     config = uploaded.model_copy(update={"threads": min(uploaded.threads or settings.job_threads, settings.job_threads)})
     started = time.perf_counter()
     try:

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import torch
 
 from optimizer_pipeline import NamedOutputs, compare_outputs, load_calibration
+from wire.contract.live import InputMoments, LiveSample
+from wire.contract.models import ModelInfo
 
 from ..http import metrics
-from .window import InputMoments, LiveSample
 from ..store.record_channel import RecordSender
 from .routing import Route
-from ..http.schemas import ModelInfo
 from ..store import Store
 
 logger = logging.getLogger("optiserve")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import functools
 import json
 
+from wire.contract.models import ModelInfo, ModelStatus, RoutingEvent
+from wire.contract.routing import Guard, Pinned, RoutingPolicy, Shadow, Split
+
 from ..http.errors import ApiError, not_found
 from .window import live_status
-from .routing import Guard, Pinned, RoutingPolicy, Shadow, Split
-from ..http.schemas import ModelInfo, ModelStatus, RoutingEvent
 from ..store import Store, now
 
 

@@ -1,26 +1,24 @@
 """What live traffic says about a model: its recent requests summarized, and the guard's verdict on them.
 
-The workers record one `LiveSample` per served request (see observer.py). The model's status, the
-/metrics gauges and the guard all summarize the same rows with `summarize`, so they cannot disagree.
+The workers record one `LiveSample` (wire.contract.live) per served request (see observer.py). The
+model's status, the /metrics gauges and the guard all summarize the same rows with `summarize`, so
+they cannot disagree.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from wire.contract.confidence import Z_95, wilson_interval
+from wire.contract.live import GuardVerdict, InputDrift, LiveFidelity, LiveSample, LiveStatus, VariantLatency
+from wire.contract.models import ModelInfo
+from wire.contract.routing import Guard
 
-from optimizer_pipeline import Z_95, PipelineConfig, wilson_interval
-
-from .routing import Guard
-
-if TYPE_CHECKING:  # both import this module
-    from ..http.schemas import ModelInfo
+if TYPE_CHECKING:  # the store reads and writes these records
     from ..store import Store
 
-LIVE_VERSION = 1
 # Before this many compared requests the guard does not act, however bad they look: a few requests
 # of one odd client are not evidence about the traffic.
 MIN_EVIDENCE = 20
@@ -28,96 +26,6 @@ MIN_EVIDENCE = 20
 DRIFT_OUTSIDE_SHARE = 0.01
 DRIFT_MEAN_SHIFT = 0.5  # in calibration standard deviations
 DRIFT_STD_RATIO = (0.5, 2.0)
-
-
-class InputMoments(BaseModel):
-    """One input of one request, against the calibration batch: z = (x - calibration mean) / calibration std."""
-
-    values: int
-    outside: int = Field(description="values outside the calibration batch's [min, max]")
-    z_sum: float
-    z_square_sum: float
-
-
-class LiveSample(BaseModel):
-    """One served request, as the worker records it (a row of the store's live table)."""
-
-    version: int = LIVE_VERSION
-    revision: int = Field(description="the routing revision it was served under; the guard judges the current one only")
-    served: str
-    served_ms: float
-    other: str | None = Field(None, description="the variant also run on it (shadow or split sample)")
-    other_ms: float | None = Field(None, description="the other variant's forward, in its thread's CPU time (ms)")
-    agree: bool | None = Field(None, description="top-1 of every sample agreed (class-score outputs only)")
-    cosine: float | None = None
-    max_abs_diff: float | None = None
-    inputs: list[InputMoments] = Field(default_factory=list)
-
-
-class VariantLatency(BaseModel):
-    variant: str
-    clock: Literal["wall", "thread_cpu"] = Field(
-        "wall",
-        description="wall: forwards that answered requests; thread_cpu: shadow forwards, which run at the lowest "
-        "priority, timed in their thread's CPU time (their wall time would measure the wait for a core)",
-    )
-    requests: int
-    p50_ms: float
-    p99_ms: float
-
-
-class LiveFidelity(BaseModel):
-    compared: int = Field(description="requests of the current routing revision run on both variants")
-    agreement: float | None = None
-    agreement_lower: float | None = Field(None, description="95% Wilson lower bound of the agreement")
-    agreement_upper: float | None = Field(None, description="95% Wilson upper bound of the agreement")
-    cosine_mean: float | None = None
-    cosine_upper: float | None = Field(None, description="95% upper bound of the mean cosine")
-    cosine_min: float | None = None
-    max_abs_diff: float | None = None
-
-
-class InputDrift(BaseModel):
-    input: str
-    values: int
-    outside_range_share: float = Field(description="share of live values outside the calibration batch's range")
-    mean_shift: float = Field(description="live mean minus calibration mean, in calibration standard deviations")
-    std_ratio: float = Field(description="live standard deviation over the calibration batch's")
-    warning: str | None = None
-
-
-class GuardVerdict(BaseModel):
-    guard: Guard
-    state: Literal["off", "watching", "ok", "tripped"]
-    reason: str
-
-
-class LiveStatus(BaseModel):
-    requests: int = Field(description="recent requests summarized (at most the guard's window)")
-    latency: list[VariantLatency]
-    speedup: float | None = Field(None, description="live p50 of the original over the optimized's, per forward call")
-    fidelity: LiveFidelity
-    drift: list[InputDrift]
-    guard: GuardVerdict
-    warnings: list[str] = Field(default_factory=list)
-
-
-def default_guard(config: PipelineConfig | None, output_shapes: Sequence[Sequence[int]]) -> Guard:
-    """The model's optimization tolerance, as a live guard (what the variant was chosen to keep)."""
-    class_scores = any(len(shape) == 1 and shape[0] > 1 for shape in output_shapes)
-    tolerance = config.tolerance if config is not None else None
-    if tolerance is None:
-        # As the search's default: agreement where there are class scores, and cosine always (an
-        # embedding's argmax agrees while its direction drifts).
-        return Guard(min_agreement=0.99 if class_scores else None, min_cosine=0.99)
-    if tolerance.metric == "agreement":
-        return Guard(min_agreement=tolerance.threshold)
-    if tolerance.metric == "cosine":
-        return Guard(min_cosine=tolerance.threshold)
-    if tolerance.metric == "accuracy_drop" and class_scores:
-        # Without live labels: a request whose top-1 agrees cannot lose accuracy, so disagreement bounds the drop.
-        return Guard(min_agreement=max(0.5, 1 - tolerance.threshold))
-    return Guard(min_cosine=0.99)
 
 
 def live_status(store: Store, info: ModelInfo) -> LiveStatus:

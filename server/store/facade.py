@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
-from optimizer_pipeline import Chosen, atomic_write_bytes, atomic_write_stream, atomic_write_text
+from optimizer_pipeline import atomic_write_bytes, atomic_write_stream, atomic_write_text
+from wire.contract.live import LiveSample
+from wire.contract.models import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
+from wire.contract.report import Chosen
+from wire.contract.routing import Guard
 
-from ..live.window import LiveSample
-from ..live.routing import Guard
-from ..http.schemas import FailureKind, ModelInfo, ModelMeta, RoutingEvent, VariantInfo
 from .stamps import now
 from .artifacts import ArtifactStore
 from .database import Database, integrity_errors

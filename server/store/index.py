@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from ..live.window import LiveSample
-from ..live.routing import MAX_WINDOW, Guard, Pinned
-from ..http.schemas import FAILURE_KINDS, FailureKind, ModelInfo, ModelMeta, RoutingEvent
+from wire.contract.live import LiveSample
+from wire.contract.models import FAILURE_KINDS, FailureKind, ModelInfo, ModelMeta, RoutingEvent
+from wire.contract.routing import MAX_WINDOW, Guard, Pinned
+
 from .database import Database, Session
 from .model_info import INFO_SQL, VARIANT_SQL, model_info
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 import json
 
-from optimizer_pipeline import Chosen
-
-from ..live.routing import Guard
-from ..http.schemas import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
+from wire.contract.models import Health, JobStatus, ModelInfo, ModelMeta, VariantInfo
+from wire.contract.report import Chosen
+from wire.contract.routing import Guard
 
 JOB_COLUMNS = ("state", "stage", "progress", "error", "attempts", "queued_at", "started_at", "finished_at", "optimization_seconds", "chosen", "notes")
 _INFO_COLUMNS = ("id", "meta", *JOB_COLUMNS, "timeouts", "crashes", "out_of_memory", "unhealthy", "policy", "guard", "revision")

@@ -20,10 +20,11 @@ import threading
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from wire.contract.live import LiveSample
+from wire.contract.models import RoutingEvent
+from wire.contract.routing import Pinned
 
-from ..live.window import LiveSample, live_status
-from ..live.routing import Pinned
-from ..http.schemas import RoutingEvent
+from ..live.window import live_status
 from . import Store, now
 
 logger = logging.getLogger("optiserve")

@@ -269,7 +269,7 @@ def test_the_client_and_cli_route_promote_and_show_the_live_ab_table(server, mod
     assert "agreement 1.0000" in table and "guard: " in table
     assert "routing by user" in table
     promoted = client.promote("faithful", reason="shadow agreed")
-    assert promoted.routing["variant"] == "optimized"
+    assert promoted.routing.variant == "optimized"
     assert client.events("faithful")[-1].reason == "shadow agreed"
     assert main(["rollback", "faithful", "--reason", "just because", "--url", server.url]) == 0
     assert "all traffic to the original variant" in capsys.readouterr().out

@@ -7,9 +7,10 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from optimizer_pipeline import PipelineConfig
-from server.live.window import LiveFidelity, LiveSample, default_guard, judge, summarize
-from server.live.routing import Guard, Pinned, Route, Shadow, Split, choose
+from server.live.window import judge, summarize
+from server.live.routing import Route, choose
+from wire.contract.live import LiveFidelity, LiveSample
+from wire.contract.routing import Guard, Pinned, Shadow, Split, default_guard
 
 BOTH = {"original", "optimized"}
 
@@ -43,8 +44,9 @@ def test_the_default_guard_follows_the_optimization_tolerance():
     assert default_guard(_with_tolerance("accuracy_drop", 0.02), classes) == Guard(min_agreement=0.98)
 
 
-def _with_tolerance(metric: str, threshold: float) -> PipelineConfig:
-    return PipelineConfig.model_validate({"tolerance": {"metric": metric, "threshold": threshold}})
+def _with_tolerance(metric: str, threshold: float) -> dict:
+    """A stored config (its JSON, as the wire's ModelMeta holds it) with this tolerance."""
+    return {"tolerance": {"metric": metric, "threshold": threshold}, "version": 2}
 
 
 def compared(agreeing: int, disagreeing: int) -> list[LiveSample]:

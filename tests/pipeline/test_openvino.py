@@ -15,11 +15,11 @@ from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.fidelity.measures import compare_outputs
 from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.passes import PassOutput, parse_pass_spec, run_pass
-from optimizer_pipeline.report.table import format_report
 from optimizer_pipeline.runtimes.cpu import cpu_has_bf16
 from optimizer_pipeline.runtimes import load_variant
 from optimizer_pipeline.runtimes.openvino import OpenVinoModel, precision_of
 from server_harness import FAST_LATENCY, predict, server_fixture, upload, wait_for
+from wire.report_text.table import format_report
 
 server = server_fixture()
 

@@ -17,9 +17,9 @@ from optimizer_pipeline.errors import InvalidConfigError
 from optimizer_pipeline.fidelity.measures import judge_outputs
 from optimizer_pipeline.runtimes.cpu import bf16_from_cpuinfo, cpu_has_bf16
 from optimizer_pipeline.fidelity.outputs import flatten_outputs
-from optimizer_pipeline.report import CandidateReport, Fidelity
-from optimizer_pipeline.fidelity.confidence import agreement_bound, samples_for_agreement
 from optimizer_pipeline.search.space import DEFAULT_SPACE, expand_space
+from wire.contract.confidence import agreement_bound, samples_for_agreement
+from wire.contract.report import CandidateReport, Fidelity
 
 INT8 = {**FAST, "candidates": [{"plan": [{"pass": "quantize_static"}]}], "batch_size": 16}
 
@@ -143,7 +143,7 @@ def test_the_cpuinfo_flags_that_mean_bf16():
 
 def test_the_report_page_and_table_say_how_each_output_was_judged():
     from optimizer_pipeline.report.html import render_html
-    from optimizer_pipeline.report.table import format_report
+    from wire.report_text.table import format_report
 
     archive, inputs = tiny_models.box_regressor(32)
     report = optimize(archive, tiny_models.calibration_bytes(inputs), {**FAST, "candidates": [{"plan": [{"pass": "freeze"}]}]}).report

@@ -16,8 +16,8 @@ from conftest import FAST
 from optimizer_pipeline import Report, optimize
 from optimizer_pipeline.choice import TIE_MARGIN, choose
 from optimizer_pipeline.config import DEFAULT_CANDIDATES, CandidateSpec, PipelineConfig
-from optimizer_pipeline.report import CandidateReport, Fidelity
 from optimizer_pipeline.runtimes import load_variant
+from wire.contract.report import CandidateReport, Fidelity
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,11 +12,11 @@ from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.config import Tolerance
 from optimizer_pipeline.passes import parse_pass_spec
 from optimizer_pipeline.fidelity.references import make_references
-from optimizer_pipeline.report import CandidateReport
-from optimizer_pipeline.search.pareto import pareto_front
 from optimizer_pipeline.search.runner import run_search
 from optimizer_pipeline.passes import Plan
 from optimizer_pipeline.search.space import expand_space
+from wire.contract.pareto import pareto_front
+from wire.contract.report import CandidateReport
 
 
 def _names(plans) -> list[str]:

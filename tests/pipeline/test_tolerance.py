@@ -9,7 +9,7 @@ import pytest
 from optimizer_pipeline import parse_config
 from optimizer_pipeline.config import Tolerance
 from optimizer_pipeline.fidelity.measures import assess
-from optimizer_pipeline.report import Fidelity, OutputFidelity
+from wire.contract.report import Fidelity, OutputFidelity
 
 DEFAULT_FOR_CLASS_SCORES = parse_config({}).resolved_tolerance(has_class_scores=True)
 

@@ -13,7 +13,6 @@ import requests
 import torch
 
 import tiny_models
-from clients.models import ModelStatus
 from clients.status_summary import status_summary
 from optimizer_pipeline import optimize
 from optimizer_pipeline.intake.calibration import load_calibration, load_unlabeled
@@ -24,6 +23,7 @@ from optimizer_pipeline.search.compound import MIN_HELD_OUT, compound_plans
 from optimizer_pipeline import jit
 from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, server_fixture, upload, wait_for
 from test_cli import run_cli
+from wire.contract.models import ModelStatus
 
 MAX_UNLABELED = 1_000_000
 server = server_fixture({"OPTISERVE_MAX_UNLABELED_BYTES": str(MAX_UNLABELED)})

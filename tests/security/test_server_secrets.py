@@ -309,10 +309,10 @@ class _Planted:
 def test_the_main_process_writes_what_workers_send_and_refuses_anything_else(tmp_path):
     import pickle
 
-    from optimizer_pipeline.report import ModelSummary
-    from server.live.window import LiveSample
+    from wire.contract.live import LiveSample
+    from wire.contract.report import ModelSummary
     from server.store.record_channel import RecordWriter
-    from server.http.schemas import ModelMeta
+    from wire.contract.models import ModelMeta
     from server.settings import Settings
     from server.store import new_model_id, now, open_store
 

@@ -37,6 +37,7 @@ def test_the_set_is_complete():
 
 def test_pods_run_the_images_commands_with_valid_settings():
     from clients.cli import build_parser
+    from clients.server_commands import server_arguments
     from server.settings import Settings
 
     env = {**of_kind("ConfigMap")[0]["data"], **of_kind("Secret")[0]["stringData"]}
@@ -49,7 +50,8 @@ def test_pods_run_the_images_commands_with_valid_settings():
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"].split(":")[0] == "optiserve" and entrypoint == "optiserve"
         args = build_parser().parse_args(container["args"])  # the image's CLI accepts them
-        commands[deployment["metadata"]["name"]] = (args.command, getattr(args, "jobs", None))
+        flags = server_arguments(args.command, args.server_flags)
+        commands[deployment["metadata"]["name"]] = (args.command, flags.jobs)
     assert commands == {"optiserve-api": ("serve", False), "optiserve-worker": ("worker", None)}
 
 

@@ -17,11 +17,11 @@ import tiny_models
 from conftest import FAST
 from optimizer_pipeline import Report, jit, optimize
 from optimizer_pipeline.config import DEFAULT_CANDIDATES, Tolerance
-from optimizer_pipeline.fidelity.confidence import agreement_bound, samples_to_show, wilson_lower_bound
 from optimizer_pipeline.report.html import render_html
 from optimizer_pipeline.report.plot import linear_ticks, log_ticks
-from optimizer_pipeline.report.table import format_report
-from optimizer_pipeline.report.view import tolerance_metric
+from wire.contract.confidence import agreement_bound, samples_to_show, wilson_lower_bound
+from wire.report_text.table import format_report
+from wire.report_text.view import tolerance_metric
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

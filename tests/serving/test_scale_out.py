@@ -15,7 +15,7 @@ import tiny_models
 from real_services import Replica, Worker
 from server_harness import AUTH, FORCED_FREEZE, TEST_ENV, predict, upload, wait_for, wait_until
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e '.[shared,test]')")
+psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed (pip install -e ./clients -e '.[shared,test]')")
 LEASE_SECONDS = 2.0
 # A job that takes seconds (the most timing rounds a config may ask, capped at 5 s of timing): long enough to be
 # seen optimizing, killed mid-way, or run side by side with another.

@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from optimizer_pipeline.report import Chosen, ModelSummary
-from server.live.window import LiveSample
-from server.live.routing import Guard, Pinned
-from server.http.schemas import ModelMeta, RoutingEvent, VariantInfo
 from server.settings import Settings
 from server.store import NameTakenError, Store, new_model_id, now, open_store
 from server.store.s3_artifacts import S3Artifacts
+from wire.contract.live import LiveSample
+from wire.contract.models import ModelMeta, RoutingEvent, VariantInfo
+from wire.contract.report import Chosen, ModelSummary
+from wire.contract.routing import Guard, Pinned
 
 SUMMARY = ModelSummary(
     inputs=["x"], input_shapes=[[1, 4]], input_dtypes=["float32"], outputs=["y"], output_shapes=[[1, 2]], parameters=10, size_bytes=3, exported_methods=[]

@@ -1,6 +1,6 @@
 """Protocol adapters in front of the inference workers: each decodes its requests, encodes its answers and shapes its errors.
 
-- `predict`: POST /predict (PredictRequest) and POST /compare (InferenceRequest), our JSON protocol.
+- `predict`: POST /predict (PredictRequest) and POST /compare (CompareRequest), our JSON protocol.
 - `oip`: the Open Inference Protocol v2, over REST (http/oip_routes.py) and gRPC (oip_grpc/).
 
 The workers (worker.py) know no protocol: they look the model up, load, forward and observe, and

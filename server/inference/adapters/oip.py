@@ -16,10 +16,10 @@ import torch
 
 from wire import WireTensor, encode_response
 from wire.codec import WireError, decode_request
+from wire.contract.models import ModelInfo
 from wire.schemas import InferenceRequest
 
 from ...http.errors import ApiError
-from ...http.schemas import ModelInfo
 from ..outcomes import Outcome, Pending, Ran, Refused, expectation
 from ..shared_tensors import SharedBytes
 from ..tensors import TensorDecodeError, from_wire, to_wire

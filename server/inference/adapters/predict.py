@@ -11,21 +11,22 @@ from typing import Union
 import torch
 
 from optimizer_pipeline import compare_outputs
+from wire.contract.models import ModelInfo
 
 from ...http.errors import ApiError, error_body
 from ...http.predict_route import BodyError, JsonBody
-from ...http.schemas import CompareResponse, InferenceRequest, ModelInfo, PredictRequest, PredictResponse
+from ...http.schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
 from ..outcomes import Outcome, Pending, Ran, Refused, expectation
 from ..tensors import TensorDecodeError, to_object, to_torch
 
 
 class PredictAdapter:
-    schema: type[InferenceRequest] = PredictRequest  # what a body the API server left unparsed must be
+    schema: type[CompareRequest] = PredictRequest  # what a body the API server left unparsed must be
 
     def __init__(self) -> None:
         self.payloads: tuple[type, ...] = (self.schema, JsonBody)  # what its route puts on the queue
 
-    def parse(self, payload: Union[InferenceRequest, JsonBody]) -> InferenceRequest:
+    def parse(self, payload: Union[CompareRequest, JsonBody]) -> CompareRequest:
         if not isinstance(payload, JsonBody):
             return payload
         try:
@@ -33,7 +34,7 @@ class PredictAdapter:
         except BodyError as error:
             raise Refused(Outcome(error.status, error.body)) from None
 
-    def tensors(self, info: ModelInfo, request: InferenceRequest) -> list[torch.Tensor]:
+    def tensors(self, info: ModelInfo, request: CompareRequest) -> list[torch.Tensor]:
         expected = info.summary.inputs
         if len(request.inputs) != len(expected):
             raise TensorDecodeError(f"the model takes {len(expected)} input(s) ({expectation(info)}), the request has {len(request.inputs)}")
@@ -55,7 +56,7 @@ class PredictAdapter:
 
 
 class CompareAdapter(PredictAdapter):
-    schema = InferenceRequest
+    schema = CompareRequest
 
     def answer(self, info: ModelInfo, item: Pending, runs: dict[str, Ran]) -> Outcome:
         outputs = {name: ran.outputs[item.position] for name, ran in runs.items()}

@@ -1,9 +1,10 @@
-"""The Pareto front of speed-up against fidelity: trials no other trial beats on both."""
+"""The Pareto front of speed-up against fidelity: trials no other trial beats on both (the report's
+`search.pareto`, and the front its readers mark)."""
 
 from __future__ import annotations
 
-from ..config import Tolerance
-from ..report import CandidateReport
+from .report import CandidateReport
+from .tolerance import Tolerance
 
 
 def pareto_front(trials: list[CandidateReport], tolerance: Tolerance) -> list[str]:

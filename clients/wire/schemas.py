@@ -83,5 +83,7 @@ class RepositoryEntry(BaseModel):
     reason: str = ""
 
 
-class ErrorBody(BaseModel):
+class InferenceErrorResponse(BaseModel):
+    """The protocol's error body; the management API's is wire.contract.models.ErrorBody."""
+
     error: str

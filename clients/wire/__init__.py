@@ -1,4 +1,5 @@
-"""The Open Inference Protocol v2 wire format, shared by the server and the Python client.
+"""What the server and the Python client share: the Open Inference Protocol v2 wire format, the
+contract (contract/) and the report read as text (report_text/).
 
 Needs only numpy, pydantic and orjson (fast JSON number lists): the client installs and imports
 without torch or the server.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import Report
+from ..contract.report import Report
 from .text import (
     judgements_text,
     baseline_text,

@@ -8,10 +8,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from ..config import Tolerance
-from . import CandidateReport, Report
-from ..fidelity.confidence import agreement_bound, resolution_warning
-from ..search.pareto import pareto_front
+from ..contract.confidence import agreement_bound, resolution_warning
+from ..contract.pareto import pareto_front
+from ..contract.report import CandidateReport, Report
+from ..contract.tolerance import Tolerance
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class ReportView:
 
 
 def view_report(report: Report) -> ReportView:
-    tolerance = Tolerance.model_validate(report.tolerance)
+    # Fields a newer server added to the tolerance do not change how this one reads.
+    tolerance = Tolerance.model_validate(report.tolerance, extra="ignore")
     batch_sizes = sorted({1, report.batch_size})
     baseline = _baseline(report, batch_sizes)
     front = pareto_front(report.candidates, tolerance)

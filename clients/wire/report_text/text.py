@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import CandidateReport, Report
+from ..contract.report import CandidateReport, Report
 from .view import ReportView, TrialRow
 
 
