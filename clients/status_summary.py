@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from wire.contract.models import ModelInfo, ModelStatus
 from wire.contract.report import Fidelity
-from wire.contract.routing import Pinned, Shadow, Split
+from wire.contract.routing import describe_policy
 
 
 def status_summary(model: ModelStatus) -> str:
     lines = [f"{model.name} (id {model.id}): {_state(model)}; serves {model.default_variant} by default"]
     if model.routing is not None:
-        lines.append(f"  routing: {describe_routing(model.routing)}")
+        lines.append(f"  routing: {describe_policy(model.routing)}")
     lines.append("  variants: " + ", ".join(f"{v.name} ({v.runtime}, {_size(v.size_bytes)})" for v in model.variants))
     if model.chosen is not None:
         speedup = f", {model.chosen.speedup:.2f}x speed-up" if model.chosen.speedup else ""
@@ -25,17 +25,6 @@ def status_summary(model: ModelStatus) -> str:
         lines.append(f"  optimization failed: {model.error}")
     lines += [f"  note: {note}" for note in model.notes]
     return "\n".join(lines)
-
-
-def describe_routing(routing: Pinned | Split | Shadow | None) -> str:
-    if routing is None:
-        return "no routing policy: the default variant serves"
-    if isinstance(routing, Pinned):
-        return f"all traffic to the {routing.variant} variant"
-    if isinstance(routing, Split):
-        compared = f", {routing.sample:.0%} compared on both" if routing.sample else ""
-        return f"{routing.optimized_share:.1%} of traffic to the optimized variant{compared}"
-    return f"the {routing.serve} variant serves, {routing.sample:.0%} shadowed on the other"
 
 
 def _state(model: ModelInfo) -> str:

@@ -6,7 +6,7 @@ import functools
 import json
 
 from wire.contract.models import ModelInfo, ModelStatus, RoutingEvent
-from wire.contract.routing import Guard, Pinned, RoutingPolicy, Shadow, Split
+from wire.contract.routing import Guard, Pinned, RoutingPolicy, Shadow, Split, describe_policy
 
 from ..http.errors import ApiError, not_found
 from .window import live_status
@@ -34,7 +34,7 @@ class RoutingPlane:
         info = self._model(ref)
         if _needs_optimized(policy):
             _require_optimized(info, "route traffic to it")
-        self.store.set_routing(info.id, policy.model_dump_json(), RoutingEvent(at=now(), kind="routing", trigger="user", reason=describe(policy), routing=policy))
+        self.store.set_routing(info.id, policy.model_dump_json(), RoutingEvent(at=now(), kind="routing", trigger="user", reason=describe_policy(policy), routing=policy))
         return self.status(info.id)
 
     def set_guard(self, ref: str, guard: Guard) -> ModelStatus:
@@ -66,15 +66,6 @@ class RoutingPlane:
         if info is None:
             raise not_found(ref)
         return info
-
-
-def describe(policy: RoutingPolicy) -> str:
-    if isinstance(policy, Pinned):
-        return f"all traffic to the {policy.variant} variant"
-    if isinstance(policy, Split):
-        shadow = f", {policy.sample:.0%} also compared on the other" if policy.sample else ""
-        return f"{policy.optimized_share:.1%} of traffic to the optimized variant{shadow}"
-    return f"the {policy.serve} variant serves; {policy.sample:.0%} of requests shadowed on the other"
 
 
 def _describe_guard(guard: Guard) -> str:

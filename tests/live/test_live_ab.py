@@ -255,13 +255,13 @@ def test_the_client_and_cli_route_promote_and_show_the_live_ab_table(server, mod
     with pytest.raises(ValueError, match="exactly one"):
         client.route("faithful", split=0.5, pin="original")
     assert main(["route", "faithful", "--shadow", "1", "--serve", "original", "--url", server.url]) == 0
-    assert "the original variant serves, 100% shadowed on the other" in capsys.readouterr().out
+    assert "the original variant serves; 100% of requests shadowed on the other" in capsys.readouterr().out
     for row in range(12):
         assert client.predict("faithful", mlp[1][0][row : row + 2].numpy(), routing_key=f"k{row}").variant == "original"
     wait_until(lambda: client.model("faithful").live.fidelity.compared >= 12, "twelve comparisons")
     assert main(["ab", "faithful", "--url", server.url]) == 0
     table = capsys.readouterr().out
-    assert "the original variant serves, 100% shadowed on the other" in table
+    assert "the original variant serves; 100% of requests shadowed on the other" in table
     rows = [line.split()[0] for line in table.splitlines() if line.strip().startswith(("original ", "optimized "))]
     # Sorted by variant; a variant that both served and shadowed in the window has a row per clock.
     assert list(dict.fromkeys(rows)) == ["optimized", "original"]

@@ -63,6 +63,18 @@ class Guard(BaseModel):
         return self
 
 
+def describe_policy(policy: RoutingPolicy | None) -> str:
+    """The policy in words: the reason of a routing event, and a line of the client's status."""
+    if policy is None:
+        return "no routing policy: the default variant serves"
+    if isinstance(policy, Pinned):
+        return f"all traffic to the {policy.variant} variant"
+    if isinstance(policy, Split):
+        compared = f", {policy.sample:.0%} also compared on the other" if policy.sample else ""
+        return f"{policy.optimized_share:.1%} of traffic to the optimized variant{compared}"
+    return f"the {policy.serve} variant serves; {policy.sample:.0%} of requests shadowed on the other"
+
+
 def default_guard(config: dict[str, Any] | None, output_shapes: Sequence[Sequence[int]]) -> Guard:
     """The model's optimization tolerance, as a live guard (what the variant was chosen to keep): a
     model without a guard of its own is guarded by this."""
