@@ -104,7 +104,7 @@ def _cause(exc: Exception) -> str:
 def run_model(model: Callable[..., Any], batch: Batch, chunk_size: int = 256) -> NamedOutputs:
     """Forward the whole batch (in chunks, to bound memory) and return named outputs.
 
-    `model` is a ScriptModule or any loaded variant (see runtimes.py)."""
+    `model` is a ScriptModule or any loaded variant (see runtimes/)."""
     from ..fidelity.outputs import concat_outputs
 
     parts = []

@@ -22,7 +22,7 @@ import torch
 
 from .base import RuntimeSupport
 
-# How the pipeline times an ONNX variant; the report carries it (see passes/onnx_export.py).
+# How the pipeline times an ONNX variant; the report carries it (see passes/conversion/onnx_export.py).
 TIMING_NOTE = (
     "timed in the pipeline's process, alternating call by call with the TorchScript original (ABBA); "
     "ONNX Runtime with intra-op spinning off, as load_variant serves it"

@@ -1,6 +1,6 @@
 """Which variant answers a request that names none, by the model's routing policy (wire.contract.routing).
 
-Policies and guards are stored per model (see store.py) and read by the workers with every model
+Policies and guards are stored per model (see server/store/) and read by the workers with every model
 lookup, so a change, or a rollback by the guard, applies from the next batch on, in every worker.
 """
 

@@ -1,5 +1,5 @@
 """What live traffic says about a model: the record of each served request, and their summary in the
-model's status (GET /models/{id}). The server's live window (server/live_window.py) computes the summary."""
+model's status (GET /models/{id}). The server's live window (server/live/window.py) computes the summary."""
 
 from __future__ import annotations
 
