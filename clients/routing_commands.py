@@ -6,11 +6,11 @@ import argparse
 
 from wire.contract.live import LiveStatus
 from wire.contract.models import ModelStatus, RoutingEvent
+from wire.contract.routing import describe_policy
 
 from .client import OptiserveClient
 from .exit_codes import ExitCode
 from .server_commands import client_parser
-from .status_summary import describe_routing
 
 
 def add_routing_commands(commands: argparse._SubParsersAction) -> None:
@@ -44,19 +44,19 @@ def _route(args: argparse.Namespace, client: OptiserveClient) -> int:
         model = client.route(args.model_id, shadow=args.shadow, serve=args.serve)
     else:
         model = client.route(args.model_id, pin=args.pin)
-    print(f"{model.name}: {describe_routing(model.routing)}")
+    print(f"{model.name}: {describe_policy(model.routing)}")
     return ExitCode.OK
 
 
 def _promote(args: argparse.Namespace, client: OptiserveClient) -> int:
     model = client.promote(args.model_id, args.reason)
-    print(f"{model.name}: {describe_routing(model.routing)}")
+    print(f"{model.name}: {describe_policy(model.routing)}")
     return ExitCode.OK
 
 
 def _rollback(args: argparse.Namespace, client: OptiserveClient) -> int:
     model = client.rollback(args.model_id, args.reason)
-    print(f"{model.name}: {describe_routing(model.routing)}")
+    print(f"{model.name}: {describe_policy(model.routing)}")
     return ExitCode.OK
 
 
@@ -66,7 +66,7 @@ def _ab(args: argparse.Namespace, client: OptiserveClient) -> int:
 
 
 def ab_summary(model: ModelStatus, events: list[RoutingEvent]) -> str:
-    lines = [f"{model.name} (id {model.id}): {describe_routing(model.routing)}"]
+    lines = [f"{model.name} (id {model.id}): {describe_policy(model.routing)}"]
     live = model.live
     if not live.requests:
         lines.append("  no live traffic recorded yet")

@@ -20,7 +20,7 @@ from .inference import shared_tensors
 from .http.api_docs import describe_api
 from .http.auth import BearerKey
 from .dataplane import ManagementPlane, UploadLimits
-from .http.errors import install_error_handlers
+from .errors import install_error_handlers
 from .inference.worker import CompareAPI, PredictAPI, is_inference_path
 from .http.limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .litserve_bridge import (
@@ -37,11 +37,11 @@ from .litserve_bridge import (
     take_over_route,
     workers_ready,
 )
-from .http.metrics import RequestMetricsMiddleware
+from .metrics import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .http.oip_routes import OipRoutes
 from .http.predict_route import PredictRoute
-from .store.record_channel import RecordSender, RecordWriter
+from .live.record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
 from .http.routes import ManagementRoutes
 from .inference.variant_cache import marks_dir, reset_marks

@@ -16,10 +16,12 @@ from typing import BinaryIO
 from optimizer_pipeline import InvalidConfigError, PipelineConfig, Report, parse_config, render_report_html, stored_config
 from wire.contract.models import Deleted, ModelInfo, ModelMeta, UploadAccepted
 
-from .http.errors import ApiError, not_found, status_code_name
-from .http.schemas import NAME_PATTERN
+from .errors import ApiError, not_found, status_code_name
 from .store import NameTakenError, Store, new_model_id, now
 from .jobs.validation import ValidationLimits, validate_upload
+
+# A model's name. Used with fullmatch: `$` alone would let a trailing newline through.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)

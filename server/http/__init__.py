@@ -1,1 +1,1 @@
-"""HTTP: the route tables and their thin handlers, request limits, auth, one error shape, metrics, API docs, bodies."""
+"""HTTP: the route tables and their thin handlers (management, OIP v2, /predict and /compare), request limits, auth, API docs."""

@@ -22,7 +22,7 @@ from swagger_ui_bundle import swagger_ui_path
 from wire.contract.models import ErrorBody
 
 from ..inference.worker import CompareAPI, PredictAPI
-from .schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
+from ..inference.schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
 
 ASSETS_URL = "/static/docs"
 DESCRIPTION = (

@@ -16,7 +16,7 @@ from fastapi import Request
 
 from optimizer_pipeline import atomic_write_text
 
-from .errors import ApiError
+from ..errors import ApiError
 
 KEY_FILENAME = "api-key"
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_response, status_code_name
+from ..errors import error_response, status_code_name
 
 
 UPLOAD_ROUTE = ("POST", "/models")

@@ -23,7 +23,7 @@ from wire.schemas import InferenceErrorResponse, MetadataTensor, ModelReady, Rep
 from wire.contract.models import ModelInfo
 from wire.contract.routing import VariantName
 
-from .errors import ApiError, JsonResponse, not_found
+from ..errors import ApiError, JsonResponse, not_found
 from ..litserve_bridge import QueueBridge
 from ..inference.adapters.oip import InferCall, RawInfer, decode
 from .predict_route import INLINE_PARSE_BYTES, ROUTING_KEY_HEADER, carry, read_body, release, too_large

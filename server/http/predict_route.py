@@ -13,16 +13,16 @@ there, so the API server only ever copies them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Union
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from .errors import ApiError, validation_error_body
+from ..errors import ApiError
 from ..litserve_bridge import QueueBridge
-from .schemas import CompareRequest, PredictRequest
+from ..inference.schemas import CompareRequest, PredictRequest
+from ..inference.json_body import JsonBody, in_body, with_routing_key
 from ..inference.shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedBytes, SharedSpace, ShmFull
 
 ROUTING_KEY_HEADER = "X-Routing-Key"
@@ -33,34 +33,6 @@ BINARY_HINT = (
     "send large tensors as binary data instead: POST /v2/models/<model>/infer with the binary tensor extension "
     "(tritonclient's binary_data=True, or optiserve's client)"
 )
-
-
-class BodyError(Exception):
-    """A body that failed to parse in the worker: its status and the error body to answer with."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-
-
-@dataclass
-class JsonBody:
-    """A JSON inference body the worker parses (too large to parse in the API server)."""
-
-    data: Union[bytes, SharedBytes]
-    routing_key: Union[str, None] = None  # the X-Routing-Key header
-
-    def raw(self) -> bytes:
-        return self.data.read() if isinstance(self.data, SharedBytes) else self.data
-
-    def parse(self, schema: type[BaseModel]) -> BaseModel:
-        """The request, validated as `schema`; BodyError (422, as the API server would answer) if it is not one."""
-        try:
-            request = schema.model_validate_json(self.raw())
-        except ValidationError as exc:
-            raise BodyError(422, validation_error_body(_in_body(exc))) from None
-        return _with_routing_key(request, self.routing_key)
 
 
 def too_large(limit: int, what: str = "the JSON body") -> ApiError:
@@ -121,22 +93,11 @@ class PredictRoute:
             try:
                 parsed = self.schema.model_validate_json(body)
             except ValidationError as exc:
-                raise RequestValidationError(_in_body(exc)) from None
-            return await self.bridge.call(_with_routing_key(parsed, routing_key))
+                raise RequestValidationError(in_body(exc)) from None
+            return await self.bridge.call(with_routing_key(parsed, routing_key))
         payload = JsonBody(carry(body, self.space), routing_key)
         del body  # the API server keeps no second copy while the worker runs
         try:
             return await self.bridge.call(payload)
         finally:
             release(payload.data)
-
-
-def _with_routing_key(request: BaseModel, header: str | None) -> BaseModel:
-    if isinstance(request, PredictRequest) and request.routing_key is None and header is not None:
-        request.routing_key = header
-    return request
-
-
-def _in_body(exc: ValidationError) -> list[dict[str, Any]]:
-    # FastAPI's shape: every location starts at "body" (errors.py strips it again for the message).
-    return [{**error, "loc": ("body", *error.get("loc", ()))} for error in exc.errors(include_input=False, include_url=False)]

@@ -13,15 +13,14 @@ from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Res
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
-from wire.contract.models import Deleted, ErrorBody, ModelInfo, ModelList, ModelStatus, RoutingEvents, UploadAccepted
+from wire.contract.models import Deleted, ErrorBody, ModelInfo, ModelList, ModelStatus, PromoteRequest, RoutingEvents, ServiceStatus, UploadAccepted
 from wire.contract.routing import Guard, RoutingPolicy
 
-from . import metrics
+from .. import metrics
 from .auth import BearerKey
 from ..dataplane import ManagementPlane, Upload
-from .errors import ApiError, JsonResponse
+from ..errors import ApiError, JsonResponse
 from ..live.routing_plane import RoutingPlane
-from .schemas import PromoteRequest, ServiceStatus
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422)}
 # Declares the key in the OpenAPI schema, so /docs offers "Authorize" and clients know which routes

@@ -13,7 +13,7 @@ from optimizer_pipeline import NamedOutputs
 from wire.codec import Encoded
 from wire.contract.models import ModelInfo
 
-from ..http.errors import ApiError
+from ..errors import ApiError
 from ..live.routing import Route
 from .tensors import TensorDecodeError
 

@@ -18,7 +18,7 @@ import torch
 
 from wire import WireTensor, numpy_dtype
 
-from ..http.schemas import Datatype, TensorObject
+from .schemas import Datatype, TensorObject
 from .shared_tensors import SharedArray
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from optimizer_pipeline import NamedOutputs, atomic_write_text, flatten_outputs, load_variant
 from wire.contract.models import ModelInfo, VariantInfo
 
-from ..http import metrics
+from .. import metrics
 
 logger = logging.getLogger("optiserve")
 RunVariant = Callable[[tuple[torch.Tensor, ...]], NamedOutputs]

@@ -22,8 +22,8 @@ from optimizer_pipeline import NamedOutputs, die_with_parent, harden_torch, pin_
 from wire.contract.models import ModelInfo
 
 from ..jobs import confinement
-from ..http import metrics
-from ..http.errors import ApiError, JsonResponse, not_found
+from .. import metrics
+from ..errors import ApiError, JsonResponse, not_found
 from .adapters import COMPARE, OIP, PREDICT
 from .forward_watchdog import ForwardWatchdog
 from .outcomes import (
@@ -41,7 +41,7 @@ from .outcomes import (
 )
 from ..litserve_bridge import BridgedAPI
 from ..live.observer import LiveObserver
-from ..store.record_channel import RecordSender
+from ..live.record_channel import RecordSender
 from ..live.routing import Route, choose
 from .variant_cache import RunVariant, VariantCache, Warmer, marks_dir
 from ..settings import Settings

@@ -52,7 +52,7 @@ from optimizer_pipeline import (
 from wire.contract.models import VariantInfo
 
 from . import confinement, seccomp_filter
-from ..http.metrics import OPTIMIZATION_SECONDS
+from ..metrics import OPTIMIZATION_SECONDS
 from ..processes import adopt_orphans, interrupt_on_sigterm, stop_orphans
 from .seccomp_filter import SyscallPolicy
 from ..settings import Settings

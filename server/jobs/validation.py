@@ -21,7 +21,7 @@ from pathlib import Path
 from optimizer_pipeline import PRELOAD_MODULE, ModelSummary, PipelineConfig, die_with_parent
 
 from . import confinement
-from ..http.errors import ApiError, optimizer_error_code
+from ..errors import ApiError, optimizer_error_code
 from .seccomp_filter import SyscallPolicy
 
 _context = multiprocessing.get_context("forkserver")

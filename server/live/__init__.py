@@ -1,1 +1,1 @@
-"""Live traffic: routing policies and the guard, the observer that compares variants, and the window that sums it up."""
+"""Live traffic: routing policies and the guard, the observer that compares variants, the window that sums it up, and the channel that records it."""

@@ -23,8 +23,8 @@ from optimizer_pipeline import NamedOutputs, compare_outputs, load_calibration
 from wire.contract.live import InputMoments, LiveSample
 from wire.contract.models import ModelInfo
 
-from ..http import metrics
-from ..store.record_channel import RecordSender
+from .. import metrics
+from .record_channel import RecordSender
 from .routing import Route
 from ..store import Store
 

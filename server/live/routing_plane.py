@@ -8,7 +8,7 @@ import json
 from wire.contract.models import ModelInfo, ModelStatus, RoutingEvent
 from wire.contract.routing import Guard, Pinned, RoutingPolicy, Shadow, Split, describe_policy
 
-from ..http.errors import ApiError, not_found
+from ..errors import ApiError, not_found
 from .window import live_status
 from ..store import Store, now
 

@@ -16,9 +16,9 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from wire import WireError
 
-from ..http import metrics
+from .. import metrics
 from ..http.auth import BearerKey
-from ..http.errors import ApiError
+from ..errors import ApiError
 from ..litserve_bridge import QueueBridge
 from ..inference.adapters.oip import InferCall, error_message
 from ..http.oip_routes import VARIANTS, OipRoutes

@@ -311,7 +311,7 @@ def test_the_main_process_writes_what_workers_send_and_refuses_anything_else(tmp
 
     from wire.contract.live import LiveSample
     from wire.contract.report import ModelSummary
-    from server.store.record_channel import RecordWriter
+    from server.live.record_channel import RecordWriter
     from wire.contract.models import ModelMeta
     from server.settings import Settings
     from server.store import new_model_id, now, open_store

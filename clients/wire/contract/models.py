@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .live import LiveFidelity, LiveStatus
 from .report import Chosen, ModelSummary, Runtime
@@ -142,3 +142,16 @@ class UploadAccepted(BaseModel):
 class Deleted(BaseModel):
     id: str
     deleted: bool = True
+
+
+class PromoteRequest(BaseModel):
+    """POST /models/{id}/promote and /rollback: the event log's reason."""
+
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=500, description="why, for the event log")
+
+
+class ServiceStatus(BaseModel):
+    """GET /health and /ready."""
+
+    status: Literal["ok", "starting"]

@@ -19,7 +19,7 @@ from wire.codec import WireError, decode_request
 from wire.contract.models import ModelInfo
 from wire.schemas import InferenceRequest
 
-from ...http.errors import ApiError
+from ...errors import ApiError
 from ..outcomes import Outcome, Pending, Ran, Refused, expectation
 from ..shared_tensors import SharedBytes
 from ..tensors import TensorDecodeError, from_wire, to_wire

@@ -13,9 +13,9 @@ import torch
 from optimizer_pipeline import compare_outputs
 from wire.contract.models import ModelInfo
 
-from ...http.errors import ApiError, error_body
-from ...http.predict_route import BodyError, JsonBody
-from ...http.schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
+from ...errors import ApiError, error_body
+from ..json_body import BodyError, JsonBody
+from ..schemas import CompareRequest, CompareResponse, PredictRequest, PredictResponse
 from ..outcomes import Outcome, Pending, Ran, Refused, expectation
 from ..tensors import TensorDecodeError, to_object, to_torch
 

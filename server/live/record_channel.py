@@ -24,8 +24,8 @@ from wire.contract.live import LiveSample
 from wire.contract.models import RoutingEvent
 from wire.contract.routing import Pinned
 
-from ..live.window import live_status
-from . import Store, now
+from .window import live_status
+from ..store import Store, now
 
 logger = logging.getLogger("optiserve")
 

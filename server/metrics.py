@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..live.window import live_status
-from ..store import Store
+from .live.window import live_status
+from .store import Store
 
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     # Without it every process would count on its own and /metrics would show one process's share.

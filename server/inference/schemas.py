@@ -4,7 +4,6 @@ The bodies a client reads as well are the contract (wire.contract): model record
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,16 +12,8 @@ from wire.contract.report import Fidelity
 from wire.contract.routing import VariantName
 from wire.schemas import Dimension
 
-# Used with fullmatch: `$` alone would let a trailing newline through.
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
 # Open Inference Protocol tensor datatypes that torch can hold (inference/tensors.py maps each to its torch dtype).
 Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"]
-
-
-class PromoteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    reason: str = Field("", max_length=500, description="why, for the event log")
 
 
 class TensorObject(BaseModel):
@@ -86,6 +77,3 @@ class CompareResponse(BaseModel):
     inference_ms: dict[VariantName, float]
     fidelity: Fidelity = Field(description="optimized against original, on this request's inputs")
 
-
-class ServiceStatus(BaseModel):
-    status: Literal["ok", "starting"]
