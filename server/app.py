@@ -37,7 +37,7 @@ from .litserve_bridge import (
     take_over_route,
     workers_ready,
 )
-from .metrics import RequestMetricsMiddleware
+from .http.metrics_page import RequestMetricsMiddleware
 from .oip_grpc import check_port_free, grpc_lifespan
 from .http.oip_routes import OipRoutes
 from .http.predict_route import PredictRoute

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from wire.contract.models import Deleted, ErrorBody, ModelInfo, ModelList, ModelStatus, PromoteRequest, RoutingEvents, ServiceStatus, UploadAccepted
 from wire.contract.routing import Guard, RoutingPolicy
 
-from .. import metrics
+from . import metrics_page
 from .auth import BearerKey
 from ..dataplane import ManagementPlane, Upload
 from ..errors import ApiError, JsonResponse
@@ -161,5 +161,5 @@ class ManagementRoutes:
         return ServiceStatus(status="ok")
 
     async def metrics(self) -> Response:
-        body = await run_in_threadpool(metrics.render, self.plane.store)
+        body = await run_in_threadpool(metrics_page.render, self.plane.store)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
