@@ -13,7 +13,15 @@ does not import torch's runtimes, onnx, onnxruntime, openvino or nncf.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
+
+# OpenVINO's converter and NNCF report usage to Google Analytics unless a consent file in the user's
+# home says no: from a thread, each report forks a process that posts it. That fork, in a process
+# running torch, is the "unexpected pid" the timing forkserver reaped, and the likely cause of the
+# heap corruption ("double free", "corrupted double-linked list") that aborted three runs of
+# bench/exported.py. With the module blocked, both fall back to their own no-op stubs.
+sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 # Name -> the module that defines it: under optimizer_pipeline, or in wire.contract (the wire's types,
 # which the client shares; re-exported so the server has one place to ask).

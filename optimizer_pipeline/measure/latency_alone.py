@@ -24,7 +24,6 @@ import statistics
 import sys
 import time
 import types
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing import forkserver
@@ -39,10 +38,6 @@ from .processes import die_with_parent
 from ..runtimes import load_variant
 
 _context = multiprocessing.get_context("forkserver")
-# The timing forkserver imports this module, so this filter holds there. Once, in CI under load, it
-# reaped a child it had not forked and printed multiprocessing's warning into `optiserve optimize`'s
-# progress line (cause not found); the timings are unaffected, so the warning stays off the terminal.
-warnings.filterwarnings("ignore", message="forkserver: waitpid returned unexpected pid")
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 # Run first in every timing process (a picklable callable: it crosses the forkserver), e.g. the
 # server's seccomp filter, which the forkserver itself cannot have (it is started by execve).

@@ -27,3 +27,19 @@ def test_reading_a_config_imports_no_runtime():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_openvino_and_nncf_send_no_telemetry():
+    # A fresh interpreter, as a job has: NNCF turns its telemetry off by itself under pytest only.
+    code = (
+        "import sys, threading, optimizer_pipeline, torch, openvino, nncf; "
+        "from optimizer_pipeline.intake.calibration import Batch; "
+        "from optimizer_pipeline.passes import parse_pass_spec, run_pass; "
+        "model = torch.jit.trace(torch.nn.Linear(4, 2).eval(), torch.zeros(2, 4)); "
+        "run_pass(model, Batch(inputs=(torch.randn(8, 4),)), parse_pass_spec({'pass': 'ov_convert'})); "
+        "print(sys.modules.get('openvino_telemetry'), [t.name for t in threading.enumerate() if t is not threading.main_thread()])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # No telemetry module, so no thread that forks a process to post a report.
+    assert done.stdout.strip().splitlines()[-1] == "None []"
