@@ -48,6 +48,7 @@ class Reference:
     step_seconds: float = watch.STEP_FLOOR_S  # the deadline of each step that runs a candidate (watch.py)
     unlabeled_held_out: int = 0  # of held_out's samples, how many came from the unlabeled set (they have no labels)
     judgements: tuple[OutputJudgement, ...] = ()  # how each output is judged (fidelity.judge_outputs)
+    program: Any = None  # a .pt2 upload's torch.export program, for a first step that takes one (takes_program)
 
 
 class PassFailed(Exception):
@@ -68,6 +69,8 @@ class PlanBuilder:
         start, model, details = self._longest_cached_prefix(plan)
         for position in range(start, len(plan)):
             step = plan[position]
+            if position == 0 and self.reference.program is not None and step.takes_program:
+                model = self.reference.program
             try:
                 output = run_pass(model, self.reference.train, step)
             except Exception as exc:
