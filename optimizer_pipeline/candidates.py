@@ -113,10 +113,20 @@ def new_report(name: str, plan: Plan) -> CandidateReport:
     )
 
 
+def _from_program_note(plan: Plan) -> str:
+    """What a candidate of a .pt2 upload was built from (PlanBuilder.build)."""
+    if plan and plan[0].takes_program:
+        rest = " and the steps after it on its output" if len(plan) > 1 else ""
+        return f"{plan[0].name} converted the torch.export program itself{rest}"
+    return "built from the TorchScript stand-in traced from the torch.export program (these passes take TorchScript)"
+
+
 def build_candidate(builder: PlanBuilder, name: str, plan: Plan) -> BuiltCandidate:
     """Build, serialize and reload one plan, and measure its fidelity on the held-out data."""
     started = time.perf_counter()
     report = new_report(name, plan)
+    if builder.reference.program is not None:
+        report.notes.append(_from_program_note(plan))
     built = BuiltCandidate(report)
     seconds = builder.reference.step_seconds
     try:

@@ -51,6 +51,8 @@ def test_optimizing_a_program_keeps_the_program_itself_as_the_original(programs,
     assert result.original.runtime == "exported" and result.original.data == archive
     assert result.report.model.format == "exported"
     assert result.optimized.runtime == "torchscript"  # the forced freeze of the stand-in
+    freeze = next(c for c in result.report.candidates if c.name != "original")
+    assert any("TorchScript stand-in" in note for note in freeze.notes)
     served = load_variant("exported", result.original.data)
     with torch.no_grad():
         assert torch.allclose(served(inputs[0][:3]), model(inputs[0][:3]), atol=1e-5)
@@ -67,6 +69,7 @@ def test_onnx_and_openvino_convert_the_program_itself_and_serve_what_the_eager_m
     candidate = next(c for c in result.report.candidates if c.name != "original")
     assert candidate.status == "ok", candidate.error
     assert candidate.details[f"0:{conversion}"]["source"] == "torch.export program"
+    assert f"{conversion} converted the torch.export program itself" in candidate.notes
     served = load_variant(result.optimized.runtime, result.optimized.data)
     for batch in (1, 7):
         sample = tuple(t[:batch] for t in inputs)
