@@ -48,6 +48,7 @@ class Reference:
     step_seconds: float = watch.STEP_FLOOR_S  # the deadline of each step that runs a candidate (watch.py)
     unlabeled_held_out: int = 0  # of held_out's samples, how many came from the unlabeled set (they have no labels)
     judgements: tuple[OutputJudgement, ...] = ()  # how each output is judged (fidelity.judge_outputs)
+    program: Any = None  # a .pt2 upload's torch.export program, for a first step that takes one (takes_program)
 
 
 class PassFailed(Exception):
@@ -68,6 +69,8 @@ class PlanBuilder:
         start, model, details = self._longest_cached_prefix(plan)
         for position in range(start, len(plan)):
             step = plan[position]
+            if position == 0 and self.reference.program is not None and step.takes_program:
+                model = self.reference.program
             try:
                 output = run_pass(model, self.reference.train, step)
             except Exception as exc:
@@ -110,10 +113,20 @@ def new_report(name: str, plan: Plan) -> CandidateReport:
     )
 
 
+def _from_program_note(plan: Plan) -> str:
+    """What a candidate of a .pt2 upload was built from (PlanBuilder.build)."""
+    if plan and plan[0].takes_program:
+        rest = " and the steps after it on its output" if len(plan) > 1 else ""
+        return f"{plan[0].name} converted the torch.export program itself{rest}"
+    return "built from the TorchScript stand-in traced from the torch.export program (these passes take TorchScript)"
+
+
 def build_candidate(builder: PlanBuilder, name: str, plan: Plan) -> BuiltCandidate:
     """Build, serialize and reload one plan, and measure its fidelity on the held-out data."""
     started = time.perf_counter()
     report = new_report(name, plan)
+    if builder.reference.program is not None:
+        report.notes.append(_from_program_note(plan))
     built = BuiltCandidate(report)
     seconds = builder.reference.step_seconds
     try:

@@ -24,7 +24,7 @@ from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
 from .fidelity.measures import accuracy
-from .intake.model_loading import check_model_accepts, load_model
+from .intake.model_loading import check_model_accepts, load_model, load_program
 from .passes import Plan
 from .fidelity.references import make_references
 from .search.first_plans import first_plans_for
@@ -100,6 +100,9 @@ def optimize(
         notify("measuring the original", 0.02)
         search, first_note = _default_first_plans(settings, original)
         references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds, extra)
+        if original_runtime == "exported":
+            program = load_program(original_bytes)
+            references = [replace(reference, program=program) for reference in references]
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:

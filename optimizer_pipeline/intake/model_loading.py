@@ -51,6 +51,12 @@ def load_model(source: bytes | str | Path) -> jit.ScriptModule:
     return module
 
 
+def load_program(source: bytes | str | Path) -> torch.export.ExportedProgram | None:
+    """A .pt2 upload's program, vetted and loaded (for the passes that start from it), or None for TorchScript."""
+    data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    return load_exported_program(bytes(data)) if is_exported_archive(bytes(data)) else None
+
+
 def _diagnose(data: bytes, exc: Exception) -> str:
     if not zipfile.is_zipfile(io.BytesIO(data)):
         if data[:2] == b"\x80\x02" or data[:1] == b"\x80":

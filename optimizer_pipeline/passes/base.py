@@ -41,6 +41,9 @@ class PassConfig(BaseModel):
     # A plan must chain them (plan.py); an impossible plan is refused when the config is parsed.
     consumes: ClassVar[tuple[str, ...]] = ("torchscript",)
     produces: ClassVar[str] = "torchscript"
+    # As a plan's first step on a .pt2 upload, the pass gets the torch.export program itself rather
+    # than its TorchScript stand-in (exported/loading.py).
+    takes_program: ClassVar[bool] = False
     # A last word for its runtime (freeze, int8): only a runtime-neutral plan may follow, i.e. none.
     finishing: ClassVar[bool] = False
     # Only meaningful after a pass that changed the model (fine-tuning the original against itself).

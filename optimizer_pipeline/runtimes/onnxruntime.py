@@ -101,10 +101,11 @@ def quiet_onnx() -> Iterator[None]:
     logs through the root logger (e.g. "Axis 1 is out-of-range for ... LayerNorm.weight", harmless
     per shared NOTES) and its own loggers, and its calibrators print progress to stdout. Errors
     still get through."""
-    root, ort_logger = logging.getLogger(), logging.getLogger("onnxruntime")
-    drop, ort_logger_level = _DropOnnxRuntimeWarnings(), ort_logger.level
+    root, ort_logger, exporter_logger = logging.getLogger(), logging.getLogger("onnxruntime"), logging.getLogger("torch.onnx")
+    drop, ort_logger_level, exporter_level = _DropOnnxRuntimeWarnings(), ort_logger.level, exporter_logger.level
     root.addFilter(drop)
     ort_logger.setLevel(logging.ERROR)  # e.g. onnxruntime.quantization.shape_inference's progress
+    exporter_logger.setLevel(logging.ERROR)  # the dynamo exporter's "torchvision is not installed. Skipping ..."
     # The tool's own sessions log through ORT's default C++ logger ("Removing initializer ...").
     ort.set_default_logger_severity(3)
     try:
@@ -116,4 +117,5 @@ def quiet_onnx() -> Iterator[None]:
     finally:
         ort.set_default_logger_severity(2)  # ORT's default; it offers no getter to restore from
         ort_logger.setLevel(ort_logger_level)
+        exporter_logger.setLevel(exporter_level)
         root.removeFilter(drop)

@@ -17,6 +17,7 @@ import exported_models
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import InvalidModelError, UnsafeModelError, load_model, optimize
+from optimizer_pipeline.fidelity.outputs import flatten_outputs
 from optimizer_pipeline.runtimes import load_variant
 from server_harness import AUTH, REPO, server_fixture, wait_for
 
@@ -50,11 +51,31 @@ def test_optimizing_a_program_keeps_the_program_itself_as_the_original(programs,
     assert result.original.runtime == "exported" and result.original.data == archive
     assert result.report.model.format == "exported"
     assert result.optimized.runtime == "torchscript"  # the forced freeze of the stand-in
+    freeze = next(c for c in result.report.candidates if c.name != "original")
+    assert any("TorchScript stand-in" in note for note in freeze.notes)
     served = load_variant("exported", result.original.data)
     with torch.no_grad():
         assert torch.allclose(served(inputs[0][:3]), model(inputs[0][:3]), atol=1e-5)
     result.save(tmp_path)
     assert (tmp_path / "original.pt2").read_bytes() == archive
+
+
+@pytest.mark.parametrize("name", sorted(exported_models.ALL))
+@pytest.mark.parametrize("conversion", ["ov_convert", "onnx_export"])
+def test_onnx_and_openvino_convert_the_program_itself_and_serve_what_the_eager_model_computes(programs, name, conversion):
+    archive, model, inputs = programs[name]
+    config = {"plan": [{"pass": conversion}], "force": True, **FAST}
+    result = optimize(archive, tiny_models.calibration_bytes(inputs), config)
+    candidate = next(c for c in result.report.candidates if c.name != "original")
+    assert candidate.status == "ok", candidate.error
+    assert candidate.details[f"0:{conversion}"]["source"] == "torch.export program"
+    assert f"{conversion} converted the torch.export program itself" in candidate.notes
+    served = load_variant(result.optimized.runtime, result.optimized.data)
+    for batch in (1, 7):
+        sample = tuple(t[:batch] for t in inputs)
+        with torch.no_grad():
+            expected, got = flatten_outputs(model(*sample)), flatten_outputs(served(*sample))
+        assert len(expected) == len(got) and all(torch.allclose(e, torch.as_tensor(g), atol=1e-4, rtol=1e-4) for (_, e), (_, g) in zip(expected, got))
 
 
 # ---- hostile archives: refused, and none of their code runs ----

@@ -1,7 +1,9 @@
-"""TorchScript → ONNX (TorchScript exporter, dynamo=False), checked against TorchScript before use.
+"""TorchScript or a torch.export program → ONNX, checked against its source before use.
 
-Inputs are named after forward's arguments and outputs after the original's flattened outputs
-(outputs.py), every one with a dynamic batch axis, so the ONNX variant is a drop-in replacement.
+TorchScript goes through the TorchScript exporter (dynamo=False). A .pt2 upload's program (as a plan's
+first step) goes through torch's dynamo exporter, which takes the program as it is, dynamic batch
+included. Inputs are named after forward's arguments and outputs after the original's flattened
+outputs (outputs.py), every one with a dynamic batch axis, so the ONNX variant is a drop-in replacement.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import ctypes
 import io
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -24,10 +28,15 @@ from ...fidelity.outputs import flatten_outputs
 from ..base import PassConfig, PassOutput, register
 from ..parity import check_parity
 
+# torch's dynamo exporter writes opset 18 at the least.
+DYNAMO_MIN_OPSET = 18
+
+
 class OnnxExportConfig(PassConfig):
     name: Literal["onnx_export"] = "onnx_export"
 
     produces = "onnx"
+    takes_program = True
     opset: int = Field(17, ge=13, le=21)
     parity_tolerance: float = Field(
         1e-4, gt=0, le=1, description="largest allowed |ONNX − TorchScript|, relative to the output's largest magnitude"
@@ -48,7 +57,9 @@ class FlatOutputs(torch.nn.Module):
 
 
 @register(OnnxExportConfig)
-def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
+def onnx_export(model: jit.ScriptModule | torch.export.ExportedProgram, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
+    if isinstance(model, torch.export.ExportedProgram):
+        return _from_program(model, calibration, config)
     # Through an archive first: an in-memory frozen module cannot be wrapped and traced (its type
     # lives in another compilation unit); the reloaded copy can.
     model = jit.reload(model)
@@ -71,13 +82,35 @@ def onnx_export(model: jit.ScriptModule, calibration: Batch, config: OnnxExportC
             output_names=output_names,
             dynamic_axes={name: {0: "batch"} for name in input_names + output_names},
         )
-    exported = OnnxModel(buffer.getvalue())
+    return _checked(buffer.getvalue(), model, calibration, config.parity_tolerance, config.opset, input_names, output_names, "torchscript")
+
+
+def _from_program(program: torch.export.ExportedProgram, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
+    module = program.module()
+    input_names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    opset = max(config.opset, DYNAMO_MIN_OPSET)
+    with torch.no_grad():
+        output_names = [name for name, _ in flatten_outputs(module(*calibration.head(2).inputs))]
+    with tempfile.TemporaryDirectory(prefix="optiserve-onnx-") as directory, quiet_onnx(), jit.quiet_torch(), _stdout_discarded():
+        path = Path(directory) / "model.onnx"
+        # The program keeps its own dynamic batch (its range constraints); the names are the original's.
+        torch.onnx.export(program, (), str(path), dynamo=True, opset_version=opset, input_names=input_names,
+                          output_names=output_names, external_data=False, verbose=False)
+        data = path.read_bytes()
+    return _checked(data, module, calibration, config.parity_tolerance, opset, input_names, output_names, "torch.export program")
+
+
+def _checked(
+    data: bytes, reference: Any, calibration: Batch, tolerance: float, opset: int, input_names: list[str], output_names: list[str], source: str
+) -> PassOutput:
+    exported = OnnxModel(data)
     session = load_session(exported.data, torch.get_num_threads())
-    errors = check_parity(model, session, calibration, config.parity_tolerance, "the ONNX export")
+    errors = check_parity(reference, session, calibration, tolerance, "the ONNX export")
     return PassOutput(
         exported,
         {
-            "opset": config.opset,
+            "source": source,
+            "opset": opset,
             "inputs": input_names,
             "outputs": output_names,
             "relative_error_by_batch": errors,

@@ -1,9 +1,11 @@
-"""TorchScript or ONNX → OpenVINO IR (openvino.convert_model), checked against its source before use.
+"""TorchScript, a torch.export program or ONNX → OpenVINO IR (openvino.convert_model), checked against
+its source before use.
 
-From an exported ONNX model (after onnx_export) the IR keeps the ONNX names; from TorchScript the
-model is traced with its outputs flattened (as onnx_export does) and converted with an example
-input, and the IR's inputs and outputs are given the original's names. Either way the variant is a
-drop-in replacement with a dynamic batch axis.
+From an exported ONNX model (after onnx_export) the IR keeps the ONNX names. A .pt2 upload's program
+(as a plan's first step) is converted as it is, its ATen graph and dynamic batch included. From
+TorchScript the model is traced with its outputs flattened (as onnx_export does) and converted with
+an example input. Either way the IR's inputs and outputs get the original's names, and the variant is
+a drop-in replacement with a dynamic batch axis.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class OvConvertConfig(PassConfig):
 
     consumes = ("torchscript", "onnx")
     produces = "openvino"
+    takes_program = True
     precision: Literal["f32", "bf16"] = Field(
         "f32", description="float precision OpenVINO computes in; bf16 is faster where the CPU has it, and less exact"
     )
@@ -40,9 +43,12 @@ class OvConvertConfig(PassConfig):
 
 
 @register(OvConvertConfig)
-def ov_convert(model: jit.ScriptModule | OnnxModel, calibration: Batch, config: OvConvertConfig) -> PassOutput:
+def ov_convert(model: jit.ScriptModule | torch.export.ExportedProgram | OnnxModel, calibration: Batch, config: OvConvertConfig) -> PassOutput:
     if isinstance(model, OnnxModel):
         converted, reference, source = _from_onnx(model), load_session(model.data, torch.get_num_threads()), "onnx"
+    elif isinstance(model, torch.export.ExportedProgram):
+        reference = model.module()
+        converted, source = _from_program(model, reference, calibration), "torch.export program"
     else:
         model = jit.reload(model)  # see onnx_export: an in-memory frozen module cannot be wrapped and traced
         converted, reference, source = _from_torchscript(model, calibration), model, "torchscript"
@@ -65,6 +71,22 @@ def _from_onnx(model: OnnxModel) -> ov.Model:
         return ov.convert_model(path)
 
 
+def _from_program(program: torch.export.ExportedProgram, module: torch.nn.Module, calibration: Batch) -> ov.Model:
+    sample = calibration.head(2).inputs
+    with torch.no_grad():
+        output_names = [name for name, _ in flatten_outputs(module(*sample))]
+    converted = ov.convert_model(program)
+    _name_ports(converted, [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"], output_names)
+    return converted
+
+
+def _name_ports(converted: ov.Model, input_names: list[str], output_names: list[str]) -> None:
+    for port, name in zip(converted.inputs, input_names):
+        port.get_tensor().set_names({name})
+    for port, name in zip(converted.outputs, output_names):
+        port.get_tensor().set_names({name})
+
+
 def _from_torchscript(model: jit.ScriptModule, calibration: Batch) -> ov.Model:
     sample = calibration.head(2).inputs  # two samples: never specialize on a batch of one
     with torch.no_grad(), jit.quiet_torch():
@@ -76,8 +98,5 @@ def _from_torchscript(model: jit.ScriptModule, calibration: Batch) -> ov.Model:
         torch._C._jit_pass_peephole(flat.graph, True)
         torch._C._jit_pass_dce(flat.graph)
         converted = ov.convert_model(flat, example_input=sample)
-    for port, name in zip(converted.inputs, jit.forward_argument_names(model)):
-        port.get_tensor().set_names({name})
-    for port, name in zip(converted.outputs, output_names):
-        port.get_tensor().set_names({name})
+    _name_ports(converted, jit.forward_argument_names(model), output_names)
     return converted
