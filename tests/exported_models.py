@@ -87,6 +87,23 @@ def transformer(batch: int = 32):
     return export_bytes(model, inputs), model, inputs
 
 
+class RowLSTM(nn.Module):
+    """nn.LSTM with no state given: it makes its zero state from the batch size (aten.zeros of [1, batch, 16])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+def lstm(batch: int = 32):
+    model, inputs = _seeded(RowLSTM), _inputs((batch, 6, 8))
+    return export_bytes(model, inputs), model, inputs
+
+
 ALL = {"cnn_bn": cnn_bn, "residual": residual, "two_inputs": two_inputs, "transformer": transformer}
 
 

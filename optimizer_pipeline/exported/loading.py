@@ -67,6 +67,7 @@ def runnable(program: torch.export.ExportedProgram) -> torch.nn.Module:
 def traced_stand_in(program: torch.export.ExportedProgram) -> torch.jit.ScriptModule:
     """A TorchScript module computing what the program computes, at any batch size the program takes."""
     module = program.module()
+    _sizes_read_at_run_time(module.graph)
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target in _INFERRED_SIZE_OPS and len(node.args) > 1:
             sizes = _sizes_without_the_batch(node)
@@ -76,12 +77,51 @@ def traced_stand_in(program: torch.export.ExportedProgram) -> torch.jit.ScriptMo
     # The program's own input check compares symbolic sizes, which tracing cannot follow; the parity
     # check below runs the real program, checks included.
     module._forward_pre_hooks.clear()
-    example = example_inputs(program, batch=2)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+    traced = _trace(module, program, batch=2)
+    # A size the trace baked in would make the stand-in run a batch of 3 with buffers made for 2, and
+    # some ATen kernels (aten.lstm's state) do not check: a trace at 3 must come out the same, or the
+    # stand-in is refused before it ever runs at another batch.
+    if _constants(traced) != _constants(_trace(module, program, batch=3)):
+        raise InvalidModelError(_cannot_follow("a size in its traced form stays at the batch it was traced at"))
     _check_parity(program, traced)
     return traced
+
+
+def _trace(module: torch.nn.Module, program: torch.export.ExportedProgram, batch: int) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(module, example_inputs(program, batch), strict=False, check_trace=False)
+
+
+def _constants(traced: torch.jit.ScriptModule) -> list[str]:
+    """The traced graph's constants, in order: what differs between two traces that baked in their batch."""
+    return [str(node).split("=", 1)[-1].split("#")[0].strip() for node in traced.inlined_graph.nodes() if node.kind() == "prim::Constant"]
+
+
+def _sizes_read_at_run_time(graph: torch.fx.Graph) -> None:
+    """Make tracing record the sizes the program reads from its inputs, instead of baking in the
+    batch it traced at: `aten.sym_size.int(x, d)` becomes `x.size(d)`, and a factory op given such a
+    size (`aten.zeros.default([1, batch, 64])`, an LSTM's zero state) becomes torch's own function
+    (`torch.zeros`), the one whose tracing keeps the size a run-time value."""
+    sizes = set()
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.sym_size.int:
+            with graph.inserting_before(node):
+                size = graph.call_method("size", node.args)
+            node.replace_all_uses_with(size)
+            graph.erase_node(node)
+            sizes.add(size)
+    for node in graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and _takes_any(node, sizes):
+            function = getattr(torch._C._VariableFunctions, node.target._schema.name.split("::")[-1], None)
+            if function is not None and node.target not in _INFERRED_SIZE_OPS:
+                node.target = function
+
+
+def _takes_any(node: torch.fx.Node, values: set[torch.fx.Node]) -> bool:
+    found: list[torch.fx.Node] = []
+    torch.fx.node.map_arg((node.args, node.kwargs), found.append)
+    return any(value in values for value in found)
 
 
 def _sizes_without_the_batch(node: torch.fx.Node) -> list[int] | None:
@@ -137,10 +177,14 @@ def _check_parity(program: torch.export.ExportedProgram, traced: torch.jit.Scrip
     else:
         detail = ""
     if not same:
-        raise InvalidModelError(
-            "the program computes a size from the batch in a way optiserve's TorchScript passes cannot follow (its traced "
-            f"form differs from the program at batch 3{detail}); export a model whose shapes use -1 or flatten for the batch"
-        )
+        raise InvalidModelError(_cannot_follow(f"its traced form differs from the program at batch 3{detail}"))
+
+
+def _cannot_follow(why: str) -> str:
+    return (
+        f"the program computes a size from the batch in a way optiserve's TorchScript passes cannot follow ({why}); "
+        "export a model whose shapes use -1 or flatten for the batch"
+    )
 
 
 def _tensors(value) -> list[torch.Tensor]:

@@ -45,6 +45,18 @@ def test_a_program_loads_as_a_stand_in_that_matches_it_at_any_batch_size(program
         assert all(torch.allclose(e, g, atol=1e-5) for e, g in zip(expected, got, strict=True))
 
 
+def test_a_size_the_program_makes_from_the_batch_follows_it_in_the_stand_in():
+    # The LSTM's zero state is made from the batch size: baked in at the traced batch, a bigger batch
+    # would run aten.lstm past the state's buffer (it does not check), corrupting the heap.
+    archive, model, inputs = exported_models.lstm()
+    stand_in = load_model(archive)
+    assert "aten::size" in {node.kind() for node in stand_in.inlined_graph.nodes()}
+    for batch in (1, 5, 32):
+        sample = tuple(t[:batch] for t in inputs)
+        with torch.no_grad():
+            assert torch.allclose(model(*sample), stand_in(*sample), atol=1e-5)
+
+
 def test_optimizing_a_program_keeps_the_program_itself_as_the_original(programs, tmp_path: Path):
     archive, model, inputs = programs["residual"]
     result = optimize(archive, tiny_models.calibration_bytes(inputs), FREEZE)
