@@ -17,10 +17,9 @@ import sys
 from typing import Any
 
 # OpenVINO's converter and NNCF report usage to Google Analytics unless a consent file in the user's
-# home says no: from a thread, each report forks a process that posts it. That fork, in a process
-# running torch, is the "unexpected pid" the timing forkserver reaped, and the likely cause of the
-# heap corruption ("double free", "corrupted double-linked list") that aborted three runs of
-# bench/exported.py. With the module blocked, both fall back to their own no-op stubs.
+# home says no: from a thread, each report forks a process that posts it (the "unexpected pid" the
+# timing forkserver reaped and printed into `optiserve optimize`'s progress). A model server has no
+# business sending that. With the module blocked, both fall back to their own no-op stubs.
 sys.modules.setdefault("openvino_telemetry", None)  # type: ignore[arg-type]
 
 # Name -> the module that defines it: under optimizer_pipeline, or in wire.contract (the wire's types,
