@@ -24,7 +24,7 @@ from .choice import choose
 from .config import PipelineConfig
 from .errors import InvalidConfigError
 from .fidelity.measures import accuracy
-from .intake.model_loading import check_model_accepts, load_model, load_program
+from .intake.model_loading import check_model_accepts, load_upload
 from .passes import Plan
 from .fidelity.references import make_references
 from .search.first_plans import first_plans_for
@@ -61,7 +61,7 @@ def inspect_upload(
     """Everything an upload needs to pass before it is accepted; fast (runs two samples; the unlabeled
     set's layout is only compared with the calibration batch's)."""
     settings = parse_config(config)
-    module, batch, _ = _load_inputs(model, calibration, labels)
+    module, _, batch, _ = _load_inputs(model, calibration, labels)
     if unlabeled is not None:
         load_unlabeled(unlabeled, jit.forward_argument_names(module), batch)
     summary = _summarize(module, batch, _size(model), source_format(_read(model)))
@@ -90,7 +90,7 @@ def optimize(
     settings = parse_config(config)
     notify("loading", 0.0)
     with watch.step("loading it and running two calibration samples", watch.step_seconds(settings.candidate_timeout, None)):
-        original, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
+        original, program, batch, two_samples_seconds = _load_inputs(model, calibration, labels)
     extra, offered = _load_unlabeled(unlabeled, original, batch, settings)
     _check_class_outputs(settings, [name for name, _ in check_model_accepts(original, batch.head(2))])
     original_bytes = _read(model)
@@ -100,8 +100,7 @@ def optimize(
         notify("measuring the original", 0.02)
         search, first_note = _default_first_plans(settings, original)
         references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds, extra)
-        if original_runtime == "exported":
-            program = load_program(original_bytes)
+        if program is not None:
             references = [replace(reference, program=program) for reference in references]
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
@@ -171,15 +170,16 @@ def _measure_original(
     return [replace(reference, step_seconds=seconds) for reference in references]
 
 
-def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, Batch, float]:
-    """The model, the calibration batch, and the seconds the model took on its first two samples."""
-    module = load_model(model)
+def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, torch.export.ExportedProgram | None, Batch, float]:
+    """The model, a .pt2 upload's program (or None), the calibration batch, and the seconds the model
+    took on its first two samples."""
+    module, program = load_upload(model)
     batch = load_calibration(calibration, jit.forward_argument_names(module))
     if labels is not None:
         batch = replace(batch, labels=load_labels(labels, len(batch)))
     started = time.perf_counter()
     check_model_accepts(module, batch)
-    return module, batch, time.perf_counter() - started
+    return module, program, batch, time.perf_counter() - started
 
 
 def _default_first_plans(settings: PipelineConfig, original: jit.ScriptModule) -> tuple[SearchConfig | None, str | None]:

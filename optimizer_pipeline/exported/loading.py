@@ -21,6 +21,7 @@ import warnings
 import torch
 
 from ..errors import InvalidModelError
+from ..fidelity.outputs import flatten_outputs
 from .archive import HOW_TO_EXPORT, vet_exported_archive
 
 _INFERRED_SIZE_OPS = {
@@ -62,6 +63,15 @@ def _tempdir_for_confined_import() -> None:
 def runnable(program: torch.export.ExportedProgram) -> torch.nn.Module:
     """The program as a callable module (inputs are checked against its shape constraints on each call)."""
     return program.module()
+
+
+def io_names(program: torch.export.ExportedProgram, module: torch.nn.Module, sample: tuple[torch.Tensor, ...]) -> tuple[list[str], list[str]]:
+    """(input names, output names) of a variant converted from the program: its inputs as exported,
+    its outputs flattened as the original's (fidelity/outputs.py). `module` is `program.module()`."""
+    inputs = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    with torch.no_grad():
+        outputs = [name for name, _ in flatten_outputs(module(*sample))]
+    return inputs, outputs
 
 
 def traced_stand_in(program: torch.export.ExportedProgram) -> torch.jit.ScriptModule:

@@ -34,27 +34,28 @@ def load_model(source: bytes | str | Path) -> jit.ScriptModule:
     (exported/loading.py), which is what the passes work on.
 
     Its code is vetted (model_ops.py, exported/archive.py) before any of it runs; UnsafeModelError refuses it otherwise."""
+    return load_upload(source)[0]
+
+
+def load_upload(source: bytes | str | Path) -> tuple[jit.ScriptModule, torch.export.ExportedProgram | None]:
+    """As load_model, with a .pt2 upload's program as well (None for TorchScript), for the passes that
+    start from it: the archive is vetted and loaded once for both."""
     data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     data = bytes(data)
     if not data:
         raise InvalidModelError("the model file is empty. " + HOW_TO_EXPORT)
     if is_exported_archive(data):
-        module = traced_stand_in(load_exported_program(data))
+        program = load_exported_program(data)
+        module = traced_stand_in(program)
         check_model_ops(module)
-        return module
+        return module, program
     check_archive_code(data)
     try:
         module = jit.load_archive(data)
     except Exception as exc:
         raise InvalidModelError(_diagnose(data, exc)) from None
     check_model_ops(module)
-    return module
-
-
-def load_program(source: bytes | str | Path) -> torch.export.ExportedProgram | None:
-    """A .pt2 upload's program, vetted and loaded (for the passes that start from it), or None for TorchScript."""
-    data = source if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
-    return load_exported_program(bytes(data)) if is_exported_archive(bytes(data)) else None
+    return module, None
 
 
 def _diagnose(data: bytes, exc: Exception) -> str:

@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 
 from ... import jit
+from ...exported.loading import io_names
 from ...intake.calibration import Batch
 from ...runtimes.onnxruntime import TIMING_NOTE, OnnxModel, load_session, quiet_onnx
 from ...fidelity.outputs import flatten_outputs
@@ -87,10 +88,8 @@ def onnx_export(model: jit.ScriptModule | torch.export.ExportedProgram, calibrat
 
 def _from_program(program: torch.export.ExportedProgram, calibration: Batch, config: OnnxExportConfig) -> PassOutput:
     module = program.module()
-    input_names = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    input_names, output_names = io_names(program, module, calibration.head(2).inputs)
     opset = max(config.opset, DYNAMO_MIN_OPSET)
-    with torch.no_grad():
-        output_names = [name for name, _ in flatten_outputs(module(*calibration.head(2).inputs))]
     with tempfile.TemporaryDirectory(prefix="optiserve-onnx-") as directory, quiet_onnx(), jit.quiet_torch(), _stdout_discarded():
         path = Path(directory) / "model.onnx"
         # The program keeps its own dynamic batch (its range constraints); the names are the original's.

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from ... import jit
+from ...exported.loading import io_names
 from ...intake.calibration import Batch
 from ...fidelity.outputs import flatten_outputs
 from ...runtimes.onnxruntime import OnnxModel, load_session, quiet_onnx
@@ -72,11 +73,9 @@ def _from_onnx(model: OnnxModel) -> ov.Model:
 
 
 def _from_program(program: torch.export.ExportedProgram, module: torch.nn.Module, calibration: Batch) -> ov.Model:
-    sample = calibration.head(2).inputs
-    with torch.no_grad():
-        output_names = [name for name, _ in flatten_outputs(module(*sample))]
+    input_names, output_names = io_names(program, module, calibration.head(2).inputs)
     converted = ov.convert_model(program)
-    _name_ports(converted, [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"], output_names)
+    _name_ports(converted, input_names, output_names)
     return converted
 
 
