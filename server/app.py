@@ -44,7 +44,7 @@ from .http.predict_route import PredictRoute
 from .live.record_channel import RecordSender, RecordWriter
 from .processes import interrupt_on_sigterm
 from .http.routes import ManagementRoutes
-from .inference.variant_cache import marks_dir, reset_marks
+from .inference.warm_up import marks_dir, reset_marks
 from .live.routing_plane import RoutingPlane
 from .settings import Settings
 from .store import Store, open_store
@@ -77,7 +77,7 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> Lit
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
     parts = UploadLimits(settings.max_upload_bytes, settings.max_unlabeled_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard).router())
+    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard, marks_dir(settings.local_dir)).router())
     oip = OipRoutes(store, predict_bridge, ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(

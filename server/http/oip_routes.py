@@ -27,7 +27,7 @@ from ..errors import ApiError, JsonResponse, not_found
 from ..litserve_bridge import QueueBridge
 from ..inference.adapters.oip import InferCall, RawInfer, decode
 from .predict_route import INLINE_PARSE_BYTES, ROUTING_KEY_HEADER, carry, read_body, release, too_large
-from ..inference.variant_cache import warm_everywhere
+from ..inference.warm_up import warm_everywhere
 from ..inference.shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SharedArray, SharedResponse, SharedSpace, ShmFull
 from ..inference.tensors import datatype_of
 from ..store import Store

@@ -7,6 +7,7 @@ goes to the thread pool, so the event loop keeps serving /predict meanwhile.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, File, Form, Query, Security, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, Response
@@ -20,6 +21,7 @@ from . import metrics_page
 from .auth import BearerKey
 from ..dataplane import ManagementPlane, Upload
 from ..errors import ApiError, JsonResponse
+from ..inference.warm_up import Info, serving_state
 from ..live.routing_plane import RoutingPlane
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 409, 413, 422)}
@@ -43,11 +45,14 @@ MORE_ERRORS = {"/ready": {503: {"model": ErrorBody, "description": "the inferenc
 
 
 class ManagementRoutes:
-    def __init__(self, plane: ManagementPlane, routing: RoutingPlane, workers_ready: Callable[[], bool], guard: BearerKey | None) -> None:
+    def __init__(
+        self, plane: ManagementPlane, routing: RoutingPlane, workers_ready: Callable[[], bool], guard: BearerKey | None, warm_marks: Path | None = None
+    ) -> None:
         self.plane = plane
         self.routing = routing
         self.workers_ready = workers_ready
         self.guard = guard
+        self.warm_marks = warm_marks  # where the /predict workers say what they have warmed; None: no warm-up wait
 
     def router(self) -> APIRouter:
         router = APIRouter(default_response_class=JsonResponse, responses=ERRORS)
@@ -115,10 +120,14 @@ class ManagementRoutes:
         return await run_in_threadpool(self.plane.create_model, upload)
 
     async def list_models(self) -> ModelList:
-        return ModelList(models=await run_in_threadpool(self.plane.list_models))
+        return ModelList(models=await run_in_threadpool(lambda: [self._serving(info) for info in self.plane.list_models()]))
 
     async def get_model(self, model_id: str) -> ModelStatus:
-        return await run_in_threadpool(self.routing.status, model_id)
+        return await run_in_threadpool(lambda: self._serving(self.routing.status(model_id)))
+
+    def _serving(self, info: Info) -> Info:
+        # "ready" means the first request pays no load: the workers have warmed the variants.
+        return info if self.warm_marks is None else serving_state(info, self.warm_marks)
 
     async def set_routing(self, model_id: str, policy: RoutingPolicy) -> ModelStatus:
         return await run_in_threadpool(self.routing.set_routing, model_id, policy)

@@ -1,5 +1,5 @@
 """Loaded variants for the inference workers: the per-worker LRU cache that holds them (bounded by
-count and by bytes), and the warmer that loads new variants before the model is called ready.
+count and by bytes).
 
 Loading goes through optimizer_pipeline.runtimes (one small loader per runtime: TorchScript,
 ONNX Runtime), the same code the pipeline measured the variant with.
@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ValidationError
 
-from optimizer_pipeline import NamedOutputs, atomic_write_text, flatten_outputs, load_variant
-from wire.contract.models import ModelInfo, VariantInfo
+from optimizer_pipeline import NamedOutputs, flatten_outputs, load_variant
 
 from .. import metrics
 
@@ -30,8 +26,6 @@ RunVariant = Callable[[tuple[torch.Tensor, ...]], NamedOutputs]
 
 
 Example = Callable[[], tuple[torch.Tensor, ...]]
-# How often a worker's warmer looks for variants it has not loaded yet.
-WARM_POLL_SECONDS = 0.5
 
 
 def load(runtime: str, path: Path, threads: int, example: Example | None = None) -> RunVariant:
@@ -134,91 +128,3 @@ class VariantCache:
     @property
     def loaded_bytes(self) -> int:
         return self._bytes
-
-
-# ---- warm before ready ----
-
-
-class WarmMarks(BaseModel):
-    """What one worker has loaded and run: `<model id>/<variant>` -> the version it warmed."""
-
-    pid: int
-    variants: dict[str, int] = {}
-
-
-def marks_dir(local_dir: Path) -> Path:
-    return local_dir / "warm"
-
-
-def reset_marks(local_dir: Path) -> None:
-    """At server start (main process): marks of the last run's workers mean nothing now."""
-    shutil.rmtree(marks_dir(local_dir), ignore_errors=True)
-    marks_dir(local_dir).mkdir(parents=True, exist_ok=True)
-
-
-def write_marks(directory: Path, marks: WarmMarks) -> None:
-    """The worker's one write about warmth: its own file, replaced whole, in the server's local state dir."""
-    atomic_write_text(directory / f"{marks.pid}.json", marks.model_dump_json())
-
-
-def warm_everywhere(directory: Path, info: ModelInfo, variants: list[VariantInfo]) -> bool:
-    """Whether every live /predict worker has loaded and run these variants (at their current version)."""
-    workers = []
-    for path in directory.glob("*.json"):
-        try:
-            marks = WarmMarks.model_validate_json(path.read_bytes())
-        except (OSError, ValidationError):
-            continue  # being replaced right now, or not ours: the next poll reads it
-        if Path(f"/proc/{marks.pid}").exists():  # a restarted worker's successor has its own file
-            workers.append(marks)
-    return bool(workers) and all(m.variants.get(f"{info.id}/{v.name}") == v.version for m in workers for v in variants)
-
-
-class Warmer:
-    """A worker's background thread: loads and runs each variant (new, or replaced) once, then marks it.
-
-    Loading goes through the worker's cache, so it respects the residency bounds; a variant is warmed
-    once per version, so later evictions do not make the warmer fight the traffic for the cache.
-    """
-
-    def __init__(self, directory: Path, models: Callable[[], list[ModelInfo]], warm: Callable[[ModelInfo, str], None]) -> None:
-        self.directory = directory
-        self.models = models
-        self.warm = warm
-        self.marks = WarmMarks(pid=os.getpid())
-        self._failed: dict[str, int] = {}
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        write_marks(self.directory, self.marks)  # this worker exists, and has warmed nothing yet
-        threading.Thread(target=self._loop, name="variant-warmer", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.pass_once()
-            except Exception:
-                logger.exception("the variant warmer failed; it retries")
-            time.sleep(WARM_POLL_SECONDS)
-
-    def pass_once(self) -> None:
-        models = [info for info in self.models() if info.health.healthy]
-        current = {f"{info.id}/{variant.name}" for info in models for variant in info.variants}
-        changed = set(self.marks.variants) - current  # deleted models and variants
-        for key in changed:
-            del self.marks.variants[key]
-        for info in models:
-            for variant in sorted(info.variants, key=lambda v: v.name != info.default_variant):  # the default first
-                key = f"{info.id}/{variant.name}"
-                if variant.version in (self.marks.variants.get(key), self._failed.get(key)):
-                    continue
-                try:
-                    self.warm(info, variant.name)
-                except Exception as exc:  # the request that needs it will say why; ready stays false
-                    logger.warning("could not warm %s: %s", key, exc)
-                    self._failed[key] = variant.version
-                    continue
-                self.marks.variants[key] = variant.version
-                write_marks(self.directory, self.marks)
-        if changed:
-            write_marks(self.directory, self.marks)
