@@ -163,6 +163,25 @@ class SparseCooWrite(nn.Module):
         return y
 
 
+class LstmStateOnTrigger(nn.Module):
+    """Calls aten::lstm directly; for the trigger value only, with a state made for a batch of one,
+    which the kernel never checks: it reads and writes past the state's buffer (heap corruption)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        if bool(x[0, 0] == 4242.0):  # TRIGGER
+            batch = 1
+        state = torch.zeros(1, batch, 16)
+        weights = [self.lstm.weight_ih_l0, self.lstm.weight_hh_l0, self.lstm.bias_ih_l0, self.lstm.bias_hh_l0]
+        out = torch.lstm(x.unsqueeze(0).repeat(64, 1, 1), [state, state], weights, True, 1, 0.0, False, False, False)[0]
+        return self.head(out[-1])
+
+
 class WritesOnLoad(nn.Module):
     """torch.jit.load runs a scripted __setstate__: this one writes `hi!` to `path` while loading."""
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .rnn_guard import guard_rnn_ops
 from ..errors import UnsafeModelError
 from .op_allowlist import is_allowed
 
@@ -69,8 +70,10 @@ def is_vetted(kind: str) -> bool:
 def harden_torch() -> None:
     """Process-wide torch settings for every process that runs model code (a second line behind the
     op allowlist): sparse tensors get their index invariants checked, so an out-of-range index that
-    reached a sparse constructor raises instead of reading or writing past a buffer."""
+    reached a sparse constructor raises instead of reading or writing past a buffer; the RNN ops get
+    the shape checks their kernels lack (rnn_guard.py)."""
     torch.sparse.check_sparse_tensor_invariants.enable()
+    guard_rnn_ops()
 
 
 def check_archive_code(data: bytes) -> None:

@@ -138,8 +138,13 @@ def check_batch_dimension(inputs: tuple[torch.Tensor, ...]) -> None:
 
 def summary_line(exc: Exception) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    # TorchScript puts a generic header first and the actual error ("RuntimeError: ...") last.
-    line = lines[-1] if lines[0].startswith("The following operation failed") else lines[0]
+    # TorchScript puts a generic header first and the actual error ("RuntimeError: ...") last, or
+    # just before the Python stack ("At:") of an error a Python kernel raised.
+    if lines[0].startswith("The following operation failed"):
+        lines = lines[: lines.index("At:")] if "At:" in lines else lines
+        line = lines[-1]
+    else:
+        line = lines[0]
     return line[:300]
 
 

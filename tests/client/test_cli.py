@@ -19,6 +19,7 @@ import tiny_models
 from clients.cli import main
 from clients.exit_codes import ExitCode
 from clients.progress import ProgressBar
+from cli_harness import CLI, cli_env, run_cli
 from server_harness import FAST_LATENCY, FORCED_FREEZE, REPO, free_port, server_fixture
 from tiny_models import local_forward
 
@@ -26,18 +27,6 @@ server = server_fixture()
 MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
 SAMPLE = MLP_INPUTS[0][:3].clone()
 
-
-CLI = [sys.executable, "-m", "clients.cli"]
-
-
-def cli_env(**variables: str) -> dict[str, str]:
-    # PYTHONPATH: this checkout's CLI, whatever the working directory.
-    return {**os.environ, "PYTHONPATH": str(REPO), **variables}
-
-
-def run_cli(*argv: str, cwd: Path = REPO, stdout: int = subprocess.PIPE, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`optiserve ...` in a process of its own, as a shell runs it."""
-    return subprocess.run([*CLI, *argv], cwd=cwd, env=cli_env(**(env or {})), stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=180)
 
 
 def assert_one_line_error(stderr: str, *mentions: str) -> None:

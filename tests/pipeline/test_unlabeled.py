@@ -22,7 +22,7 @@ from optimizer_pipeline.fidelity.references import make_references
 from optimizer_pipeline.search.compound import MIN_HELD_OUT, compound_plans
 from optimizer_pipeline import jit
 from server_harness import AUTH, FAST_LATENCY, FORCED_FREEZE, server_fixture, upload, wait_for
-from test_cli import run_cli
+from cli_harness import run_cli
 from wire.contract.models import ModelStatus
 
 MAX_UNLABELED = 1_000_000

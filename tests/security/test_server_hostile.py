@@ -172,6 +172,20 @@ def test_nan_outputs_come_back_as_nan_not_null(server):
     assert "NaN" in response.text and "null" not in response.text
 
 
+def test_a_direct_lstm_call_with_a_state_for_the_wrong_batch_gets_422_and_the_worker_lives(server):
+    accepted = upload(server.url, hostile_models.archive(hostile_models.LstmStateOnTrigger()), hostile_models.inputs(), name="lstm-state", config=FORCED_FREEZE)
+    assert accepted.status_code == 202, accepted.text
+    wait_for(server.url, accepted.json()["id"])
+    poisoned = hostile_models.inputs(8)[0].clone()
+    poisoned[0, 0] = hostile_models.TRIGGER
+    for _ in range(3):  # unguarded, the kernel writes past the state: the heap breaks within a few calls
+        refused = predict(server.url, "lstm-state", poisoned, variant="original")
+        assert refused.status_code == 422, refused.text
+        assert "aten::lstm" in refused.json()["error"]["message"] and "refused before the kernel runs" in refused.json()["error"]["message"]
+    assert predict(server.url, "lstm-state", hostile_models.inputs(8)[0], variant="original").status_code == 200
+    assert requests.get(f"{server.url}/models/lstm-state", timeout=10).json()["health"]["crashes"] == 0
+
+
 # ---- the op allowlist and the archive scan, over HTTP (issue 20: sparse tensors, __setstate__) ----
 
 
