@@ -14,7 +14,7 @@ An op that is not listed is refused, whatever it is called. Deliberately absent:
 - calls left after inlining (`prim::CallFunction`/`CallMethod`: a target not known statically) and
   Python (`prim::PythonOp`).
 
-Built from reality: `bench/collect_ops.py` collects every op of every model in the tests and benches,
+Built from reality: `bench/support/collect_ops.py` collects every op of every model in the tests and benches,
 of common scripted library modules (nn.TransformerEncoderLayer, nn.MultiheadAttention, LSTM/GRU,
 F.interpolate, ...) and of every variant our passes make of them; tests/pipeline/test_model_ops.py proves all of
 those are listed. To add an op: check its CPU kernel bounds-checks what it reads and writes, then add it.

@@ -210,8 +210,8 @@ def test_the_vetted_set(kind: str, vetted: bool):
 
 
 def _collect_ops():
-    """bench/collect_ops.py by path (bench/ is scripts, not a package): the list of every model we use."""
-    spec = importlib.util.spec_from_file_location("collect_ops", Path(__file__).parents[2] / "bench" / "collect_ops.py")
+    """bench/support/collect_ops.py by path (bench/ is scripts, not a package): the list of every model we use."""
+    spec = importlib.util.spec_from_file_location("collect_ops", Path(__file__).parents[2] / "bench" / "support" / "collect_ops.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

