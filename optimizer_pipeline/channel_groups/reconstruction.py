@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from ..intake.calibration import Batch
 from ..jit import ScriptModule
+from ..measure import watch
 from . import graph as g
 from .analysis import ChannelAnalysis
 from .apply import kept_indices
@@ -96,6 +97,7 @@ def reconstruct(
             keep = _sample_rows(len(rows_x), MAX_ROWS * len(chunk) // len(batch), generator)
             normal.add(rows_x[keep], rows_y[keep])
         refits.append(_solve_and_set(pruned, layer, normal, ridge))
+        watch.beat()  # a layer refitted: the step running this (minutes on a ResNet-18) is alive
     return refits
 
 

@@ -68,3 +68,18 @@ def test_keep_options_are_multiples_of_round_to():
     assert keep_options(20, 8) == [20, 16, 8]
     assert keep_options(16, 8) == [16, 8]
     assert keep_options(6, 8) == [6]
+
+
+def test_sensitivities_are_measured_once_per_model_across_amounts():
+    from optimizer_pipeline.passes.pruning import sensitivity_memo
+
+    _, module, inputs = traced("conv_bn")
+    first = sensitivity_pruning(module, inputs, amount=0.3, amount_of="macs").details
+    measured, remembered = sensitivity_memo.counts["measured"], sensitivity_memo.counts["remembered"]
+    second = sensitivity_pruning(module, inputs, amount=0.6, amount_of="macs").details
+    assert sensitivity_memo.counts["measured"] == measured  # nothing measured again
+    assert sensitivity_memo.counts["remembered"] > remembered
+    assert [g["sensitivity"] for g in first["pruned_groups"]] == [g["sensitivity"] for g in second["pruned_groups"]]
+    # Other data, other measurements.
+    sensitivity_pruning(module, tuple(x * 2 for x in inputs), amount=0.3, amount_of="macs")
+    assert sensitivity_memo.counts["measured"] > measured

@@ -21,8 +21,10 @@ from ...channel_groups import (
 from ...channel_groups.allocation import Allocation, allocate
 from ...channel_groups.cost import CostModel
 from ...fidelity.measures import compare_outputs
+from ...measure import watch
 from ...intake.model_loading import run_model
 from ..base import PassConfig, PassOutput, register
+from .sensitivity_memo import fingerprint, remembered
 
 # Enough samples that the batch dim never equals a channel count by accident (shapes are probed).
 SHAPE_PROBE_SAMPLES = 3
@@ -148,8 +150,9 @@ def _allocate(
             pruned = jit.reload(copy)
             if config.reconstruct:
                 reconstruct(model, pruned, pruned_consumers(own, removed), sample, config.reconstruction_ridge)
-        # Relative squared error of the worst output (noise over signal).
-        return 10 ** (-compare_outputs(reference, run_model(pruned, sample)).sqnr_db / 10)
+        loss = 10 ** (-compare_outputs(reference, run_model(pruned, sample)).sqnr_db / 10)  # worst output's noise over signal
+        watch.beat()  # one of many measurements (groups x levels): the step running them is alive
+        return loss
 
     if config.amount_of == "macs":
         with jit.quiet_torch():
@@ -158,7 +161,8 @@ def _allocate(
         def cost(kept_share: dict[ChannelGroup, float]) -> float:
             return sum(len(group.components) * kept_share.get(group, 1.0) for group in prunable)
     round_to = {group: _units(analysis, group, config.round_to) for group in prunable}
-    return allocate(prunable, config.amount, round_to, cost, loss_when_removed)
+    key = fingerprint(model, sample, scores, config.model_dump_json(exclude={"amount", "amount_of", "round_to"}))
+    return allocate(prunable, config.amount, round_to, cost, remembered(key, loss_when_removed))
 
 
 def _scores(model: jit.ScriptModule, analysis: ChannelAnalysis, calibration: Batch, config: PruneStructuredConfig) -> dict[int, float]:
