@@ -103,6 +103,13 @@ def main() -> None:
         "optimization_seconds": status.optimization_seconds,
         "stage_seconds": status.stage_seconds,
         "search_note": report.search.first_note if report.search else None,
+        "compound_note": report.search.compound_note if report.search else None,
+        "job_attempts": status.attempts,
+        "notes": status.notes,
+        "trials": [
+            {"name": c.name, "origin": c.origin, "status": c.status, "speedup": c.speedup, "verdict": c.fidelity.verdict if c.fidelity else None, "error": (c.error or "")[:300] or None}
+            for c in report.candidates
+        ],
         "target_seconds": TARGET_SECONDS,
         "met": total_seconds <= TARGET_SECONDS,
         "load_average_1min_after": round(load, 2),
