@@ -37,15 +37,15 @@ class WarmMarks(BaseModel):
     failed: dict[str, int] = Field(default_factory=dict, description="variants it could not load or run, by version: their requests say why")
 
 
-def marks_dir(local_dir: Path, endpoint: str = "/predict") -> Path:
-    """Where the workers of `endpoint` keep their marks (one file per worker)."""
-    return local_dir / "warm" / endpoint.strip("/")
+def marks_dir(local_dir: Path) -> Path:
+    """Where the /predict workers keep their marks (one file per worker)."""
+    return local_dir / "warm"
 
 
 def reset_marks(local_dir: Path) -> None:
     """At server start (main process): marks of the last run's workers mean nothing now."""
-    shutil.rmtree(local_dir / "warm", ignore_errors=True)
-    (local_dir / "warm").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(marks_dir(local_dir), ignore_errors=True)
+    marks_dir(local_dir).mkdir(parents=True, exist_ok=True)
 
 
 def write_marks(directory: Path, marks: WarmMarks) -> None:

@@ -75,15 +75,12 @@ class InferenceAPI(BridgedAPI):
         pin_malloc_thresholds()  # the allocator the pipeline measured with, or the A/B numbers would not match
         self.store = open_store(self.settings, read_only=True)
         self.keep_held_record(self.settings.held_dir)
-        warm_marks = marks_dir(self.settings.local_dir, self.endpoint).resolve()
-        warm_marks.mkdir(parents=True, exist_ok=True)  # before confinement: afterwards only this is writable
-        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(warm_marks,)))
+        self.warm_marks = marks_dir(self.settings.local_dir).resolve()
+        self.warm_marks.mkdir(parents=True, exist_ok=True)  # before confinement: afterwards only this is writable
+        confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(self.warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
-        # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
-        self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
-        Warmer(warm_marks, self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 
     def _overran(self, model_id: str, seconds: float) -> None:
         """The watchdog's last act before this worker ends: count the timeout, answer this model's
@@ -280,6 +277,11 @@ class PredictAPI(InferenceAPI):
         # Shadow forwards run on the observer's thread, under a time limit of their own.
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         self.observer = LiveObserver(self.store, self._shadow_forward, self.records)
+        # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
+        # Not in /compare workers: they would keep the same bytes loaded again (variant_cache_bytes
+        # each), for an endpoint meant for spot checks.
+        self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        Warmer(self.warm_marks, self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         """An explicit variant wins; otherwise the model's routing policy places each request."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import tiny_models
-from server_harness import AUTH, FORCED_FREEZE, metric_value, server_fixture, upload, wait_for, wait_until
+from server_harness import FORCED_FREEZE, metric_value, server_fixture, upload, wait_for
 
 MB = 1_000_000
 BOUND = 90 * MB  # holds two 40 MB variants, not three
@@ -68,29 +68,6 @@ def test_first_request_after_ready_costs_what_the_next_ones_do(server, step):
         assert session.get(server.url + "/v2/health/live", timeout=10).status_code == 200  # the connection is up
         first, *steady = timed_requests(session, server.url, "warm", 21)
     # Without warm-up the first request pays loading the variant and TorchScript's first optimizing calls.
-    assert first < 3 * statistics.median(steady), (first, statistics.median(steady))
-
-
-def test_compare_workers_warm_the_variants_too(server):
-    def compare_loads() -> float:
-        return metric_value(requests.get(server.url + "/metrics", timeout=30).text, "optiserve_variant_loads_total", api="/compare")
-
-    wait_until(lambda: requests.get(server.url + "/ready", timeout=10).status_code == 200, "the workers to start", timeout=60)
-    before = compare_loads()
-    accepted = upload(server.url, CNN_ARCHIVE, CNN_INPUTS, name="warm-compare", config=FORCED_FREEZE)
-    assert accepted.status_code == 202, accepted.text
-    assert wait_for(server.url, accepted.json()["id"])["state"] == "ready"
-    # Both variants load in the /compare worker unasked.
-    wait_until(lambda: compare_loads() >= before + 2, "the /compare worker to load the variants", timeout=60)
-    body = {"model": "warm-compare", "inputs": [CNN_INPUTS[0][:1].tolist()]}
-    with requests.Session() as session:
-        seconds = []
-        for _ in range(21):
-            started = time.perf_counter()
-            response = session.post(server.url + "/compare", json=body, headers=AUTH, timeout=60)
-            seconds.append(time.perf_counter() - started)
-            assert response.status_code == 200, response.text
-    first, *steady = seconds
     assert first < 3 * statistics.median(steady), (first, statistics.median(steady))
 
 
