@@ -5,7 +5,9 @@ Tried after the built-in single passes, and only where they can pay and be trust
   (cosine ≥ HEADROOM_COSINE), so removing channels on top of it may still fit in the budget;
 - the held-out samples can certify it (MIN_HELD_OUT): pruning moves outputs further than int8, so
   the tolerance must be judged on enough samples that a real loss shows;
-- time is left in the optimization's budget (`time_budget_seconds`).
+- time is left in the optimization's budget (`time_budget_seconds`) for measuring each channel
+  group's sensitivity, the bulk of the first pruned plan (minutes on a ResNet-18 at 96x96), which
+  is estimated from the model's group count and its measured forward time before anything is queued.
 Each runtime whose int8 met the tolerance gets its own tail (torch static int8, OpenVINO NNCF int8,
 ONNX Runtime static int8). The pruning is allocated by measured sensitivity, at several amounts of
 the model's MACs, the largest first: a smaller amount is tried only where the larger one missed.
@@ -13,10 +15,16 @@ the model's MACs, the largest first: a smaller amount is tried only where the la
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .. import jit
 from ..candidates import BuiltCandidate, Reference
+from ..channel_groups import analyse
+from ..channel_groups.allocation import LEVELS
+from ..passes.pruning.structured import SENSITIVITY_SAMPLES, SHAPE_PROBE_SAMPLES
 from ..passes.base import is_known_pass, parse_pass_spec
 from ..passes.plan import Plan
 
@@ -38,6 +46,9 @@ FINETUNE_SHARE = 0.15  # of the time left, per amount: distillation stops after 
 STEP_COST = 3.0  # a training step (forward + backward) costs about three forwards at the same batch
 MIN_FINETUNE_STEPS = 20  # fewer would not move the weights: reconstruction alone then
 MAX_FINETUNE_STEPS = 500  # early stopping on the internal split usually ends it sooner
+# Forwards over the samples per sensitivity measurement: the pruned copy's, the original's and the
+# copy's probes for the refit, and the original's reference, taken once but counted for the rest.
+SENSITIVITY_FORWARDS = 4
 
 
 @dataclass
@@ -62,7 +73,13 @@ def compound_plans(built: list[BuiltCandidate], reference: Reference, seconds_le
         return CompoundDecision([], f"compound plans not tried: no int8 candidate met the tolerance with cosine ≥ {HEADROOM_COSINE}")
     if seconds_left <= 0:
         return CompoundDecision([], "compound plans not tried: no time left in time_budget_seconds; raise it to try them")
-    steps = _finetune_steps(built, seconds_left)
+    groups, sensitivity_seconds = _sensitivity_cost(built, reference)
+    if sensitivity_seconds > seconds_left:
+        return CompoundDecision([], (
+            f"compound plans not tried: measuring the sensitivity of {groups} channel groups would take about "
+            f"{sensitivity_seconds:.0f} s, and {max(seconds_left, 0):.0f} s are left in time_budget_seconds; raise it to try them"
+        ))
+    steps = _finetune_steps(built, seconds_left - sensitivity_seconds)
     plans = []
     for amount in AMOUNTS:
         prefix = [{"pass": "prune_structured", "scope": "sensitivity", "amount_of": "macs", "amount": amount}]
@@ -84,6 +101,20 @@ def _has_headroom(built: list[BuiltCandidate], last_pass: str) -> bool:
             if report.fidelity is not None and report.fidelity.cosine >= HEADROOM_COSINE:
                 return True
     return False
+
+
+def _sensitivity_cost(built: list[BuiltCandidate], reference: Reference, clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+    """(prunable channel groups, seconds to measure them all): per group and level, a copy is
+    reloaded and analysed (timed here once) and SENSITIVITY_FORWARDS forwards run over the samples."""
+    started = clock()
+    with jit.quiet_torch():
+        analysis = analyse(jit.reload(reference.original), reference.train.head(SHAPE_PROBE_SAMPLES).inputs)
+    analyse_seconds = clock() - started
+    groups = sum(group.pinned_reason is None for group in analysis.groups)
+    latency = [c for b in built for c in b.report.latency[-1:]]
+    per_sample = max((c.original.median_ms / 1000 / c.batch_size for c in latency if c.batch_size), default=0.0)
+    measurement = 2 * analyse_seconds + SENSITIVITY_FORWARDS * SENSITIVITY_SAMPLES * per_sample
+    return groups, groups * len(LEVELS) * measurement
 
 
 def _finetune_steps(built: list[BuiltCandidate], seconds_left: float) -> int:

@@ -132,6 +132,20 @@ def test_compound_plans_wait_for_enough_held_out_samples():
     assert f"at least {MIN_HELD_OUT}" in decision.note and "--unlabeled" in decision.note
 
 
+def test_the_sensitivity_cost_counts_every_prunable_group_at_every_level():
+    from optimizer_pipeline.channel_groups.allocation import LEVELS
+    from optimizer_pipeline.search.compound import _sensitivity_cost
+
+    original = jit.load_archive(CNN_ARCHIVE)
+    batch = load_calibration(tiny_models.calibration_bytes(CNN_INPUTS), ["x"])
+    reference = make_references(original, batch, PipelineConfig(), threads=1)[0]
+    ticks = iter(range(100))
+    groups, seconds = _sensitivity_cost([], reference, clock=lambda: float(next(ticks)))  # the analysis "takes" 1 s
+    assert groups >= 1
+    # Without a measured forward, each measurement costs two analyses' time (a reload and an analysis).
+    assert seconds == groups * len(LEVELS) * 2.0
+
+
 def test_the_default_search_tries_pruned_compound_plans_given_an_unlabeled_set():
     config = {
         # Cosine: int8 of this random-weight CNN keeps cosine ≥ 0.9998, but its top-1 of ten near-equal scores flips.
