@@ -37,7 +37,7 @@ import torch
 from support.common import RESULTS_DIR
 from support.peer_builders import Entry, build_peers, describe_error, load_any, timing_inputs
 from support.peer_cases import Case, all_case_names, make_case
-from support.peer_summary import print_case, print_summary, summarize
+from support.peer_summary import print_case, print_markdown, print_summary, summarize
 
 from optimizer_pipeline import jit, optimize
 from optimizer_pipeline.intake.model_loading import run_model
@@ -56,10 +56,15 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--unlabeled", type=int, default=0, metavar="N", help="also optimize the conv cases given N unseen unlabeled inputs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; cases already in it and not run now are kept")
+    parser.add_argument("--reports", type=Path, default=Path(tempfile.gettempdir()) / "peers-reports", help="each run's full report.json goes here")
+    parser.add_argument("--table", action="store_true", help="only print the tables of the results in --out, as markdown")
     parser.add_argument("--time-one", nargs=4, metavar=("RUNTIME", "VARIANT", "INPUTS", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.time_one:
         _time_one(*args.time_one)
+        return
+    if args.table:
+        print_markdown(json.loads(args.out.read_text())["results"])
         return
     meta = {"load_average_before": _load_average(), "argv": sys.argv[1:]}
     results = []
@@ -70,9 +75,9 @@ def main() -> None:
 
 
 def bench_case(case: Case, args: argparse.Namespace) -> dict:
-    runs = [_optimize(case, None)]
+    runs = [_optimize(case, None, args.reports)]
     if case.unlabeled is not None:
-        runs.append(_optimize(case, case.unlabeled))
+        runs.append(_optimize(case, case.unlabeled, args.reports))
     entries = [Entry("original", "torchscript", case.archive)]
     for run in runs:
         optimized = run["result"].optimized
@@ -101,12 +106,14 @@ def bench_case(case: Case, args: argparse.Namespace) -> dict:
     return summary
 
 
-def _optimize(case: Case, unlabeled: bytes | None) -> dict:
+def _optimize(case: Case, unlabeled: bytes | None, reports: Path) -> dict:
     started = time.perf_counter()
     result = optimize(case.archive, case.calibration, {"batch_size": BATCH}, name=case.name, unlabeled=unlabeled)
     seconds = time.perf_counter() - started
     label = "optiserve pick" if unlabeled is None else "optiserve pick (unlabeled set)"
     print(f"{case.name}: {label} {result.report.chosen.candidate} in {seconds:.0f} s", flush=True)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / f"{case.name}{'-unlabeled' if unlabeled else ''}.json").write_text(result.report.model_dump_json(indent=1))
     return {"label": label, "result": result, "seconds": seconds, "unlabeled": unlabeled is not None}
 
 

@@ -110,3 +110,17 @@ def print_summary(results: list[dict]) -> None:
                   f"{summary['best_peer'] or '-'} {summary['best_peer_speedup'] or 0:.2f}x | "
                   f"{ratio or 0:.2f} (≥ {pick['target']}: {verdict}) | {pick['claimed_speedup']:.2f}x / {pick['alone_speedup']:.2f}x "
                   f"({pick['claim_error']:+.0%}) | {pick['optimize_seconds']:.0f} s | {judged_words(summary)} |")
+
+
+def print_markdown(results: list[dict]) -> None:
+    """The summary table, then every case's variants: the bench's verdict and speed-up alone."""
+    print_summary(results)
+    print("\n| case | variant | runtime | within budget | x alone | bench's measure |\n|---|---|---|---|---|---|")
+    for summary in results:
+        for row in summary["rows"]:
+            if row["error"]:
+                print(f"| {summary['model']} | {row['variant']} | {row['runtime']} | failed: {row['error'][:80]} | | |")
+                continue
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in row.get("metrics", {}).items() if k != "box_mae_px_original")
+            print(f"| {summary['model']} | {row['variant']} | {row['runtime']} | {'yes' if row['within_budget'] else 'no'} | "
+                  f"{row.get('alone_speedup', 0):.2f}x | {metrics} |")
