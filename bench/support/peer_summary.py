@@ -105,7 +105,7 @@ def print_summary(results: list[dict]) -> None:
         for pick in summary["picks"]:
             name = summary["model"] + (" + unlabeled" if pick["unlabeled"] else "")
             ratio = pick["pick_over_best_peer"]
-            verdict = "met" if pick["target_met"] else "missed"
+            verdict = "met" if pick["target_met"] else "missed" if pick["within_budget"] else "missed: the pick is out of budget"
             print(f"| {name} | {pick['alone_speedup']:.2f}x | {pick['candidate']} ({pick['runtime']}) | "
                   f"{summary['best_peer'] or '-'} {summary['best_peer_speedup'] or 0:.2f}x | "
                   f"{ratio or 0:.2f} (≥ {pick['target']}: {verdict}) | {pick['claimed_speedup']:.2f}x / {pick['alone_speedup']:.2f}x "
