@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -97,15 +99,19 @@ class RowLSTM(nn.Module):
 
 
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float = 2e-3, batch: int = 128) -> nn.Module:
+    return _fit(model, len(labels), epochs, lambda index: nn.functional.cross_entropy(model(images[index]), labels[index]), lr, batch)
+
+
+def _fit(model: nn.Module, count: int, epochs: int, loss_of: Callable[[torch.Tensor], torch.Tensor], lr: float, batch: int) -> nn.Module:
+    """Adam over seeded shuffles of `count` samples; `loss_of(index)` is a minibatch's loss."""
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), batch):
-            index = order[start : start + batch]
+        order = torch.randperm(count)
+        for start in range(0, count, batch):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images[index]), labels[index]).backward()
+            loss_of(order[start : start + batch]).backward()
             optimizer.step()
     return model.eval()
 
@@ -142,16 +148,8 @@ def ink_boxes(images: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def train_class_and_box(model: ClassAndBox, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, epochs: int,
                         lr: float = 2e-3, batch: int = 128) -> ClassAndBox:
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), batch):
-            index = order[start : start + batch]
-            optimizer.zero_grad()
-            scores, box = model(images[index])
-            loss = nn.functional.cross_entropy(scores, labels[index]) + 3 * nn.functional.l1_loss(box, boxes[index])
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        scores, box = model(images[index])
+        return nn.functional.cross_entropy(scores, labels[index]) + 3 * nn.functional.l1_loss(box, boxes[index])
+
+    return _fit(model, len(labels), epochs, loss_of, lr, batch)
