@@ -117,14 +117,15 @@ def _fit(model: nn.Module, count: int, epochs: int, loss_of: Callable[[torch.Ten
 
 
 class ClassAndBox(nn.Module):
-    """Two outputs from one trunk: class logits, and the box of the ink (x0, y0, x1, y1 in [0, 1])."""
+    """Two outputs from one trunk: class logits, and the box of the ink (x0, y0, x1, y1, about [0, 1])."""
 
     def __init__(self, channels: int = 1, classes: int = 10, width: int = 32, side: int = 28) -> None:
         super().__init__()
         self.features = nn.Sequential(conv_bn(channels, width), conv_bn(width, width * 2, 2), conv_bn(width * 2, width * 2, 2))
         self.classes = nn.Linear(width * 2, classes)
         cells = (side // 4) ** 2  # two stride-2 convs; the box head keeps where the features are
-        self.box = nn.Sequential(nn.Flatten(), nn.Linear(width * 2 * cells, 64), nn.ReLU(), nn.Linear(64, 4), nn.Sigmoid())
+        # A linear end: a sigmoid here saturated in training (outputs pinned at 0 and 1), which no variant can move.
+        self.box = nn.Sequential(nn.Flatten(), nn.Linear(width * 2 * cells, 64), nn.ReLU(), nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.features(x)
