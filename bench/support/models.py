@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -97,14 +99,58 @@ class RowLSTM(nn.Module):
 
 
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float = 2e-3, batch: int = 128) -> nn.Module:
+    return _fit(model, len(labels), epochs, lambda index: nn.functional.cross_entropy(model(images[index]), labels[index]), lr, batch)
+
+
+def _fit(model: nn.Module, count: int, epochs: int, loss_of: Callable[[torch.Tensor], torch.Tensor], lr: float, batch: int) -> nn.Module:
+    """Adam over seeded shuffles of `count` samples; `loss_of(index)` is a minibatch's loss."""
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(labels), batch):
-            index = order[start : start + batch]
+        order = torch.randperm(count)
+        for start in range(0, count, batch):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(images[index]), labels[index]).backward()
+            loss_of(order[start : start + batch]).backward()
             optimizer.step()
     return model.eval()
+
+
+class ClassAndBox(nn.Module):
+    """Two outputs from one trunk: class logits, and the box of the ink (x0, y0, x1, y1, about [0, 1])."""
+
+    def __init__(self, channels: int = 1, classes: int = 10, width: int = 32, side: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(conv_bn(channels, width), conv_bn(width, width * 2, 2), conv_bn(width * 2, width * 2, 2))
+        self.classes = nn.Linear(width * 2, classes)
+        cells = (side // 4) ** 2  # two stride-2 convs; the box head keeps where the features are
+        # A linear end: a sigmoid here saturated in training (outputs pinned at 0 and 1), which no variant can move.
+        self.box = nn.Sequential(nn.Flatten(), nn.Linear(width * 2 * cells, 64), nn.ReLU(), nn.Linear(64, 4))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(x)
+        return self.classes(features.mean((2, 3))), self.box(features)
+
+
+def ink_boxes(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[N, 4] (x0, y0, x1, y1) / (side - 1) of the pixels above `threshold`; the whole image if there are none."""
+    ink = images[:, 0] > threshold
+    side = images.shape[-1]
+    positions = torch.arange(side)
+    boxes = []
+    for rows, cols in zip(ink.any(2), ink.any(1)):
+        if not rows.any():
+            boxes.append([0, 0, side - 1, side - 1])
+            continue
+        ys, xs = positions[rows], positions[cols]
+        boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+    return torch.tensor(boxes, dtype=torch.float32) / (side - 1)
+
+
+def train_class_and_box(model: ClassAndBox, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, epochs: int,
+                        lr: float = 2e-3, batch: int = 128) -> ClassAndBox:
+    def loss_of(index: torch.Tensor) -> torch.Tensor:
+        scores, box = model(images[index])
+        return nn.functional.cross_entropy(scores, labels[index]) + 3 * nn.functional.l1_loss(box, boxes[index])
+
+    return _fit(model, len(labels), epochs, loss_of, lr, batch)
