@@ -38,7 +38,12 @@ class BranchFedLinears:
 
 def branch_fed_linears(model: torch.jit.ScriptModule) -> BranchFedLinears:
     found = BranchFedLinears()
-    _visit(model, "", model.graph, set(), found)
+    try:
+        _visit(model, "", model.graph, set(), found)
+    except (RuntimeError, AttributeError, TypeError):
+        # A graph this walk does not know how to read: quantize as before rather than fail a model
+        # that may well have no such `if`.
+        return BranchFedLinears()
     if "" in found.modules:
         found.modules.remove("")
         found.impossible = (
