@@ -23,7 +23,7 @@ from .intake.calibration import Batch
 from .config import PipelineConfig, Tolerance
 from .fidelity.measures import assess, compare_outputs
 from .measure.latency import MIN_ROUNDS, alone_stats, compare_latency
-from .measure.latency_alone import Subject, time_alone
+from .measure.latency_alone import STALL_FACTOR, Subject, time_alone, undisturbed
 from .intake.model_loading import run_model
 from .fidelity.outputs import NamedOutputs
 from .passes import Plan, registered, run_pass
@@ -273,20 +273,24 @@ def _finalists(built: list[BuiltCandidate]) -> list[BuiltCandidate]:
 
 
 def _record_alone(report: CandidateReport, batch_size: int, calls: int, original_ms: list[float], candidate_ms: list[float]) -> None:
+    """The speed-up is over the undisturbed processes of each (latency_alone.py); all are kept in the report."""
     in_process = report.speedup
-    speedup = statistics.median(original_ms) / max(statistics.median(candidate_ms), 1e-9)
+    kept_original, kept_candidate = undisturbed(original_ms), undisturbed(candidate_ms)
+    speedup = statistics.median(kept_original) / max(statistics.median(kept_candidate), 1e-9)
     report.timed_alone = AloneTiming(
         batch_size=batch_size, processes=len(candidate_ms), calls=calls, original_ms=original_ms,
         candidate_ms=candidate_ms, speedup=speedup, in_process_speedup=in_process,
     )
     # The target batch's comparison becomes the per-process one, so every view of the report shows it.
     report.latency[-1] = LatencyComparison(
-        batch_size=batch_size, original=alone_stats(original_ms, calls), candidate=alone_stats(candidate_ms, calls), speedup=speedup
+        batch_size=batch_size, original=alone_stats(kept_original, calls), candidate=alone_stats(kept_candidate, calls), speedup=speedup
     )
     report.speedup = speedup
+    dropped = len(original_ms) - len(kept_original) + len(candidate_ms) - len(kept_candidate)
+    stalls = f"; {dropped} stalled process(es) not counted (over {STALL_FACTOR:g}x the fastest of the same variant)" if dropped else ""
     report.notes.append(
-        f"finalist: timed alone, {speedup:.2f}x (median over {len(candidate_ms)} fresh processes each, {calls} calls per process; "
-        f"in-process {in_process or 0:.2f}x)"
+        f"finalist: timed alone, {speedup:.2f}x (median over {len(kept_candidate)} fresh processes each, {calls} calls per process; "
+        f"in-process {in_process or 0:.2f}x{stalls})"
     )
 
 
