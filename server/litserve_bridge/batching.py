@@ -105,9 +105,12 @@ class GreedyBatchLoop(BatchedLoop):
         self._queue: Any = None
         self._retire: HeldBatch | None = None
         self.record: HeldRecord | None = None
+        self._awaiting: set[str] = set()  # uids of this batch not answered yet
+        self._answers: dict[int, list] = {}  # response queue id -> answers made, not sent yet
 
     def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
         # The previous batch is answered by now: nothing is held any more.
+        self._send_answers(transport)
         self._transport, self._queue, self._held, self._models = transport, request_queue, [], {}
         if self.record is not None:
             self.record.clear()
@@ -129,10 +132,29 @@ class GreedyBatchLoop(BatchedLoop):
             else:
                 payloads.append((response_queue_id, uid, payload))
                 self._held.append((response_queue_id, uid, arrived, payload))
+        self._awaiting = {uid for _, uid, _ in payloads} | {uid for _, uid in timed_out}
         if self.record is not None and self._held:
             model = str(getattr(self._held[0][3], "model", ""))
             self.record.write(HeldBatch(model=model, pid=self.record.pid, requests=[(q, u) for q, u, _, _ in self._held]))
         return payloads, timed_out
+
+    def put_response(self, transport: Any, response_queue_id: int, uid: str, response_data: Any, status: LitAPIStatus, response_type: LoopResponseType) -> None:
+        if uid not in self._awaiting:
+            super().put_response(transport, response_queue_id, uid, response_data, status, response_type)
+            return
+        self._awaiting.discard(uid)
+        self._answers.setdefault(response_queue_id, []).append((uid, (response_data, status, response_type, self.worker_id)))
+        if not self._awaiting:
+            self._send_answers(transport)
+
+    def _send_answers(self, transport: Any) -> None:
+        answers, self._answers, self._awaiting = self._answers, {}, set()
+        for response_queue_id, items in answers.items():
+            if hasattr(transport, "send_many"):
+                transport.send_many(items, response_queue_id)
+            else:
+                for item in items:
+                    transport.send(item, consumer_id=response_queue_id)
 
     def running(self, positions: Iterable[int], model_id: str) -> None:
         """Predict says which model the requests at these batch positions are for (model code may run now)."""
@@ -148,6 +170,7 @@ class GreedyBatchLoop(BatchedLoop):
         `error`, and put every other held request back on the queue (with its arrival time) for
         another worker."""
         failure = PickleableHTTPException.from_exception(error)
+        self._send_answers(self._transport)  # answers made already; the rest go one by one, now
         back: dict[int, list[Member]] = {}
         for position, (response_queue_id, uid, arrived, payload) in enumerate(self._held):
             if self._models.get(position) == model_id:
