@@ -105,12 +105,10 @@ class GreedyBatchLoop(BatchedLoop):
         self._queue: Any = None
         self._retire: HeldBatch | None = None
         self.record: HeldRecord | None = None
-        self._awaiting: set[str] = set()  # uids of this batch not answered yet
         self._answers: dict[int, list] = {}  # response queue id -> answers made, not sent yet
 
     def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
         # The previous batch is answered by now: nothing is held any more.
-        self._send_answers(transport)
         self._transport, self._queue, self._held, self._models = transport, request_queue, [], {}
         if self.record is not None:
             self.record.clear()
@@ -132,23 +130,49 @@ class GreedyBatchLoop(BatchedLoop):
             else:
                 payloads.append((response_queue_id, uid, payload))
                 self._held.append((response_queue_id, uid, arrived, payload))
-        self._awaiting = {uid for _, uid, _ in payloads} | {uid for _, uid in timed_out}
         if self.record is not None and self._held:
             model = str(getattr(self._held[0][3], "model", ""))
             self.record.write(HeldBatch(model=model, pid=self.record.pid, requests=[(q, u) for q, u, _, _ in self._held]))
         return payloads, timed_out
 
-    def put_response(self, transport: Any, response_queue_id: int, uid: str, response_data: Any, status: LitAPIStatus, response_type: LoopResponseType) -> None:
-        if uid not in self._awaiting:
-            super().put_response(transport, response_queue_id, uid, response_data, status, response_type)
-            return
-        self._awaiting.discard(uid)
-        self._answers.setdefault(response_queue_id, []).append((uid, (response_data, status, response_type, self.worker_id)))
-        if not self._awaiting:
+    def run_batched_loop(self, lit_api: Any, request_queue: Any, transport: Any, callback_runner: Any, lit_spec: Any = None) -> None:
+        """LitServe's batched loop, for APIs whose decode_request, batch and unbatch pass payloads
+        through (BridgedAPI): predict takes the batch's payloads, and the batch's answers leave
+        together. LitServe's own loop looks each hook's signature up (inspect.signature) once per
+        request and hook, and runs callbacks these APIs do not have."""
+        while True:
+            try:
+                batch, timed_out = self.get_batch_requests(lit_api, request_queue, transport)
+            except _StopLoopError:
+                return
+            for response_queue_id, uid in timed_out:
+                self._answer(response_queue_id, uid, PickleableHTTPException(504, "Request timed out"), LitAPIStatus.ERROR)
+            if batch:
+                self._run(lit_api, batch)
             self._send_answers(transport)
 
+    def _run(self, lit_api: Any, batch: list[tuple[int, str, Any]]) -> None:
+        try:
+            outputs = lit_api.predict([payload for _, _, payload in batch])
+            if len(outputs) != len(batch):
+                raise HTTPException(500, "inference returned a different number of answers than requests")
+            answers = [lit_api.encode_response(output) for output in outputs]
+        except HTTPException as error:
+            answers = [PickleableHTTPException.from_exception(error)] * len(batch)
+        except Exception:
+            # Not the exception itself: one that cannot be pickled would leave its requests waiting.
+            logger.exception("inference failed in the worker")
+            answers = [PickleableHTTPException(500, "inference failed in the worker; the server log has details")] * len(batch)
+        for (response_queue_id, uid, _), answer in zip(batch, answers):
+            failed = isinstance(answer, HTTPException)
+            self._answer(response_queue_id, uid, answer, LitAPIStatus.ERROR if failed else LitAPIStatus.OK)
+
+    def _answer(self, response_queue_id: int, uid: str, data: Any, status: LitAPIStatus) -> None:
+        self._answers.setdefault(response_queue_id, []).append((uid, (data, status, LoopResponseType.REGULAR, self.worker_id)))
+
     def _send_answers(self, transport: Any) -> None:
-        answers, self._answers, self._awaiting = self._answers, {}, set()
+        """Every answer made, one message per API server (DirectTransport.send_many), or one by one."""
+        answers, self._answers = self._answers, {}
         for response_queue_id, items in answers.items():
             if hasattr(transport, "send_many"):
                 transport.send_many(items, response_queue_id)
