@@ -1,6 +1,6 @@
 """Serving benchmark: optiserve against a bare LitServe server and a bare FastAPI route, side by side.
 
-    python bench/serving.py [--seconds 3] [--rounds 3]
+    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid]
 
 Every server runs in its own process and serves the same TorchScript file with one worker and one
 torch thread; the measurements take turns (round after round, each server in turn) and each cell
@@ -48,6 +48,7 @@ from bench.support.models import ResNetSmall  # noqa: E402
 from clients import OptiserveClient  # noqa: E402
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
+from bench.support.serving_batching import only_mid  # noqa: E402
 from bench.support.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
 from server_harness import API_KEY, FORCED_FREEZE, ServerProcess  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
@@ -352,7 +353,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns; cells are medians over rounds")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serving.json")
+    parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json with --only mid)")
+    parser.add_argument("--only", choices=["mid"], help="mid: the batching row and small-model p50s only (support/serving_batching.py)")
     args = parser.parse_args()
     torch.set_num_threads(WORKER_THREADS)
     pin_malloc_thresholds()  # as the servers do, so the in-process baseline is like for like
@@ -363,6 +365,8 @@ def main() -> int:
         for name, (archive, _) in archives.items():
             paths[name] = Path(folder) / f"{name}.pt"
             paths[name].write_bytes(archive)
+        if args.only:
+            return only_mid(args, archives, ServerProcess(Path(folder) / "store", SERVER_ENV), upload_all, server_callers, measure, in_process)
         bare = {name: {label: servers.enter_context(baseline_server(script, paths[name])) for label, script in BASELINES.items()} for name in archives}
         optiserve = ServerProcess(Path(folder) / "store", SERVER_ENV).start()
         servers.callback(optiserve.stop)
@@ -387,8 +391,8 @@ def main() -> int:
         "first_request_after_ready": first_request,
         "targets": checks,
     }
-    atomic_write_text(args.out, json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    atomic_write_text(out := args.out or REPO / "bench" / "results" / "serving.json", json.dumps(results, indent=2))
+    print(f"wrote {out}")
     return 0
 
 

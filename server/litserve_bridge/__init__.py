@@ -12,8 +12,11 @@
   what the rest of the server needs to know from LitServe's processes, or to set for them.
 - `drop_gzip`: LitServe always adds GZipMiddleware (level 9). Compressing a 2.8 MB JSON tensor
   answer took 0.8 s of the API server's CPU, 100x the rest of the request; tensors barely compress.
-- `GreedyBatchLoop`: how a worker collects a batch (a loop is a public LitAPI argument; the queue
-  items and the sentinel it handles are not).
+- `GreedyBatchLoop`: how a worker collects and runs a batch (a loop is a public LitAPI argument;
+  the queue items and the sentinel it handles are not), its answers sent together.
+- `channels.py`: requests and answers travel between API servers and workers over Unix datagram
+  socket pairs (LitServe's request queues and transport, swapped in `_init_manager`), not through
+  LitServe's queue Manager; what does not fit a datagram still goes the Manager's way.
 - `supervise_api_servers`: LitServe forks its API server processes once and never looks at them
   again; one that died (SIGBUS, kill -9) left the shared listening socket open with nobody to
   answer, so clients hung. They are watched, and restarted the way LitServe started them, each on a

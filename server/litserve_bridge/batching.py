@@ -105,6 +105,7 @@ class GreedyBatchLoop(BatchedLoop):
         self._queue: Any = None
         self._retire: HeldBatch | None = None
         self.record: HeldRecord | None = None
+        self._answers: dict[int, list] = {}  # response queue id -> answers made, not sent yet
 
     def get_batch_requests(self, lit_api: Any, request_queue: Any, transport: Any) -> tuple[list, list]:
         # The previous batch is answered by now: nothing is held any more.
@@ -134,6 +135,51 @@ class GreedyBatchLoop(BatchedLoop):
             self.record.write(HeldBatch(model=model, pid=self.record.pid, requests=[(q, u) for q, u, _, _ in self._held]))
         return payloads, timed_out
 
+    def run_batched_loop(self, lit_api: Any, request_queue: Any, transport: Any, callback_runner: Any, lit_spec: Any = None) -> None:
+        """LitServe's batched loop, for APIs whose decode_request, batch and unbatch pass payloads
+        through (BridgedAPI): predict takes the batch's payloads, and the batch's answers leave
+        together. LitServe's own loop looks each hook's signature up (inspect.signature) once per
+        request and hook, and runs callbacks these APIs do not have."""
+        while True:
+            try:
+                batch, timed_out = self.get_batch_requests(lit_api, request_queue, transport)
+            except _StopLoopError:
+                return
+            for response_queue_id, uid in timed_out:
+                self._answer(response_queue_id, uid, PickleableHTTPException(504, "Request timed out"), LitAPIStatus.ERROR)
+            if batch:
+                self._run(lit_api, batch)
+            self._send_answers(transport)
+
+    def _run(self, lit_api: Any, batch: list[tuple[int, str, Any]]) -> None:
+        try:
+            outputs = lit_api.predict([payload for _, _, payload in batch])
+            if len(outputs) != len(batch):
+                raise HTTPException(500, "inference returned a different number of answers than requests")
+            answers = [lit_api.encode_response(output) for output in outputs]
+        except HTTPException as error:
+            answers = [PickleableHTTPException.from_exception(error)] * len(batch)
+        except Exception:
+            # Not the exception itself: one that cannot be pickled would leave its requests waiting.
+            logger.exception("inference failed in the worker")
+            answers = [PickleableHTTPException(500, "inference failed in the worker; the server log has details")] * len(batch)
+        for (response_queue_id, uid, _), answer in zip(batch, answers):
+            failed = isinstance(answer, HTTPException)
+            self._answer(response_queue_id, uid, answer, LitAPIStatus.ERROR if failed else LitAPIStatus.OK)
+
+    def _answer(self, response_queue_id: int, uid: str, data: Any, status: LitAPIStatus) -> None:
+        self._answers.setdefault(response_queue_id, []).append((uid, (data, status, LoopResponseType.REGULAR, self.worker_id)))
+
+    def _send_answers(self, transport: Any) -> None:
+        """Every answer made, one message per API server (DirectTransport.send_many), or one by one."""
+        answers, self._answers = self._answers, {}
+        for response_queue_id, items in answers.items():
+            if hasattr(transport, "send_many"):
+                transport.send_many(items, response_queue_id)
+            else:
+                for item in items:
+                    transport.send(item, consumer_id=response_queue_id)
+
     def running(self, positions: Iterable[int], model_id: str) -> None:
         """Predict says which model the requests at these batch positions are for (model code may run now)."""
         for position in positions:
@@ -148,6 +194,7 @@ class GreedyBatchLoop(BatchedLoop):
         `error`, and put every other held request back on the queue (with its arrival time) for
         another worker."""
         failure = PickleableHTTPException.from_exception(error)
+        self._send_answers(self._transport)  # answers made already; the rest go one by one, now
         back: dict[int, list[Member]] = {}
         for position, (response_queue_id, uid, arrived, payload) in enumerate(self._held):
             if self._models.get(position) == model_id:

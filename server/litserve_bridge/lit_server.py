@@ -17,6 +17,7 @@ from litserve.utils import WorkerSetupStatus
 from optimizer_pipeline import die_with_parent
 
 from .batching import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
+from .channels import use_direct_transport
 from .queue_bridge import drop_gzip
 
 LitServer = ls.LitServer  # for annotations outside the bridge
@@ -73,6 +74,7 @@ def build_lit_server(apis: list[BridgedAPI], workers: dict[str, int], timeout: f
         restart_workers=True,
     )
     drop_gzip(server)
+    use_direct_transport(server)
     return server
 
 

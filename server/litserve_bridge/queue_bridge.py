@@ -7,6 +7,7 @@ import pickle
 import time
 import uuid
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import litserve as ls
@@ -16,6 +17,20 @@ from litserve.utils import LitAPIStatus, ResponseBufferItem
 
 
 from .batching import GROUP
+
+class _Answered(asyncio.Event):
+    """A request's event, set when its answer arrives (by the datagram reader or LitServe's): the
+    lane hears of it then, so the model's next group leaves before any answer of this group has
+    been written out (which takes the event loop a while per answer), not after all of them."""
+
+    def __init__(self, on_answer: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_answer = on_answer
+
+    def set(self) -> None:
+        super().set()
+        self._on_answer()
+
 
 @dataclass
 class _Lane:
@@ -37,11 +52,11 @@ class QueueBridge:
 
         Payloads with a `model` take turns per model (see the module's docstring)."""
         uid = str(uuid.uuid4())
-        event = asyncio.Event()
-        buffer = self.server.response_buffer
-        buffer[uid] = ResponseBufferItem(event=event)
         key = str(getattr(payload, "model", ""))
         lane = self._lanes.setdefault(key, _Lane())
+        event = _Answered(lambda: self._finished(key, lane, uid))
+        buffer = self.server.response_buffer
+        buffer[uid] = ResponseBufferItem(event=event)
         lane.waiting[uid] = (time.monotonic(), payload)
         if not lane.running:
             self._send(lane)
@@ -64,6 +79,7 @@ class QueueBridge:
 
     def _finished(self, key: str, lane: _Lane, uid: str) -> None:
         # Answered, or given up on by its deadline: either way the group no longer waits for it.
+        # (Called twice for an answered request: when the answer arrives, and when its call ends.)
         lane.waiting.pop(uid, None)
         lane.running.discard(uid)
         if lane.running:
