@@ -59,6 +59,19 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return receiving, sending
 
 
+def _send_whole(sending: socket.socket, item: Any) -> bool:
+    """Send `item` as one datagram; False when it does not fit (too large, or the reader's queue is
+    full, or the kernel's buffers are smaller): the caller then takes the Manager queue."""
+    data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(data) > MAX_DATAGRAM_BYTES:
+        return False
+    try:
+        sending.send(data)
+    except OSError:
+        return False
+    return True
+
+
 class DirectTransport(MPQueueTransport):
     """LitServe's Manager-queue transport plus a datagram channel per response queue id (see the module's docstring)."""
 
@@ -80,14 +93,8 @@ class DirectTransport(MPQueueTransport):
 
     def send_many(self, items: list[Item], consumer_id: int) -> None:
         """Send `items` to the API server reading `consumer_id`: one datagram if it fits, else through the Manager queue."""
-        if consumer_id < len(self._sending):
-            data = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-            if len(data) <= MAX_DATAGRAM_BYTES:
-                try:
-                    self._sending[consumer_id].send(data)
-                    return
-                except OSError:  # full (a reader that is gone or behind) or too large for this kernel's buffers
-                    pass
+        if consumer_id < len(self._sending) and _send_whole(self._sending[consumer_id], items):
+            return
         for item in items:
             super().send(item, consumer_id)
 
@@ -138,13 +145,8 @@ class DirectQueue:
         return (_rebuild_queue, (self.fallback, self._receiving, self._sending, self._waiting))
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        data = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(data) <= MAX_DATAGRAM_BYTES:
-            try:
-                self._sending.send(data)
-                return
-            except OSError:  # the workers' backlog is full, or the kernel's buffers are smaller
-                pass
+        if _send_whole(self._sending, item):
+            return
         self.fallback.put(item)
         self._waiting.value = 1  # after the put: a reader that sees the flag finds the item
         try:
