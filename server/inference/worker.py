@@ -294,9 +294,11 @@ class PredictAPI(InferenceAPI):
 
     def _served(self, info: ModelInfo, pending: list[Pending], runs: dict[str, Ran]) -> None:
         (ran,) = runs.values()
-        for item in pending:
-            if item.outcome is not None and item.outcome.status == 200:
-                self.observer.observe(info, item.inputs, item.route, ran.outputs[item.position], ran.milliseconds[item.position])
+        served = [item for item in pending if item.outcome is not None and item.outcome.status == 200]
+        self.observer.observe(
+            info, [item.inputs for item in served], [item.route for item in served],
+            [ran.outputs[item.position] for item in served], [ran.milliseconds[item.position] for item in served],
+        )
 
     def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
         model = self._load(info, variant, self.shadow_watchdog)
