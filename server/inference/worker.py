@@ -300,6 +300,9 @@ class PredictAPI(InferenceAPI):
             [ran.outputs[item.position] for item in served], [ran.milliseconds[item.position] for item in served],
         )
 
+    def answered(self) -> None:
+        self.observer.settle()
+
     def _shadow_forward(self, info: ModelInfo, variant: str, inputs: tuple[torch.Tensor, ...]) -> tuple[NamedOutputs, float]:
         model = self._load(info, variant, self.shadow_watchdog)
         # The observer thread runs at nice 19, so its wall time measures the wait for a core under load,

@@ -150,6 +150,8 @@ class GreedyBatchLoop(BatchedLoop):
             if batch:
                 self._run(lit_api, batch)
             self._send_answers(transport)
+            if batch:
+                lit_api.answered()
 
     def _run(self, lit_api: Any, batch: list[tuple[int, str, Any]]) -> None:
         try:

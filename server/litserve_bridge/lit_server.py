@@ -43,6 +43,9 @@ class BridgedAPI(ls.LitAPI):
         """In the worker's setup: write what this worker holds where the main process looks when it dies."""
         self.loop.record = HeldRecord(held_record_path(held_dir, self.api_path, current_worker_id()))
 
+    def answered(self) -> None:
+        """After a batch's answers have left the worker: work that need not delay them."""
+
     def decode_request(self, request):  # noqa: ANN001, ANN201
         # Our routes put decoded payloads on the queue (see QueueBridge): nothing is left to decode.
         # Unannotated on purpose: LitServe builds the route it makes for the API (which

@@ -1,18 +1,17 @@
-"""Live evidence, gathered in each /predict worker, off the forward path.
+"""Live evidence, gathered in each /predict worker, off the forward path and after the answers.
 
-The serving thread hands each group of answered requests over once (`observe`), and one
-LiveSample per request goes to the main process, which records it and lets the guard judge the
-window: when it trips, the original takes all the traffic in every worker. A group's drift
-statistics (its inputs against the calibration batch) are a few tensor operations over all its
-requests, done on the serving thread. A thread of its own at the lowest priority runs shadow
-forwards and compares the two variants' outputs, takes a model's first group (its calibration
-batch is read then), and sends the samples every FLUSH_SECONDS.
+The serving thread hands each group of answered requests over once (`observe`), and works on them
+once the batch's answers have left (`settle`): one LiveSample per request goes to the main
+process, which records it and lets the guard judge the window; when it trips, the original takes
+all the traffic in every worker. A group's drift statistics (its inputs against the calibration
+batch) are a few tensor operations over all its requests. A thread of its own at the lowest
+priority runs shadow forwards and compares the two variants' outputs, takes a model's first group
+(its calibration batch is read then), and sends the samples every FLUSH_SECONDS.
 
 Why plain groups stay on the serving thread: the observer thread runs at nice 19, and while it
 holds the GIL waiting for a core, the serving thread waits with it. Handing every request to that
 thread cost the mid ResNet's worker about 0.17 ms of CPU a request at concurrency 8, and GIL waits
-besides.
-"""
+besides."""
 
 from __future__ import annotations
 
@@ -76,14 +75,29 @@ class LiveObserver:
         self._lock = threading.Lock()
         self._pending = _Pending()  # under _lock: both threads add samples; this thread sends them
         self._ranges: dict[str, list[CalibrationRange | None]] = {}
+        self._answered: list[tuple] = []  # groups observed in the batch being answered (serving thread only)
         threading.Thread(target=self._run, name="live-observer", daemon=True).start()
 
     def observe(
         self, info: ModelInfo, inputs: list[tuple[torch.Tensor, ...]], routes: list[Route], outputs: list[NamedOutputs], milliseconds: list[float]
     ) -> None:
-        """A group of answered requests (per request: inputs, route, outputs, forward ms); see the module's docstring."""
-        if not inputs:
-            return
+        """A group of answered requests (per request: inputs, route, outputs, forward ms), kept until
+        `settle`: its answers are not sent yet, and their latency must not pay for the statistics."""
+        if inputs:
+            self._answered.append((info, inputs, routes, outputs, milliseconds))
+
+    def settle(self) -> None:
+        """On the serving thread, once the batch's answers have left: the groups `observe` kept."""
+        answered, self._answered = self._answered, []
+        for group in answered:
+            try:
+                self._settle(*group)
+            except Exception:  # evidence is best-effort; serving must never depend on it
+                logger.exception("live observation of model %r failed", group[0].name)
+
+    def _settle(
+        self, info: ModelInfo, inputs: list[tuple[torch.Tensor, ...]], routes: list[Route], outputs: list[NamedOutputs], milliseconds: list[float]
+    ) -> None:
         ranges = self._ranges.get(info.id)
         if ranges is not None and not any(route.shadow for route in routes):
             with self._lock:  # sent by the observer thread: a send may wait for the main process's writer
