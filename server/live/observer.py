@@ -6,7 +6,8 @@ process, which records it and lets the guard judge the window; when it trips, th
 all the traffic in every worker. A group's drift statistics (its inputs against the calibration
 batch) are a few tensor operations over all its requests. A thread of its own at the lowest
 priority runs shadow forwards and compares the two variants' outputs, takes a model's first group
-(its calibration batch is read then), and sends the samples every FLUSH_SECONDS.
+(its calibration batch is read then), and sends the samples of comparisons, and those the serving
+thread left when no further batch came.
 
 Why plain groups stay on the serving thread: the observer thread runs at nice 19, and while it
 holds the GIL waiting for a core, the serving thread waits with it. Handing every request to that
@@ -87,13 +88,27 @@ class LiveObserver:
             self._answered.append((info, inputs, routes, outputs, milliseconds))
 
     def settle(self) -> None:
-        """On the serving thread, once the batch's answers have left: the groups `observe` kept."""
+        """On the serving thread, once the batch's answers have left: the groups `observe` kept, and
+        the samples pending once FLUSH_SECONDS have passed (sent from here if that needs no wait)."""
         answered, self._answered = self._answered, []
         for group in answered:
             try:
                 self._settle(*group)
             except Exception:  # evidence is best-effort; serving must never depend on it
                 logger.exception("live observation of model %r failed", group[0].name)
+        with self._lock:
+            pending = self._pending
+            if not pending.samples or pending.compared or time.monotonic() - pending.since < FLUSH_SECONDS:
+                return
+            self._pending = _Pending()
+        try:
+            sent = self.records.live_now(pending.samples)
+        except Exception:
+            logger.exception("recording live samples failed")
+            return
+        if not sent:
+            with self._lock:  # the observer thread sends them, waiting for the main process's writer
+                self._pending.samples[:0] = pending.samples
 
     def _settle(
         self, info: ModelInfo, inputs: list[tuple[torch.Tensor, ...]], routes: list[Route], outputs: list[NamedOutputs], milliseconds: list[float]
@@ -128,7 +143,9 @@ class LiveObserver:
             try:
                 observation = self._queue.get(timeout=FLUSH_SECONDS)
             except queue.Empty:
-                self._add([], set())  # what the serving thread left pending
+                # What the serving thread left pending: it sends them itself after its next batch,
+                # unless none comes (it holds no GIL then, whatever this thread's priority).
+                self._add([], set(), 2 * FLUSH_SECONDS)
                 continue
             try:
                 self._sample(observation)
@@ -177,13 +194,13 @@ class LiveObserver:
         if sample.agree is not None:
             metrics.LIVE_AGREEMENT.labels(info.name, "agree" if sample.agree else "disagree").inc()
 
-    def _add(self, samples: list[tuple[str, LiveSample]], compared: set[str]) -> None:
-        """Keep `samples`; send what is pending once FLUSH_SECONDS have passed since the last send."""
+    def _add(self, samples: list[tuple[str, LiveSample]], compared: set[str], after: float = FLUSH_SECONDS) -> None:
+        """Keep `samples`; send what is pending once `after` seconds have passed since the last send."""
         with self._lock:
             pending = self._pending
             pending.samples.extend(samples)
             pending.compared |= compared
-            if not pending.samples or time.monotonic() - pending.since < FLUSH_SECONDS:
+            if not pending.samples or time.monotonic() - pending.since < after:
                 return
             self._pending = _Pending()
         try:

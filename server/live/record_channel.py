@@ -60,6 +60,17 @@ class RecordSender:
     def live(self, samples: list[tuple[str, LiveSample]], compared: set[str]) -> None:
         self._send_live(samples, sorted(compared))
 
+    def live_now(self, samples: list[tuple[str, LiveSample]]) -> bool:
+        """Send samples (no comparisons) as one datagram if that needs no wait; False leaves them to `live`."""
+        data = LiveRecord(samples=samples, compared=[]).model_dump_json().encode()
+        if len(data) > MAX_DATAGRAM_BYTES:
+            return False
+        try:
+            self._endpoint.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
     def timeout(self, model_id: str, reason: str) -> None:
         # Sent by the watchdog just before the worker ends: it must not wait for a busy writer.
         data = TimeoutRecord(model_id=model_id, reason=reason[:2000]).model_dump_json().encode()
