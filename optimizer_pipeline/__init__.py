@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "atomic_write_text": "files",
     "die_with_parent": "measure.processes",
     "pin_malloc_thresholds": "measure.allocator",
+    "release_freed_memory": "measure.allocator",
     "preload_pipeline": "preloaded",
 }
 # For a forkserver's preload: importing it imports the whole pipeline (preloaded.py).

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         description="address space an inference worker may map beyond torch itself (its loaded models included); a request past it gets 507",
     )
     validation_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an upload's validation may run (422 after)")
+    validation_idle_seconds: float = Field(
+        30.0, gt=0, le=86400, description="seconds without an upload after which the validation process pool (about 300 MB) ends; the next upload starts it again"
+    )
     validation_memory_bytes: int = Field(
         2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"
     )
