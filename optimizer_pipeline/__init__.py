@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "UnsafeModelError": "errors",
     # serving a variant and judging its outputs
     "load_variant": "runtimes",
+    "load_variant_file": "runtimes",
     "load_calibration": "intake.calibration",
     "NamedOutputs": "fidelity.outputs",
     "flatten_outputs": "fidelity.outputs",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from optimizer_pipeline import NamedOutputs, flatten_outputs, load_variant, release_freed_memory
+from optimizer_pipeline import NamedOutputs, flatten_outputs, load_variant_file, release_freed_memory
 
 from .. import metrics
 
@@ -29,7 +29,7 @@ Example = Callable[[], tuple[torch.Tensor, ...]]
 
 
 def load(runtime: str, path: Path, threads: int, example: Example | None = None) -> RunVariant:
-    model = load_variant(runtime, path.read_bytes(), threads)
+    model = load_variant_file(runtime, path, threads)
 
     def run(inputs: tuple[torch.Tensor, ...]) -> NamedOutputs:
         with torch.inference_mode():  # torch's warnings are silenced once per worker (quiet_torch_for_good)
