@@ -38,22 +38,45 @@ def is_class_scores(tensor: torch.Tensor) -> bool:
     return tensor.dim() == 2 and tensor.shape[1] > 1 and tensor.is_floating_point()
 
 
-# Raw scores are taken as logits only when the winner clearly stands out: the runner-up's gap to the
+# Raw scores are taken as logits when the winner clearly stands out: the runner-up's gap to the
 # top-1 entry is at least this share of the top-1 entry's lead over the row's median, in 3 of 4
 # samples. Measured: a trained digits classifier 0.48 (25th percentile); Gaussian rows (untrained
 # heads, embeddings) 0.13 at C = 10 and 0.04 at C = 384; landmark-like positions in [0.2, 0.8] 0.09.
+# Under-trained classifiers fall short (Fashion-MNIST CNNs at 69-81% accuracy: 0.11-0.26), so the
+# behaviour test below reads them.
 LOGIT_MARGIN_SHARE = 0.35
 # At most this many raw columns read as a regression (a box is 4, a point 2): too few to tell logits
 # from coordinates, and judging coordinates by their argmax is what rejected ONet's int8 variants.
 FEW_COLUMNS = 4
+# Raw scores without a clear winner still read as logits when all three hold over the batch (at
+# least MIN_ROWS rows, FEW_COLUMNS < C <= MAX_CLASSES). Measured on the original's outputs over a
+# calibration batch (512 rows; 32 in brackets):
+# - WINNER_SPREAD: the winning column varies: exp(entropy of which column wins), at least this
+#   share of min(C, rows / 4) and at least 3. Trained classifiers (bench Fashion CNN, DenseNet,
+#   depthwise, ResNet, class + box; digits CNN, MLP, LSTM; C = 10): 9.0-10.0 columns (7.2-9.2);
+#   ONet's real landmarks [N, 10] on photo crops, noise and Fashion images: 1.5-2.6 (1.5-2.0);
+#   random-weight ResNet-18 heads (C = 10, 16, 64): 1.0-2.9.
+# - OFFSET_SHARE: after centring each row, the share of the spread that fixed column means explain
+#   at most this. Trained classifiers 0.02-0.24; ONet landmarks 0.91-0.99 (x and y sit at fixed
+#   places); the class + box model's box 0.96; random ResNet-18 heads 0.84-0.99.
+# - CONFIDENCE_LIFT: the softmax of the rows is confident: its mean top probability, rescaled so
+#   that uniform is 0 and certain is 1, at least this. Trained classifiers 0.61-0.97 (softmax
+#   0.65-0.97); random-weight tiny models on Gaussian inputs (tests/tiny_models.py, whose winners
+#   vary and whose offsets are small: 0.08-0.19) 0.06-0.18.
+WINNER_SPREAD = 0.5
+OFFSET_SHARE = 0.5
+CONFIDENCE_LIFT = 0.25
+MIN_ROWS = 16
+MAX_CLASSES = 64
 
 
 def output_kind(tensor: torch.Tensor) -> tuple[str, str]:
     """(kind, why) from the original's outputs alone; kind is one of report.OutputKind.
 
     Conservative: an output is called class scores only when its rows are probabilities or
-    log-probabilities, or raw scores with a clear winner that varies between samples. Anything
-    unsure is judged by cosine, which every output supports."""
+    log-probabilities, or raw scores that behave like a classifier's logits (a clear winner, or a
+    winner that moves between many columns with a confident softmax). Anything unsure is judged by
+    cosine, which every output supports."""
     if not is_class_scores(tensor):
         return "other", f"shape {list(tensor.shape)} is not an [N, C] score matrix"
     rows = tensor.detach().double()
@@ -73,16 +96,61 @@ def output_kind(tensor: torch.Tensor) -> tuple[str, str]:
     share = _margin_share(rows)
     if share >= LOGIT_MARGIN_SHARE:
         return "class_scores", f"raw scores with a clear winner (runner-up gap {share:.2f} of the lead, 25th percentile): logits"
-    return "embedding" if columns > 64 else "regression", (
-        f"raw scores without a clear winner (runner-up gap {share:.2f} of the lead, 25th percentile, "
-        f"under {LOGIT_MARGIN_SHARE}): not read as logits"
+    unclear = f"raw scores without a clear winner (runner-up gap {share:.2f} of the lead, 25th percentile, under {LOGIT_MARGIN_SHARE})"
+    if columns > MAX_CLASSES or len(rows) < MIN_ROWS:
+        return "embedding" if columns > MAX_CLASSES else "regression", (
+            f"{unclear}, and {'more than ' + str(MAX_CLASSES) + ' columns' if columns > MAX_CLASSES else f'only {len(rows)} samples'} "
+            f"to tell a classifier's logits by how they behave: not read as logits"
+        )
+    return _by_behaviour(rows, unclear)
+
+
+def _by_behaviour(rows: torch.Tensor, unclear: str) -> tuple[str, str]:
+    """Weak classifiers' logits: the winner moves between many columns, fixed column offsets do not
+    set it, and the softmax is confident. Coordinates and untrained heads fail at least one."""
+    count, columns = rows.shape
+    winners, needed = _winners_in_effect(rows), max(3.0, WINNER_SPREAD * min(columns, count / 4))
+    offsets = _offset_share(rows)
+    lift = _confidence_lift(rows)
+    seen = (
+        f"{winners:.1f} of {columns} columns win in effect (needs {needed:.1f}), fixed column offsets explain "
+        f"{offsets:.0%} of the spread (at most {OFFSET_SHARE:.0%}), softmax confidence {lift:.2f} above uniform "
+        f"(needs {CONFIDENCE_LIFT})"
     )
+    if winners >= needed and offsets <= OFFSET_SHARE and lift >= CONFIDENCE_LIFT:
+        return "class_scores", f"{unclear}, but they behave like a classifier's logits: {seen}"
+    failed = [
+        *(["the winner is one of a few columns"] if winners < needed else []),
+        *(["fixed column offsets set the values (like coordinates)"] if offsets > OFFSET_SHARE else []),
+        *(["the softmax is near uniform (like an untrained head)"] if lift < CONFIDENCE_LIFT else []),
+    ]
+    return "regression", f"{unclear}, and not like a classifier's logits: {'; '.join(failed)} ({seen})"
 
 
 def _margin_share(rows: torch.Tensor) -> float:
     top = rows.topk(2, dim=1).values
     lead = (top[:, 0] - rows.median(dim=1).values).clamp_min(1e-12)
     return float(((top[:, 0] - top[:, 1]) / lead).quantile(0.25))
+
+
+def _winners_in_effect(rows: torch.Tensor) -> float:
+    """exp(entropy) of which column wins: C when every column wins equally often, 1 when one always does."""
+    shares = torch.bincount(rows.argmax(1), minlength=rows.shape[1]).double() / len(rows)
+    shares = shares[shares > 0]
+    return float((-(shares * shares.log()).sum()).exp())
+
+
+def _offset_share(rows: torch.Tensor) -> float:
+    """Share of the row-centred values' variance that the column means explain (0: none, 1: all)."""
+    centred = rows - rows.mean(1, keepdim=True)
+    between, within = float(centred.mean(0).var()), float(centred.var(0).mean())
+    return between / max(between + within, 1e-300)
+
+
+def _confidence_lift(rows: torch.Tensor) -> float:
+    """Mean top softmax probability, rescaled so that a uniform softmax is 0 and a certain one 1."""
+    uniform = 1 / rows.shape[1]
+    return (float(torch.softmax(rows, 1).max(1).values.mean()) - uniform) / (1 - uniform)
 
 
 def concat_outputs(parts: list[NamedOutputs]) -> NamedOutputs:
