@@ -43,26 +43,31 @@ def is_class_scores(tensor: torch.Tensor) -> bool:
 # samples. Measured: a trained digits classifier 0.48 (25th percentile); Gaussian rows (untrained
 # heads, embeddings) 0.13 at C = 10 and 0.04 at C = 384; landmark-like positions in [0.2, 0.8] 0.09.
 # Under-trained classifiers fall short (Fashion-MNIST CNNs at 69-81% accuracy: 0.11-0.26), so the
-# behaviour test below reads them.
+# behaviour read in _by_behaviour tells them apart.
 LOGIT_MARGIN_SHARE = 0.35
 # At most this many raw columns read as a regression (a box is 4, a point 2): too few to tell logits
 # from coordinates, and judging coordinates by their argmax is what rejected ONet's int8 variants.
 FEW_COLUMNS = 4
 # Raw scores without a clear winner still read as logits when all three hold over the batch (at
 # least MIN_ROWS rows, FEW_COLUMNS < C <= MAX_CLASSES). Measured on the original's outputs over a
-# calibration batch (512 rows; 32 in brackets):
-# - WINNER_SPREAD: the winning column varies: exp(entropy of which column wins), at least this
-#   share of min(C, rows / 4) and at least 3. Trained classifiers (bench Fashion CNN, DenseNet,
-#   depthwise, ResNet, class + box; digits CNN, MLP, LSTM; C = 10): 9.0-10.0 columns (7.2-9.2);
-#   ONet's real landmarks [N, 10] on photo crops, noise and Fashion images: 1.5-2.6 (1.5-2.0);
-#   random-weight ResNet-18 heads (C = 10, 16, 64): 1.0-2.9.
+# calibration batch of 512 rows (32 rows in brackets). "Trained classifiers": the bench's (C = 10;
+# Fashion-MNIST CNN, DenseNet, depthwise, ResNet, class + box head at 69-81% accuracy, digits CNN,
+# MLP, LSTM), tests/digits_models.py's weak classifier (78%). "Random tiny models": the raw outputs of
+# tests/tiny_models.py with C >= 5 (seeded random weights on Gaussian inputs).
+# - WINNER_SPREAD: the winning column varies: exp(entropy of which column wins) is at least this
+#   share of min(C, rows / 4), and at least 3. Trained classifiers 9.0-10.0 columns (7.2-9.2); real
+#   ONet's landmarks [N, 10] (facenet-pytorch's weights, on photo crops, noise and Fashion images)
+#   1.8-2.6 (1.5-2.0); random-weight ResNet-18 heads (C = 10, 16, 64) 1.0-2.5; random tiny models
+#   up to 7.0 of 8: this alone does not tell them apart.
 # - OFFSET_SHARE: after centring each row, the share of the spread that fixed column means explain
-#   at most this. Trained classifiers 0.02-0.24; ONet landmarks 0.91-0.99 (x and y sit at fixed
-#   places); the class + box model's box 0.96; random ResNet-18 heads 0.84-0.99.
+#   is at most this. Trained classifiers 0.02-0.24; ONet's landmarks 0.91-0.99 (each x and y sits
+#   at its place); the bench's class + box model's box 0.96; random ResNet-18 heads 0.84-0.99;
+#   random tiny models 0.08-0.19 where their winners vary.
 # - CONFIDENCE_LIFT: the softmax of the rows is confident: its mean top probability, rescaled so
-#   that uniform is 0 and certain is 1, at least this. Trained classifiers 0.61-0.97 (softmax
-#   0.65-0.97); random-weight tiny models on Gaussian inputs (tests/tiny_models.py, whose winners
-#   vary and whose offsets are small: 0.08-0.19) 0.06-0.18.
+#   that uniform is 0 and certain is 1. Trained classifiers 0.47-0.94 (0.63-0.97), a digits CNN
+#   stopped early by SGD at 77% 0.35; random tiny models 0.01-0.18; ONet's landmarks 0.03; random
+#   ResNet-18 heads about 0.01.
+# MiniLM's [N, 384] embedding is past MAX_CLASSES (its winners: 96 of 384 in effect).
 WINNER_SPREAD = 0.5
 OFFSET_SHARE = 0.5
 CONFIDENCE_LIFT = 0.25
