@@ -65,8 +65,8 @@ FEW_COLUMNS = 4
 #   random tiny models 0.08-0.19 where their winners vary.
 # - CONFIDENCE_LIFT: the softmax of the rows is confident: its mean top probability, rescaled so
 #   that uniform is 0 and certain is 1. Trained classifiers 0.47-0.94 (0.63-0.97), a digits CNN
-#   stopped early by SGD at 77% 0.35; random tiny models 0.01-0.18; ONet's landmarks 0.03; random
-#   ResNet-18 heads about 0.01.
+#   stopped early by SGD at 77% 0.35; random tiny models 0.01-0.19; ONet's landmarks 0.03-0.04; random
+#   ResNet-18 heads 0.001-0.012.
 # MiniLM's [N, 384] embedding is past MAX_CLASSES (its winners: 96 of 384 in effect).
 WINNER_SPREAD = 0.5
 OFFSET_SHARE = 0.5
