@@ -101,12 +101,11 @@ def output_kind(tensor: torch.Tensor) -> tuple[str, str]:
     share = _margin_share(rows)
     if share >= LOGIT_MARGIN_SHARE:
         return "class_scores", f"raw scores with a clear winner (runner-up gap {share:.2f} of the lead, 25th percentile): logits"
-    unclear = f"raw scores without a clear winner (runner-up gap {share:.2f} of the lead, 25th percentile, under {LOGIT_MARGIN_SHARE})"
-    if columns > MAX_CLASSES or len(rows) < MIN_ROWS:
-        return "embedding" if columns > MAX_CLASSES else "regression", (
-            f"{unclear}, and {'more than ' + str(MAX_CLASSES) + ' columns' if columns > MAX_CLASSES else f'only {len(rows)} samples'} "
-            f"to tell a classifier's logits by how they behave: not read as logits"
-        )
+    unclear = f"raw scores without a clear winner per row (runner-up gap {share:.2f} of the lead, under {LOGIT_MARGIN_SHARE})"
+    if columns > MAX_CLASSES:
+        return "embedding", f"{unclear}, and {columns} columns (over {MAX_CLASSES}): not read as logits"
+    if len(rows) < MIN_ROWS:
+        return "regression", f"{unclear}, and {len(rows)} samples are too few to tell logits by how they vary: not read as logits"
     return _by_behaviour(rows, unclear)
 
 
@@ -115,21 +114,18 @@ def _by_behaviour(rows: torch.Tensor, unclear: str) -> tuple[str, str]:
     set it, and the softmax is confident. Coordinates and untrained heads fail at least one."""
     count, columns = rows.shape
     winners, needed = _winners_in_effect(rows), max(3.0, WINNER_SPREAD * min(columns, count / 4))
-    offsets = _offset_share(rows)
-    lift = _confidence_lift(rows)
-    seen = (
-        f"{winners:.1f} of {columns} columns win in effect (needs {needed:.1f}), fixed column offsets explain "
-        f"{offsets:.0%} of the spread (at most {OFFSET_SHARE:.0%}), softmax confidence {lift:.2f} above uniform "
-        f"(needs {CONFIDENCE_LIFT})"
-    )
-    if winners >= needed and offsets <= OFFSET_SHARE and lift >= CONFIDENCE_LIFT:
-        return "class_scores", f"{unclear}, but they behave like a classifier's logits: {seen}"
-    failed = [
-        *(["the winner is one of a few columns"] if winners < needed else []),
-        *(["fixed column offsets set the values (like coordinates)"] if offsets > OFFSET_SHARE else []),
-        *(["the softmax is near uniform (like an untrained head)"] if lift < CONFIDENCE_LIFT else []),
+    offsets, lift = _offset_share(rows), _confidence_lift(rows)
+    signals = [  # (holds, as a classifier's logits, as something else)
+        (winners >= needed, f"the top column varies across samples ({winners:.1f} of {columns} win in effect)",
+         f"the top column is one of a few ({winners:.1f} of {columns} win in effect, a classifier's: {needed:.1f} or more)"),
+        (offsets <= OFFSET_SHARE, f"fixed column offsets do not set the values ({offsets:.0%} of the spread)",
+         f"fixed column offsets set the values, as in coordinates ({offsets:.0%} of the spread, over {OFFSET_SHARE:.0%})"),
+        (lift >= CONFIDENCE_LIFT, f"the softmax is confident ({lift:.2f} above uniform)",
+         f"the softmax is near uniform, as in an untrained head ({lift:.2f} above uniform, under {CONFIDENCE_LIFT})"),
     ]
-    return "regression", f"{unclear}, and not like a classifier's logits: {'; '.join(failed)} ({seen})"
+    if all(holds for holds, _, _ in signals):
+        return "class_scores", f"{unclear}, but read as a classifier's logits: " + "; ".join(said for _, said, _ in signals)
+    return "regression", f"{unclear}, not read as logits: " + "; ".join(said for holds, _, said in signals if not holds)
 
 
 def _margin_share(rows: torch.Tensor) -> float:

@@ -59,9 +59,9 @@ def test_a_weak_classifiers_logits_are_judged_by_agreement_and_its_landmarks_and
     # logits as a regression, and cosine then let through candidates that flipped 5-7% of the answers).
     assert 0.7 <= float((scores.argmax(1) == labels[1200:1456]).float().mean()) <= 0.85
     kind, why = output_kind(scores)
-    assert kind == "class_scores" and "without a clear winner" in why and "behave like a classifier's logits" in why
+    assert kind == "class_scores" and "without a clear winner" in why and "read as a classifier's logits" in why
     kind, why = output_kind(points)
-    assert kind == "regression" and "fixed column offsets set the values" in why and "one of a few columns" in why
+    assert kind == "regression" and "fixed column offsets set the values" in why and "the top column is one of a few" in why
     assert output_kind(box)[0] == "regression"
 
     archive = tiny_models._trace(model, (unseen,))
