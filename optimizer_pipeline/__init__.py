@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "UnsafeModelError": "errors",
     # serving a variant and judging its outputs
     "load_variant": "runtimes",
+    "load_variant_file": "runtimes",
     "load_calibration": "intake.calibration",
     "NamedOutputs": "fidelity.outputs",
     "flatten_outputs": "fidelity.outputs",
@@ -77,6 +78,7 @@ _EXPORTS: dict[str, str] = {
     "atomic_write_text": "files",
     "die_with_parent": "measure.processes",
     "pin_malloc_thresholds": "measure.allocator",
+    "release_freed_memory": "measure.allocator",
     "preload_pipeline": "preloaded",
 }
 # For a forkserver's preload: importing it imports the whole pipeline (preloaded.py).

@@ -40,10 +40,10 @@ def quiet_torch_for_good() -> None:
     _ignore_torch_chatter()
 
 
-def load_archive(data: bytes) -> ScriptModule:
-    """Load a TorchScript archive from bytes on the CPU, in eval mode."""
+def load_archive(data: bytes | str) -> ScriptModule:
+    """Load a TorchScript archive (its bytes, or a file path) on the CPU, in eval mode."""
     with quiet_torch():
-        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        module = torch.jit.load(io.BytesIO(data) if isinstance(data, bytes) else data, map_location="cpu")
     module.eval()
     return module
 

@@ -75,7 +75,7 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> Lit
 
     describe_api(app)
     install_error_handlers(app)
-    limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes)
+    limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes, settings.validation_idle_seconds)
     parts = UploadLimits(settings.max_upload_bytes, settings.max_unlabeled_bytes)
     app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard, marks_dir(settings.local_dir)).router())
     oip = OipRoutes(store, predict_bridge, ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))

@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     variant_cache_bytes: int = Field(
         0,
         ge=0,
-        description="bytes of loaded variants (their file sizes) each inference worker keeps, least recently used "
-        "dropped first; a larger variant is still served (loaded, used, dropped); 0: only --cache-size bounds it",
+        description="bytes of loaded variants (their file sizes) the /predict workers keep together, an equal share "
+        "each (a /compare worker keeps one share too), least recently used dropped first; a variant larger than a "
+        "share is still served (loaded, used, dropped); 0: only --cache-size bounds it",
     )
     grpc_port: int = Field(
         0,
@@ -103,6 +104,9 @@ class Settings(BaseSettings):
         description="address space an inference worker may map beyond torch itself (its loaded models included); a request past it gets 507",
     )
     validation_timeout: float = Field(30.0, gt=0, le=3600, description="seconds an upload's validation may run (422 after)")
+    validation_idle_seconds: float = Field(
+        30.0, gt=0, le=86400, description="seconds without an upload after which the validation process pool (about 300 MB) ends; the next upload starts it again"
+    )
     validation_memory_bytes: int = Field(
         2 * 2**30, ge=64 * 2**20, description="memory an upload's validation may allocate on top of torch itself (422 above)"
     )
@@ -165,6 +169,12 @@ class Settings(BaseSettings):
         if not self.shared:
             return str(Path(self.store).resolve())
         return f"{_without_password(self.store)} + {self.artifacts}"
+
+    @property
+    def variant_bytes_per_worker(self) -> int:
+        """Each inference worker's share of variant_cache_bytes (0: unbounded): the bound is the
+        server's, since every /predict worker may load every variant."""
+        return max(1, self.variant_cache_bytes // self.workers) if self.variant_cache_bytes else 0
 
     @property
     def held_dir(self) -> Path:

@@ -101,6 +101,13 @@ class ServerProcess:
     def grandchildren(self) -> list[int]:
         """Processes whose parent is a child of the main process: the job runner's job process (the
         validation forkserver, an API server's child, is left out)."""
+        return [pid for pid in self._grandchildren() if not _is_forkserver(pid)]
+
+    def validation_forkservers(self) -> list[int]:
+        """The API servers' upload-validation forkservers that are running."""
+        return [pid for pid in self._grandchildren() if _is_forkserver(pid)]
+
+    def _grandchildren(self) -> list[int]:
         assert self.process is not None
         parents = {}
         for entry in Path("/proc").iterdir():
@@ -110,9 +117,7 @@ class ServerProcess:
                 except OSError:
                     continue
                 parents[int(entry.name)] = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-        return [
-            pid for pid, parent in parents.items() if parents.get(parent) == self.process.pid and not _is_forkserver(pid)
-        ]
+        return [pid for pid, parent in parents.items() if parents.get(parent) == self.process.pid]
 
     def job_process(self, timeout: float = 30.0) -> int:
         """The pid of the running job's process, once it exists.

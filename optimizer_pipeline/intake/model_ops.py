@@ -26,6 +26,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import torch
 
@@ -76,12 +77,13 @@ def harden_torch() -> None:
     guard_rnn_ops()
 
 
-def check_archive_code(data: bytes) -> None:
+def check_archive_code(data: bytes | BinaryIO) -> None:
     """Refuse an archive whose loading alone would run its code (a scripted `__setstate__`) or build
     tensors no op check sees (a stored sparse tensor, whose indices torch.jit.load never checks).
 
-    Call before `torch.jit.load`; bytes that are not a zip are left to the loader to diagnose."""
-    buffer = io.BytesIO(data)
+    Call before `torch.jit.load`; bytes that are not a zip are left to the loader to diagnose. `data`:
+    the archive's bytes, or a seekable binary file holding it."""
+    buffer = io.BytesIO(data) if isinstance(data, bytes) else data
     if not zipfile.is_zipfile(buffer):
         return
     try:

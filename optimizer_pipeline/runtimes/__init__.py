@@ -8,6 +8,7 @@ variant is always run the same way.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .base import LoadedVariant, RuntimeSupport
@@ -37,4 +38,9 @@ def load_variant(runtime: str, data: bytes, threads: int | None = None) -> Loade
     return RUNTIMES[runtime].load(data, threads)
 
 
-__all__ = ["RUNTIMES", "LoadedVariant", "RuntimeSupport", "load_variant", "runtime_of", "runtime_serving"]
+def load_variant_file(runtime: str, path: Path, threads: int | None = None) -> LoadedVariant:
+    """`load_variant` from a stored file, read in place where the runtime can (no copy in memory)."""
+    return RUNTIMES[runtime].load_file(path, threads)
+
+
+__all__ = ["RUNTIMES", "LoadedVariant", "RuntimeSupport", "load_variant", "load_variant_file", "runtime_of", "runtime_serving"]

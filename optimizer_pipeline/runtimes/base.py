@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from wire.contract.report import Runtime
@@ -34,3 +35,7 @@ class RuntimeSupport(ABC):
     @abstractmethod
     def load(self, data: bytes, threads: int | None) -> LoadedVariant:
         """Load stored bytes for CPU inference with `threads` threads (None: the runtime's default)."""
+
+    def load_file(self, path: Path, threads: int | None) -> LoadedVariant:
+        """Load a stored file; runtimes that can read it in place (no copy of it in memory) override this."""
+        return self.load(path.read_bytes(), threads)

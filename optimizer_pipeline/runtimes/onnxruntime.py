@@ -13,6 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def load_session(data: bytes, threads: int | None = None) -> OrtVariant:
-    """Load .onnx bytes for CPU inference with `threads` intra-op threads (None: ORT's default)."""
+def load_session(data: bytes | str, threads: int | None = None) -> OrtVariant:
+    """Load .onnx bytes (or a file path) for CPU inference with `threads` intra-op threads (None: ORT's default)."""
     session = ort.InferenceSession(data, session_options(threads), providers=["CPUExecutionProvider"])
     return OrtVariant(session)
 
@@ -86,6 +87,9 @@ class OnnxRuntime(RuntimeSupport):
 
     def load(self, data: bytes, threads: int | None) -> OrtVariant:
         return load_session(data, threads)
+
+    def load_file(self, path: Path, threads: int | None) -> OrtVariant:
+        return load_session(str(path), threads)  # read in place: no copy of the file in this process
 
 
 class _DropOnnxRuntimeWarnings(logging.Filter):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from optimizer_pipeline import NamedOutputs, flatten_outputs, load_variant
+from optimizer_pipeline import NamedOutputs, flatten_outputs, load_variant_file, release_freed_memory
 
 from .. import metrics
 
@@ -29,7 +29,7 @@ Example = Callable[[], tuple[torch.Tensor, ...]]
 
 
 def load(runtime: str, path: Path, threads: int, example: Example | None = None) -> RunVariant:
-    model = load_variant(runtime, path.read_bytes(), threads)
+    model = load_variant_file(runtime, path, threads)
 
     def run(inputs: tuple[torch.Tensor, ...]) -> NamedOutputs:
         with torch.inference_mode():  # torch's warnings are silenced once per worker (quiet_torch_for_good)
@@ -76,6 +76,7 @@ class VariantCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
+        self._release_due = False
         self._lock = threading.Lock()  # the serving thread, the live observer's shadow forwards and the warmer share it
         self._labels = (api, str(os.getpid()))  # the gauge's pid label comes with its multiprocess mode
         self._gauge = metrics.VARIANT_CACHE_BYTES.labels(api)
@@ -105,21 +106,31 @@ class VariantCache:
             return entry.run
         if entry is not None:  # replaced: the old version goes before the new one loads
             self._drop(key)
-        self._make_room(size)
+            self._release_due = True
+        if self._make_room(size) or self._release_due:
+            # What was dropped (evicted, or the last oversize variant, used and gone) is freed by now;
+            # without this the allocator keeps it and the worker's memory ignores the byte bound.
+            release_freed_memory()
+            self._release_due = False
         loaded = load(runtime, locate(), self.threads, example)
         metrics.VARIANT_LOADS.labels(*self._labels).inc()
         if self.max_bytes and size > self.max_bytes:
             metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()  # used once by the caller, never kept
+            self._release_due = True
             return loaded
         self._entries[key] = _Entry(version, loaded, size)
         self._bytes += size
         self._gauge.set(self._bytes)
         return loaded
 
-    def _make_room(self, size: int) -> None:
+    def _make_room(self, size: int) -> bool:
+        """Evict least recently used variants until `size` more fits; whether any went."""
+        evicted = False
         while self._entries and (len(self._entries) >= self.capacity or (self.max_bytes and self._bytes + size > self.max_bytes)):
             self._drop(next(iter(self._entries)))
             metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
+            evicted = True
+        return evicted
 
     def _drop(self, key: tuple[str, str]) -> None:
         self._bytes -= self._entries.pop(key).size

@@ -79,7 +79,7 @@ class InferenceAPI(BridgedAPI):
         self.warm_marks.mkdir(parents=True, exist_ok=True)  # before confinement: afterwards only this is writable
         confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(self.warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
-        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_cache_bytes, self.endpoint)
+        self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_bytes_per_worker, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
 
     def _overran(self, model_id: str, seconds: float) -> None:
@@ -278,8 +278,8 @@ class PredictAPI(InferenceAPI):
         self.shadow_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         self.observer = LiveObserver(self.store, self._shadow_forward, self.records)
         # Warm before ready: new and replaced variants are loaded and run here, off the serving thread.
-        # Not in /compare workers: they would keep the same bytes loaded again (variant_cache_bytes
-        # each), for an endpoint meant for spot checks.
+        # Not in /compare workers: they would keep the same bytes loaded again (a share of
+        # variant_cache_bytes each), for an endpoint meant for spot checks.
         self.warm_watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
         Warmer(self.warm_marks, self.store.list, lambda info, name: self._load(info, name, self.warm_watchdog)).start()
 

@@ -22,20 +22,28 @@ from optimizer_pipeline import PRELOAD_MODULE, ModelSummary, PipelineConfig, die
 
 from . import confinement
 from ..errors import ApiError, optimizer_error_code
+from .forkserver_idle import IdleForkserver
 from .seccomp_filter import SyscallPolicy
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload([PRELOAD_MODULE, "server.jobs.validation"])
+_forkserver = IdleForkserver()
 
 
 @dataclass(frozen=True)
 class ValidationLimits:
     seconds: float
     memory_bytes: int
+    idle_seconds: float = 30.0  # after the last validation, the forkserver ends (forkserver_idle)
 
 
 def validate_upload(directory: Path, has_labels: bool, config: PipelineConfig | None, limits: ValidationLimits, has_unlabeled: bool = False) -> ModelSummary:
     """Run `inspect_upload` on the files staged in `directory`; raise ApiError (4xx) if they do not pass."""
+    with _forkserver.in_use(limits.idle_seconds):
+        return _validate(directory, has_labels, config, limits, has_unlabeled)
+
+
+def _validate(directory: Path, has_labels: bool, config: PipelineConfig | None, limits: ValidationLimits, has_unlabeled: bool) -> ModelSummary:
     with _forkserver_without_secrets():
         receiver, sender = _context.Pipe(duplex=False)
         child = _context.Process(

@@ -21,7 +21,7 @@ from optimizer_pipeline.intake.calibration import Batch
 from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.intake.model_ops import check_model_ops, harden_torch, is_vetted
 from optimizer_pipeline.passes import parse_pass_spec, run_pass
-from optimizer_pipeline.runtimes import load_variant
+from optimizer_pipeline.runtimes import load_variant, load_variant_file
 
 CALIBRATION = tiny_models.calibration_bytes((torch.randn(4, 4),))
 
@@ -367,9 +367,14 @@ def test_setstate_split_by_a_backslash_continuation_is_refused_and_never_runs(tm
     assert not target.exists()
 
 
-def test_a_stored_variant_is_checked_when_a_worker_loads_it():
-    """The runtime loader (what inference workers and timing children use) applies the same checks."""
-    with pytest.raises(UnsafeModelError, match="aten::sparse_coo_tensor"):
-        load_variant("torchscript", hostile_models.archive(hostile_models.SparseCooWrite()), 1)
-    with pytest.raises(UnsafeModelError, match="stores a sparse tensor"):
-        load_variant("torchscript", _archive(SparseBuffer()), 1)
+def test_a_stored_variant_is_checked_when_a_worker_loads_it(tmp_path):
+    """The runtime loaders (what inference workers and timing children use), from bytes and from a
+    stored file, apply the same checks."""
+    hostile = {"aten::sparse_coo_tensor": hostile_models.archive(hostile_models.SparseCooWrite()), "stores a sparse tensor": _archive(SparseBuffer())}
+    for problem, archive in hostile.items():
+        with pytest.raises(UnsafeModelError, match=problem):
+            load_variant("torchscript", archive, 1)
+        stored = tmp_path / "variant.pt"
+        stored.write_bytes(archive)
+        with pytest.raises(UnsafeModelError, match=problem):
+            load_variant_file("torchscript", stored, 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import digits_models
 import tiny_models
 from conftest import FAST
 from optimizer_pipeline import Report, inspect_upload, optimize, parse_config
@@ -16,7 +17,7 @@ from optimizer_pipeline.choice import choose
 from optimizer_pipeline.errors import InvalidConfigError
 from optimizer_pipeline.fidelity.measures import judge_outputs
 from optimizer_pipeline.runtimes.cpu import bf16_from_cpuinfo, cpu_has_bf16
-from optimizer_pipeline.fidelity.outputs import flatten_outputs
+from optimizer_pipeline.fidelity.outputs import flatten_outputs, output_kind
 from optimizer_pipeline.search.space import DEFAULT_SPACE, expand_space
 from wire.contract.confidence import agreement_bound, samples_for_agreement
 from wire.contract.report import CandidateReport, Fidelity
@@ -41,6 +42,49 @@ def test_a_box_regression_is_judged_by_cosine_and_int8_that_flips_its_argmax_is_
     assert int8.agreement is not None and int8.agreement < 0.99
     assert int8.cosine_mean >= 0.99 and int8.judged_by == "cosine"
     assert report.candidates[0].meets_tolerance and report.candidates[0].certified
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    return digits_models.digits()
+
+
+def test_a_weak_classifiers_logits_are_judged_by_agreement_and_its_landmarks_and_box_by_cosine(digits):
+    images, labels = digits
+    model = digits_models.DigitsFace(images[:1200], labels[:1200])
+    unseen = images[1200:1456]
+    with torch.no_grad():
+        box, points, scores = model(unseen)
+    # Real but weak: about 78% right, and no clear winner per row (the margin rule alone read these
+    # logits as a regression, and cosine then let through candidates that flipped 5-7% of the answers).
+    assert 0.7 <= float((scores.argmax(1) == labels[1200:1456]).float().mean()) <= 0.85
+    kind, why = output_kind(scores)
+    assert kind == "class_scores" and "without a clear winner" in why and "read as a classifier's logits" in why
+    kind, why = output_kind(points)
+    assert kind == "regression" and "fixed column offsets set the values" in why and "the top column is one of a few" in why
+    assert output_kind(box)[0] == "regression"
+
+    archive = tiny_models._trace(model, (unseen,))
+    # (freeze: quantize_jit cannot return this tuple, the pipeline's int8 paths are tested elsewhere)
+    freeze = {**FAST, "candidates": [{"plan": [{"pass": "freeze"}]}], "batch_size": 16}
+    report = optimize(archive, tiny_models.calibration_bytes((unseen,)), freeze).report
+    assert [(o.name, o.kind, o.judged_by) for o in report.outputs] == [
+        ("output_0", "regression", "cosine"), ("output_1", "regression", "cosine"), ("output_2", "class_scores", "agreement"),
+    ]
+    assert [o.judged_by for o in report.candidates[0].fidelity.outputs] == ["cosine", "cosine", "agreement"]
+    assert report.tolerance["metric"] == "agreement"
+
+
+def test_untrained_heads_are_not_read_as_class_scores(digits):
+    images, _ = digits
+    with torch.no_grad():
+        kind, why = output_kind(digits_models.untrained_classifier()(images[:256]))
+    assert kind == "regression" and "the softmax is near uniform" in why
+    # tests/tiny_models.py: seeded random weights on Gaussian inputs, whose winners vary between
+    # samples like a classifier's; their near-uniform softmax keeps them judged by cosine.
+    for builder in (tiny_models.gated_scripted, tiny_models.two_inputs, tiny_models.dict_output, tiny_models.lstm, tiny_models.cnn_bn):
+        for name, tensor in _outputs(builder):
+            assert output_kind(tensor)[0] != "class_scores", (builder.__name__, name, output_kind(tensor))
 
 
 def test_an_embedding_is_judged_by_cosine():

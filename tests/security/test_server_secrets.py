@@ -100,7 +100,8 @@ def _cmdline(pid: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     store = tmp_path_factory.mktemp("secrets") / "store"
-    env = {"OPTISERVE_API_KEY": KEY, "OPTISERVE_VALIDATION_TIMEOUT": "20", "OPTISERVE_AUTH_INFERENCE": "true"}
+    env = {"OPTISERVE_API_KEY": KEY, "OPTISERVE_VALIDATION_TIMEOUT": "20", "OPTISERVE_AUTH_INFERENCE": "true",
+           "OPTISERVE_VALIDATION_IDLE_SECONDS": "3600"}  # the forkserver is among the processes checked
     server = ServerProcess(store, env).start()
     yield server
     if server.process.poll() is None:

@@ -27,7 +27,7 @@ class Tolerance(BaseModel):
     )
     class_outputs: list[str] | None = Field(
         None, max_length=1000, description="the outputs that are class scores, judged by top-1 agreement; the rest are judged by cosine. "
-        "Default: decided from the outputs (probabilities, or logits with a clear winner) and the labels; [] judges every output by cosine"
+        "Default: decided from the outputs (probabilities, or logits: a clear winner, or a top column that varies with a confident softmax) and the labels; [] judges every output by cosine"
     )
 
     @model_validator(mode="after")
