@@ -1,6 +1,6 @@
 """Serving benchmark: optiserve against a bare LitServe server and a bare FastAPI route, side by side.
 
-    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid]
+    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | --only residency]
 
 Every server runs in its own process and serves the same TorchScript file with one worker and one
 torch thread; the measurements take turns (round after round, each server in turn) and each cell
@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,8 +48,9 @@ from clients import OptiserveClient  # noqa: E402
 from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: E402
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
 from bench.support.serving_batching import only_mid  # noqa: E402
+from bench.support.serving_residency import residency  # noqa: E402
 from bench.support.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
-from server_harness import API_KEY, FORCED_FREEZE, ServerProcess  # noqa: E402
+from server_harness import API_KEY, FORCED_FREEZE, ServerProcess, free_port, upload, wait_for  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
 from wire import decode_response, encode_request  # noqa: E402
 from wire.codec import HEADER_LENGTH, wire_tensor  # noqa: E402
@@ -98,12 +98,6 @@ DESCRIPTIONS = {"small": "MLP 16-64-64-4, 5.5k params", "mid": "ResNet (3 blocks
 
 
 # ---- servers ----
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -354,8 +348,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns; cells are medians over rounds")
     parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json with --only mid)")
-    parser.add_argument("--only", choices=["mid"], help="mid: the batching row and small-model p50s only (support/serving_batching.py)")
+    parser.add_argument("--only", choices=["mid", "residency"], help="mid: the batching row and small-model p50s only (support/serving_batching.py); "
+                        "residency: six 151 MB variants under a 400 MB --variant-cache-bytes (support/serving_residency.py)")
     args = parser.parse_args()
+    if args.only == "residency":  # the server's defaults: two workers, as a user starts it
+        return residency(ServerProcess, {"OPTISERVE_API_KEY": API_KEY}, upload, wait_for, FORCED_FREEZE, args.out)
     torch.set_num_threads(WORKER_THREADS)
     pin_malloc_thresholds()  # as the servers do, so the in-process baseline is like for like
     load_before = os.getloadavg()[0]
