@@ -3,6 +3,7 @@ float, impossible plans refused when the config is parsed, and an OpenVINO varia
 
 from __future__ import annotations
 
+import gc
 import numpy as np
 import pytest
 import requests
@@ -16,7 +17,7 @@ from optimizer_pipeline.fidelity.measures import compare_outputs
 from optimizer_pipeline.intake.model_loading import run_model
 from optimizer_pipeline.passes import PassOutput, parse_pass_spec, run_pass
 from optimizer_pipeline.runtimes.cpu import cpu_has_bf16
-from optimizer_pipeline.runtimes import load_variant
+from optimizer_pipeline.runtimes import load_variant, load_variant_file
 from optimizer_pipeline.runtimes.openvino import OpenVinoModel, precision_of
 from server_harness import FAST_LATENCY, predict, server_fixture, upload, wait_for
 from wire.report_text.table import format_report
@@ -37,7 +38,7 @@ def _convert(model_name: str, via_onnx: bool) -> tuple[jit.ScriptModule, PassOut
 
 @pytest.mark.parametrize("via_onnx", [True, False], ids=["from-onnx", "from-torchscript"])
 @pytest.mark.parametrize("model_name", ["cnn_bn", "two_inputs", "dict_output"])
-def test_conversion_matches_torchscript_under_the_original_names_at_any_batch(model_name: str, via_onnx: bool):
+def test_conversion_matches_torchscript_under_the_original_names_at_any_batch(model_name: str, via_onnx: bool, tmp_path):
     original, converted, batch = _convert(model_name, via_onnx)
     assert converted.details["source"] == ("onnx" if via_onnx else "torchscript")
     variant = load_variant("openvino", converted.model.data, threads=1)
@@ -45,6 +46,15 @@ def test_conversion_matches_torchscript_under_the_original_names_at_any_batch(mo
     assert [name for name, _ in got] == [name for name, _ in expected]
     for (name, reference), (_, candidate) in zip(expected, got):
         torch.testing.assert_close(candidate, reference, rtol=1e-4, atol=1e-5, msg=name)
+    # As a worker loads it: from the stored file, its weights used in place. Loaded, dropped and
+    # loaded again, it still answers the same (the buffer must live as long as the compiled model).
+    stored = tmp_path / "variant.ov"
+    stored.write_bytes(converted.model.data)
+    for _ in range(2):
+        from_file = run_model(load_variant_file("openvino", stored, threads=1), batch)
+        gc.collect()
+        for (name, reference), (_, candidate) in zip(got, from_file):
+            torch.testing.assert_close(candidate, reference, rtol=0, atol=0, msg=name)
 
 
 def test_precision_is_the_plans_choice_and_the_stored_variant_keeps_it():
