@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     variant_cache_bytes: int = Field(
         0,
         ge=0,
-        description="bytes of loaded variants (their file sizes) the /predict workers keep together, an equal share "
+        description="bytes of loaded variants (what each held once loaded, at least its file size) the /predict workers keep together, an equal share "
         "each (a /compare worker keeps one share too), least recently used dropped first; a variant larger than a "
         "share is still served (loaded, used, dropped); 0: only --cache-size bounds it",
     )

@@ -50,6 +50,34 @@ def _warm_up(run: RunVariant, inputs: tuple[torch.Tensor, ...]) -> None:
             return
 
 
+class ResidentMemory:
+    """This process's resident bytes, read from /proc/self/statm through a descriptor opened before
+    confinement: Landlock refuses opening /proc/self afterwards, and reading an open one is fine.
+    0 where it cannot be read (sizes then come from the files)."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._pid = 0
+
+    def open(self) -> None:
+        try:
+            self._fd, self._pid = os.open("/proc/self/statm", os.O_RDONLY), os.getpid()
+        except OSError:
+            self._fd = None
+
+    def bytes(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # not opened, or opened by a parent
+            return 0
+        try:
+            return int(os.pread(self._fd, 128, 0).split()[1]) * _PAGE_BYTES
+        except (OSError, ValueError, IndexError):
+            return 0
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+RESIDENT = ResidentMemory()
+
+
 @dataclass
 class _Entry:
     version: int
@@ -63,11 +91,13 @@ class VariantCache:
     The version comes from the store on every lookup, so a variant that appears or changes is
     reloaded on its next request, with no message between processes.
 
-    Two bounds: `capacity` variants, and `max_bytes` (0: none) of variant file sizes. A file's size
-    stands for what the loaded model holds: its weights dominate both, and it is known before loading,
-    so room is made first and the worker never holds the old set and the new variant at once. A
-    variant larger than `max_bytes` is still served: loaded (after the cache is emptied), used for
-    the call that asked for it, and dropped.
+    Two bounds: `capacity` variants, and `max_bytes` (0: none) of what the loaded variants hold. Room
+    is made before loading, from the file's size (or what the same variant held when last loaded), so
+    the worker never holds the old set and the new variant at once. Once loaded, a variant counts what
+    loading it added to the worker's resident memory, never less than its file: a compiled OpenVINO
+    model holds about 2.3x its file, a TorchScript one about its file. A variant larger than
+    `max_bytes` is still served: loaded (after the cache is emptied), used for the call that asked for
+    it, and dropped.
     """
 
     def __init__(self, capacity: int, threads: int, max_bytes: int = 0, api: str = "") -> None:
@@ -76,6 +106,7 @@ class VariantCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._bytes = 0
+        self._held: dict[tuple[str, str], int] = {}  # what each variant held when last loaded
         self._release_due = False
         self._lock = threading.Lock()  # the serving thread, the live observer's shadow forwards and the warmer share it
         self._labels = (api, str(os.getpid()))  # the gauge's pid label comes with its multiprocess mode
@@ -107,12 +138,15 @@ class VariantCache:
         if entry is not None:  # replaced: the old version goes before the new one loads
             self._drop(key)
             self._release_due = True
+        size = max(size, self._held.get(key, 0))
         if self._make_room(size) or self._release_due:
             # What was dropped (evicted, or the last oversize variant, used and gone) is freed by now;
             # without this the allocator keeps it and the worker's memory ignores the byte bound.
             release_freed_memory()
             self._release_due = False
+        resident = RESIDENT.bytes()
         loaded = load(runtime, locate(), self.threads, example)
+        size = self._held[key] = max(size, RESIDENT.bytes() - resident)
         metrics.VARIANT_LOADS.labels(*self._labels).inc()
         if self.max_bytes and size > self.max_bytes:
             metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()  # used once by the caller, never kept
@@ -120,6 +154,10 @@ class VariantCache:
             return loaded
         self._entries[key] = _Entry(version, loaded, size)
         self._bytes += size
+        while self.max_bytes and self._bytes > self.max_bytes:  # it held more than its file said
+            self._drop(next(iter(self._entries)))
+            metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
+            self._release_due = True
         self._gauge.set(self._bytes)
         return loaded
 

@@ -43,7 +43,7 @@ from ..litserve_bridge import BridgedAPI
 from ..live.observer import LiveObserver
 from ..live.record_channel import RecordSender
 from ..live.routing import Route, choose
-from .variant_cache import RunVariant, VariantCache
+from .variant_cache import RESIDENT, RunVariant, VariantCache
 from .warm_up import Warmer, marks_dir
 from ..settings import Settings
 from .shared_tensors import MIN_BYTES, QUEUE_FALLBACK_BYTES, SHM_DIR, SharedResponse, ShmFull, space_for
@@ -77,6 +77,7 @@ class InferenceAPI(BridgedAPI):
         self.keep_held_record(self.settings.held_dir)
         self.warm_marks = marks_dir(self.settings.local_dir).resolve()
         self.warm_marks.mkdir(parents=True, exist_ok=True)  # before confinement: afterwards only this is writable
+        RESIDENT.open()  # what a loaded variant holds is measured from /proc/self, closed to it after confinement
         confinement.apply(confinement.for_inference_worker(self.settings, self.store, SHM_DIR, extra_writable=(self.warm_marks,)))
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_bytes_per_worker, self.endpoint)

@@ -169,3 +169,41 @@ def test_a_worker_gives_back_the_memory_of_a_variant_it_dropped(tmp_path):
     # And went back to the OS, not to the allocator's free lists. Measured: +55 MB (the 10 MB variant
     # loaded, and what torch keeps once it has loaded any TorchScript), +120 MB without the release.
     assert rss["after"] - rss["base"] < 85 * MB, rss
+
+
+# A variant counts what loading it added to the worker's memory, not its file's size: a compiled
+# OpenVINO model holds about 2.3x its file. Fresh process, as a worker (its /proc/self read as one).
+HELD_NOT_FILE_SIZE = """
+import json, sys
+from pathlib import Path
+import torch
+from server.inference.variant_cache import RESIDENT, VariantCache
+
+RESIDENT.open()
+ov_file, ts_file = Path(sys.argv[1]), Path(sys.argv[2])
+bound = int(1.5 * ov_file.stat().st_size)  # the file fits; what OpenVINO makes of it does not
+cache = VariantCache(capacity=8, threads=1, max_bytes=bound)
+cache.get("ov", "optimized", 1, "openvino", lambda: ov_file, size=ov_file.stat().st_size)((torch.randn(2, 1024),))
+after_ov = cache.loaded_bytes
+cache.get("ts", "original", 1, "torchscript", lambda: ts_file, size=ts_file.stat().st_size)((torch.randn(2, 1024),))
+print(json.dumps({"bound": bound, "after_ov": after_ov, "after_ts": cache.loaded_bytes, "ts_file": ts_file.stat().st_size}))
+"""
+
+
+def test_a_variant_counts_what_it_holds_loaded_not_its_file_size(tmp_path):
+    import openvino as ov
+
+    from optimizer_pipeline.runtimes.openvino import OpenVinoModel
+
+    layers = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(10)]).eval()  # about 42 MB
+    converted = ov.convert_model(layers, example_input=torch.randn(2, 1024))
+    converted.inputs[0].get_tensor().set_names({"x"})
+    converted.outputs[0].get_tensor().set_names({"output"})
+    (ov_file := tmp_path / "variant.ov").write_bytes(OpenVinoModel.of(converted).data)
+    torch.jit.save(torch.jit.script(layers), ts_file := tmp_path / "variant.pt")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", HELD_NOT_FILE_SIZE, str(ov_file), str(ts_file)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    held = json.loads(done.stdout.strip().splitlines()[-1])
+    assert held["after_ov"] == 0, held  # held more than the bound once compiled: served once, not kept
+    assert held["ts_file"] <= held["after_ts"] <= held["bound"], held  # TorchScript holds about its file
