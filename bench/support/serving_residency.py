@@ -28,31 +28,27 @@ MODELS = 6
 LAYERS = 36  # x 4 MB
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of `root` and every process in its session (the server starts one)."""
+def tree_rss(server: object) -> int:
+    """Resident bytes of the server's whole process group (`ServerProcess.group_processes`)."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for line in server.group_processes():
         try:
-            session = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[3])
-            if session == root or int(entry) == root:
-                status = open(f"/proc/{entry}/status").read()
-                total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
-        except (OSError, StopIteration, ValueError):
+            status = open(f"/proc/{line.split()[0]}/status").read()
+        except OSError:
             continue  # ended while read
+        total += next((int(row.split()[1]) for row in status.splitlines() if row.startswith("VmRSS:")), 0) * 1024
     return total
 
 
 class _Peak:
-    def __init__(self, root: int) -> None:
-        self.root, self.value, self._stop = root, tree_rss(root), threading.Event()
+    def __init__(self, server: object) -> None:
+        self.server, self.value, self._stop = server, tree_rss(server), threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         while not self._stop.wait(0.1):
-            self.value = max(self.value, tree_rss(self.root))
+            self.value = max(self.value, tree_rss(self.server))
 
     def stop(self) -> int:
         self._stop.set()
@@ -77,26 +73,25 @@ def residency(server_class: type, env: dict, upload: object, wait_for: object, c
         server = server_class(Path(folder) / "store", {**env, "OPTISERVE_VARIANT_CACHE_BYTES": str(BOUND), "OPTISERVE_MAX_UPLOAD_BYTES": str(300 * MB)})
         server.start()
         try:
-            root = server.process.pid
-            at_rest = tree_rss(root)
-            during_uploads = _Peak(root)
+            at_rest = tree_rss(server)
+            during_uploads = _Peak(server)
             for i in range(MODELS):
                 accepted = upload(server.url, _archive(i), inputs, name=f"big{i}", config=config)
                 assert accepted.status_code == 202, accepted.text
                 assert wait_for(server.url, accepted.json()["id"], timeout=900)["state"] == "ready"
             upload_peak = during_uploads.stop()
-            ready = tree_rss(root)
+            ready = tree_rss(server)
             started = time.monotonic()
             while server.validation_forkservers() and time.monotonic() - started < 120:
                 time.sleep(0.5)  # the validation forkserver ends once uploads stop (validation_idle_seconds)
-            idle = tree_rss(root)
-            serving = _Peak(root)
+            idle = tree_rss(server)
+            serving = _Peak(server)
             codes = []
             for _ in range(2):
                 for i in range(MODELS):
                     body = {"model": f"big{i}", "variant": "original", "inputs": [inputs[0][:2].tolist()]}
                     codes.append(requests.post(server.url + "/predict", json=body, timeout=300).status_code)
-            serving_peak, end = serving.stop(), tree_rss(root)
+            serving_peak, end = serving.stop(), tree_rss(server)
         finally:
             server.stop()
     result = {

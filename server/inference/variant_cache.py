@@ -155,8 +155,7 @@ class VariantCache:
         self._entries[key] = _Entry(version, loaded, size)
         self._bytes += size
         while self.max_bytes and self._bytes > self.max_bytes:  # it held more than its file said
-            self._drop(next(iter(self._entries)))
-            metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
+            self._evict_oldest()
             self._release_due = True
         self._gauge.set(self._bytes)
         return loaded
@@ -165,10 +164,13 @@ class VariantCache:
         """Evict least recently used variants until `size` more fits; whether any went."""
         evicted = False
         while self._entries and (len(self._entries) >= self.capacity or (self.max_bytes and self._bytes + size > self.max_bytes)):
-            self._drop(next(iter(self._entries)))
-            metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
+            self._evict_oldest()
             evicted = True
         return evicted
+
+    def _evict_oldest(self) -> None:
+        self._drop(next(iter(self._entries)))
+        metrics.VARIANT_EVICTIONS.labels(*self._labels).inc()
 
     def _drop(self, key: tuple[str, str]) -> None:
         self._bytes -= self._entries.pop(key).size

@@ -34,7 +34,7 @@ _forkserver = IdleForkserver()
 class ValidationLimits:
     seconds: float
     memory_bytes: int
-    idle_seconds: float = 30.0  # after the last validation, the forkserver ends (forkserver_idle)
+    idle_seconds: float  # after the last validation, the forkserver ends (forkserver_idle)
 
 
 def validate_upload(directory: Path, has_labels: bool, config: PipelineConfig | None, limits: ValidationLimits, has_unlabeled: bool = False) -> ModelSummary:
