@@ -1,6 +1,6 @@
 """Serving benchmark: optiserve against a bare LitServe server and a bare FastAPI route, side by side.
 
-    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | --only residency]
+    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | --only mid-defaults | --only residency]
 
 Every server runs in its own process and serves the same TorchScript file with one worker and one
 torch thread; the measurements take turns (round after round, each server in turn) and each cell
@@ -347,8 +347,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns; cells are medians over rounds")
-    parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json with --only mid)")
-    parser.add_argument("--only", choices=["mid", "residency"], help="mid: the batching row and small-model p50s only (support/serving_batching.py); "
+    parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json, serving_mid_defaults.json with --only)")
+    parser.add_argument("--only", choices=["mid", "mid-defaults", "residency"], help="mid: the batching row and small-model p50s only "
+                        "(support/serving_batching.py; mid-defaults: on the server's defaults, in process on every core); "
                         "residency: six 151 MB variants under a 400 MB --variant-cache-bytes (support/serving_residency.py)")
     args = parser.parse_args()
     if args.only == "residency":  # the server's defaults: two workers, as a user starts it

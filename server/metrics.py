@@ -76,10 +76,16 @@ LIVE_DROPPED = Counter(
     "Served requests left out of live evidence because the worker's observer was behind",
     ["model"],
 )
-# Residency of loaded variants, per inference worker (pid): file sizes of the variants its cache holds.
+WORKER_FORWARDS = Counter(
+    "optiserve_worker_forwards",
+    "Forward calls that answered requests, per inference worker pid: how traffic spreads over the workers "
+    "(the lowest-numbered idle worker takes the next batch)",
+    ["api", "pid"],
+)
+# Residency of loaded variants, per inference worker (pid): what the variants its cache holds took once loaded.
 VARIANT_CACHE_BYTES = Gauge(
     "optiserve_variant_cache_bytes",
-    "Bytes of model variants an inference worker keeps loaded (their file sizes), per worker pid",
+    "Bytes of model variants an inference worker keeps loaded (the resident memory each added once loaded, at least its file size), per worker pid",
     ["api"],  # /predict or /compare; a label also keeps processes that hold no cache from reporting a 0
     multiprocess_mode="liveall",  # one series per worker (pid label), not a sum across them
 )

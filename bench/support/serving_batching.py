@@ -3,6 +3,11 @@
 The quick loop for work on the serving path's CPU: the mid ResNet at concurrency 8 (one sample a
 request) against an in-process batch-8 call, and the small MLP's p50 at concurrency 1, on the
 paths the issue names (/predict JSON, /v2 binary, gRPC). Cells take turns over rounds; medians.
+
+--only mid-defaults runs the same rows as the issue's hidden check does: the server on its own
+defaults (two /predict workers, a torch thread per core, batches up to 16), against an in-process
+batch-8 call on every core. Each mid cell also records the CPU each process spent per request
+(from /proc; the client is this process).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from optimizer_pipeline.files import atomic_write_text
 
 SMALL_PATHS = ("optiserve /predict JSON", "optiserve /v2 binary", "optiserve gRPC (tritonclient.grpc)")
@@ -22,16 +29,21 @@ MID_PATHS = SMALL_PATHS
 
 def batching_rows(
     url: str, archives: dict, input_names: dict, callers: Callable[..., dict], measure: Callable[..., dict], in_process: Callable[..., float],
-    seconds: float, rounds: int,
+    seconds: float, rounds: int, pids: dict[int, str],
 ) -> dict:
     """{"small_p50_ms": {path: ms}, "mid_c8": {path: samples/s}, "mid_share": {path: share of in-process batch 8}, load averages}."""
     load_start = os.getloadavg()[0]
     plan = [("small", path, 1, "p50_ms") for path in SMALL_PATHS] + [("mid", path, 8, "rps") for path in MID_PATHS]
     calls = {name: callers(name, archives[name][1][:1], {}, url, input_names[name]) for name in ("small", "mid")}
     cells: dict[tuple, list[float]] = {}
+    cpu: dict[str, list[dict[str, float]]] = {}
     for _ in range(rounds):
         for name, path, concurrency, key in plan:
-            cells.setdefault((name, path), []).append(measure(calls[name][path], concurrency, seconds)[key])
+            before = _cpu_seconds(pids)
+            cell = measure(calls[name][path], concurrency, seconds)
+            cells.setdefault((name, path), []).append(cell[key])
+            if name == "mid":
+                cpu.setdefault(path, []).append(_per_request(before, _cpu_seconds(pids), cell["rps"] * seconds))
     archive, calibration = archives["mid"]
     batch8 = 8000 / in_process(archive, calibration[:8])
     mid = {path: round(statistics.median(cells[("mid", path)]), 1) for path in MID_PATHS}
@@ -41,13 +53,15 @@ def batching_rows(
         "mid_c8_samples_per_s": mid,
         "mid_share_of_batch8": {path: round(rps / batch8, 3) for path, rps in mid.items()},
         "rounds": {f"{name} {path}": [round(v, 3) for v in values] for (name, path), values in cells.items()},
+        "mid_cpu_ms_per_request": cpu,
         "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
     }
     print("| model | path | cell |\n|---|---|---|")
     for path, ms in result["small_p50_ms"].items():
         print(f"| small | {path} | p50 {ms:.2f} ms at c=1 |")
     for path, rps in mid.items():
-        print(f"| mid | {path} | {rps:.0f} samples/s at c=8 = {rps / batch8:.0%} of in-process batch 8 ({batch8:.0f}) |")
+        spent = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu[path][-1].items())
+        print(f"| mid | {path} | {rps:.0f} samples/s at c=8 = {rps / batch8:.0%} of in-process batch 8 ({batch8:.0f}); CPU ms a request: {spent} |")
     print(f"load average (1 min): {result['load_average_1min']}", flush=True)
     return result
 
@@ -56,14 +70,51 @@ def only_mid(
     args: argparse.Namespace, archives: dict, server: object, upload_all: Callable[..., dict], callers: Callable[..., dict],
     measure: Callable[..., dict], in_process: Callable[..., float],
 ) -> int:
-    """Start `server` (a ServerProcess), upload the small and mid models, measure, write args.out."""
+    """Start `server` (a ServerProcess), upload the small and mid models, measure, write args.out.
+    mid-defaults: the server's own defaults for workers, threads and batch size, in process on every core."""
+    defaults = args.only == "mid-defaults"
+    if defaults:
+        for setting in ("OPTISERVE_WORKERS", "OPTISERVE_WORKER_THREADS", "OPTISERVE_MAX_BATCH_SIZE"):
+            server.env.pop(setting, None)
+        torch.set_num_threads(os.cpu_count() or 1)
     server.start()
     try:
         names = upload_all(server, {name: archives[name] for name in ("small", "mid")})
-        result = batching_rows(server.url, archives, names, callers, measure, in_process, args.seconds, args.rounds)
+        pids = _roles(server)
+        result = batching_rows(server.url, archives, names, callers, measure, in_process, args.seconds, args.rounds, pids)
     finally:
         server.stop()
-    out = args.out or Path(__file__).resolve().parents[1] / "results" / "serving_mid.json"
+    result["server"] = "defaults (2 workers, a torch thread per core)" if defaults else "1 worker, 1 torch thread"
+    result["in_process_threads"] = torch.get_num_threads()
+    out = args.out or Path(__file__).resolve().parents[1] / "results" / f"serving_{args.only.replace('-', '_')}.json"
     atomic_write_text(out, json.dumps({"seconds_per_cell": args.seconds, **result}, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _roles(server: object) -> dict[int, str]:
+    """pid -> role of the server's processes that serve requests: the API server, and each inference
+    worker (the spawned processes with a torch thread pool; LitServe's Manager has one thread)."""
+    roles, workers = {}, 0
+    for line in server.group_processes():
+        pid = int(line.split()[0])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+        if "multiprocessing.spawn" in command and threads > 2:
+            roles[pid], workers = f"worker {workers}", workers + 1
+        elif "-m server" in command and pid != server.process.pid and threads > 2:
+            roles[pid] = "API server"
+    return roles
+
+
+def _cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent = {"client": sum(os.times()[:2])}
+    for pid, role in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        spent[role] = (int(fields[11]) + int(fields[12])) / ticks
+    return spent
+
+
+def _per_request(before: dict[str, float], after: dict[str, float], requests: float) -> dict[str, float]:
+    return {role: round(1000 * (after[role] - before[role]) / requests, 3) for role in after}

@@ -8,6 +8,7 @@ inputs tensors, and shapes its answer or its failure.
 """
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -82,6 +83,7 @@ class InferenceAPI(BridgedAPI):
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_bytes_per_worker, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        self._pid = str(os.getpid())
 
     def _overran(self, model_id: str, seconds: float) -> None:
         """The watchdog's last act before this worker ends: count the timeout, answer this model's
@@ -244,6 +246,7 @@ class InferenceAPI(BridgedAPI):
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
         outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog)
         metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
+        metrics.WORKER_FORWARDS.labels(self.endpoint, self._pid).inc()
         total = sum(item.size for item in group)
         if len(group) > 1 and any(t.dim() == 0 or t.shape[0] != total for _, t in outputs):
             raise ValueError("outputs do not keep the batch as their first dimension; a merged batch cannot be split")

@@ -31,7 +31,8 @@ so a batch holds one model, and a slow or hung model occupies at most one worker
 while the others stay free for every other model.
 """
 
-from .batching import GROUP, IDLE_WAKE_SECONDS, RETIRED_EXIT_CODE, GreedyBatchLoop, HeldBatch, HeldRecord, current_worker_id, held_record_path
+from .batching import GROUP, IDLE_WAKE_SECONDS, RETIRED_EXIT_CODE, GreedyBatchLoop, HeldBatch, HeldRecord, held_record_path
+from .channels import current_worker_id
 from .lit_server import BridgedAPI, LitServer, build_lit_server, is_first_api_server, managers_die_with_parent, quiet_monitor_shutdown, run_lit_server, workers_ready
 from .queue_bridge import QueueBridge, drop_gzip, take_over_route
 from .supervision import WorkerDeath, supervise_api_servers, supervise_workers

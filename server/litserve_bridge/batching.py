@@ -73,13 +73,12 @@ class HeldRecord:
             return HeldBatch()
 
 
+def _no_op() -> None:
+    pass
+
+
 def held_record_path(directory: Path, api_path: str, worker_id: int) -> Path:
     return directory / f"{api_path.strip('/').replace('/', '-')}-{worker_id}.held"
-
-
-def current_worker_id() -> int:
-    """The LitServe worker id of this inference worker (LitServe sets it before setup)."""
-    return int(os.environ.get("LITSERVE_WORKER_ID", "0"))
 
 
 class GreedyBatchLoop(BatchedLoop):
@@ -149,6 +148,10 @@ class GreedyBatchLoop(BatchedLoop):
                 self._answer(response_queue_id, uid, PickleableHTTPException(504, "Request timed out"), LitAPIStatus.ERROR)
             if batch:
                 self._run(lit_api, batch)
+            if batch:
+                # Counted as waiting from before its answers leave (channels.DirectQueue): a group sent
+                # on their arrival is this warm worker's, even while it finishes the work after them.
+                getattr(request_queue, "coming_back", _no_op)()
             self._send_answers(transport)
             if batch:
                 lit_api.answered()

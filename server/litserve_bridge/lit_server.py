@@ -16,8 +16,8 @@ from litserve.utils import WorkerSetupStatus
 
 from optimizer_pipeline import die_with_parent
 
-from .batching import GreedyBatchLoop, HeldRecord, current_worker_id, held_record_path
-from .channels import use_direct_transport
+from .batching import GreedyBatchLoop, HeldRecord, held_record_path
+from .channels import current_worker_id, use_direct_transport
 from .queue_bridge import drop_gzip
 
 LitServer = ls.LitServer  # for annotations outside the bridge

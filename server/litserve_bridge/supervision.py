@@ -23,6 +23,7 @@ from litserve.transport.process_transport import MPQueueTransport
 from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException
 
 from .batching import IDLE_WAKE_SECONDS, HeldBatch, HeldRecord, held_record_path
+from .channels import DirectQueue
 
 logger = logging.getLogger("optiserve")
 # An API server waits for answers with get(timeout=1) on its response queue (litserve's
@@ -96,6 +97,9 @@ def _replace(server: ls.LitServer, records: Path, on_death: Callable[[WorkerDeat
         for response_queue_id, uid in death.held.requests:
             server._transport.send((uid, (failure, LitAPIStatus.ERROR, LoopResponseType.REGULAR, worker_id)), consumer_id=response_queue_id)
     path.unlink(missing_ok=True)
+    request_queue = server.litapi_request_queues.get(lit_api.api_path)
+    if isinstance(request_queue, DirectQueue):
+        request_queue.forget_worker(worker_id)
     server.inference_workers[index] = server.launch_single_inference_worker(lit_api, worker_id)
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -104,3 +106,103 @@ def test_concurrent_requests_and_answers_larger_together_than_a_datagram_are_all
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(call, [2000, 4000, 100] * 16, range(48)))
+
+
+def _serve_as(worker_id: int, direct: DirectQueue, answers) -> None:
+    # In a spawned process, as inference worker `worker_id` runs its loop: take a group, say it is
+    # coming back (GreedyBatchLoop does, before the answers leave), answer. Each reader answers on a
+    # pipe of its own: killing one holds no lock the other needs.
+    import os
+
+    os.environ["LITSERVE_WORKER_ID"] = str(worker_id)
+    answers.send(-1)  # started
+    while True:
+        try:
+            item = direct.get(timeout=30)
+        except queue.Empty:
+            return
+        if item == b"stop":
+            return
+        direct.coming_back()
+        answers.send(worker_id)
+        time.sleep(0.0002)  # the work after the answers (live statistics), shorter than the hand-off
+
+
+class _Readers:
+    """Spawned readers of `direct` as workers 0, 1, ...; `next_taker()` says which took the last group."""
+
+    def __init__(self, direct: DirectQueue, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        pipes = [context.Pipe(duplex=False) for _ in range(count)]
+        self.ends = [receiving for receiving, _ in pipes]
+        self.processes = [context.Process(target=_serve_as, args=(i, direct, sending)) for i, (_, sending) in enumerate(pipes)]
+        for process in self.processes:
+            process.start()
+        assert all(end.poll(120) and end.recv() == -1 for end in self.ends), "a reader did not start"
+
+    def next_taker(self) -> int:
+        ready = multiprocessing.connection.wait(self.ends, timeout=60)
+        assert len(ready) == 1, f"{len(ready)} readers answered one group"
+        return ready[0].recv()
+
+
+def test_one_models_steady_traffic_stays_on_the_lowest_numbered_waiting_worker():
+    # One group at a time, the next sent when the last is answered, as a model's lane sends them.
+    # Both readers wake on every datagram; without the preference the one that did not just answer
+    # reads first and the groups alternate.
+    with multiprocessing.Manager() as manager:
+        direct = DirectQueue(manager.Queue())
+        readers = _Readers(direct, 2)
+        counts = {0: 0, 1: 0}
+        for _ in range(100):
+            direct.put(b"group")
+            counts[readers.next_taker()] += 1
+        for process in readers.processes:
+            direct.put(b"stop")
+        for process in readers.processes:
+            process.join(30)
+    assert counts[0] >= 90, counts
+
+
+def test_a_group_left_to_a_dead_workers_slot_is_still_taken_by_another():
+    # Worker 0 dies while it waits: its slot still says so (nothing ran its `finally`), and worker 1
+    # leaves each group to it for a moment, then takes it. Supervision forgets the slot.
+    with multiprocessing.Manager() as manager:
+        direct = DirectQueue(manager.Queue())
+        readers = _Readers(direct, 2)
+        first, second = readers.processes
+        first.kill()
+        first.join(30)
+        readers.ends.pop(0).close()
+        for _ in range(5):
+            direct.put(b"group")
+            assert readers.next_taker() == 1
+        direct.forget_worker(0)
+        direct.put(b"group")
+        assert readers.next_taker() == 1
+        direct.put(b"stop")
+        second.join(30)
+
+
+def test_sequential_requests_run_on_one_worker_of_two(server, embedder):
+    # The server's two /predict workers (the default): one model's requests one after another all
+    # find worker 0 waiting, and /metrics counts the forward calls per worker pid.
+    x = torch.randn(1, 16)
+    body, headers = encode_request([wire_tensor(embedder, x.numpy())])
+    before = _forwards_per_worker(server.url)
+    for _ in range(60):
+        response = requests.post(f"{server.url}/v2/models/embedder/infer", data=body, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text[:300]
+    after = _forwards_per_worker(server.url)
+    grown = sorted((after[pid] - before.get(pid, 0) for pid in after), reverse=True)
+    assert sum(grown) == 60, (before, after)
+    assert grown[0] >= 54, grown
+
+
+def _forwards_per_worker(url: str) -> dict[str, float]:
+    counts = {}
+    for line in requests.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('optiserve_worker_forwards_total{api="/predict"'):
+            sample, _, value = line.rpartition(" ")
+            counts[sample.split('pid="')[1].split('"')[0]] = float(value)
+    return counts
