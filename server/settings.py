@@ -40,8 +40,12 @@ class Settings(BaseSettings):
     )
     compare_workers: int = Field(1, ge=1, le=64, description="inference worker processes for /compare")
     api_servers: int = Field(1, ge=1, le=64, description="HTTP server processes")
+    # One share of the cores per /predict worker: two workers of two threads each on two cores
+    # spent a third less of their CPU on forwards (mid ResNet at c=8: 1.3-1.7x the samples/s with
+    # one thread each; docs/benchmarks.md).
     worker_threads: int = Field(
-        default_factory=lambda: os.cpu_count() or 1, ge=1, le=256, description="torch threads per inference worker"
+        default_factory=lambda data: max(1, (os.cpu_count() or 1) // data["workers"]), ge=1, le=256,
+        description="torch threads per inference worker (default: the CPU count divided by --workers, at least 1)",
     )
     job_threads: int = Field(1, ge=1, le=256, description="torch threads of the background optimization job")
     job_nice: int = Field(10, ge=0, le=19, description="CPU niceness of optimization jobs, so serving keeps priority")
