@@ -1,6 +1,6 @@
 """Serving benchmark: optiserve against a bare LitServe server and a bare FastAPI route, side by side.
 
-    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | --only mid-defaults | --only residency]
+    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | mid-defaults | residency | first-request]
 
 Every server runs in its own process and serves the same TorchScript file with one worker and one
 torch thread; the measurements take turns (round after round, each server in turn) and each cell
@@ -12,7 +12,7 @@ is the median over rounds. Bodies are built before timing, so every server pays 
   raw bytes to the bare FastAPI route (the floor), tritonclient and OptiserveClient (binary),
   OIP JSON number lists encoded and decoded by wire/;
 - the server's peak RSS growth for one 64 MB input;
-- OIP over gRPC (tritonclient.grpc) beside REST, and the first request after ready (bench/support/serving_grpc.py).
+- OIP over gRPC beside REST (support/serving_grpc.py), the first request after ready (serving_first_request.py).
 
 Prints the tables and the issue's targets, and writes bench/results/serving.json.
 """
@@ -49,7 +49,8 @@ from optimizer_pipeline.measure.allocator import pin_malloc_thresholds  # noqa: 
 from optimizer_pipeline.files import atomic_write_text  # noqa: E402
 from bench.support.serving_batching import only_mid  # noqa: E402
 from bench.support.serving_residency import residency  # noqa: E402
-from bench.support.serving_grpc import GRPC_ENV, first_request_row, grpc_caller, grpc_targets  # noqa: E402
+from bench.support.serving_first_request import first_request_rounds, first_request_row  # noqa: E402
+from bench.support.serving_grpc import GRPC_ENV, grpc_caller, grpc_targets  # noqa: E402
 from server_harness import API_KEY, FORCED_FREEZE, ServerProcess, free_port, upload, wait_for  # noqa: E402
 from tiny_models import MLP, calibration_bytes  # noqa: E402
 from wire import decode_response, encode_request  # noqa: E402
@@ -348,12 +349,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns; cells are medians over rounds")
     parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json, serving_mid_defaults.json with --only)")
-    parser.add_argument("--only", choices=["mid", "mid-defaults", "residency"], help="mid: the batching row and small-model p50s only "
-                        "(support/serving_batching.py; mid-defaults: on the server's defaults, in process on every core); "
-                        "residency: six 151 MB variants under a 400 MB --variant-cache-bytes (support/serving_residency.py)")
+    parser.add_argument("--only", choices=["mid", "mid-defaults", "residency", "first-request"], help="one part, on its own: see the "
+                        "docstrings of support/serving_batching.py (mid, mid-defaults), serving_residency.py, serving_first_request.py")
     args = parser.parse_args()
     if args.only == "residency":  # the server's defaults: two workers, as a user starts it
         return residency(ServerProcess, {"OPTISERVE_API_KEY": API_KEY}, upload, wait_for, FORCED_FREEZE, args.out)
+    if args.only == "first-request":
+        return first_request_rounds(ServerProcess, {"OPTISERVE_API_KEY": API_KEY}, upload, wait_for, FORCED_FREEZE, *models()["mid"], args.rounds, args.out)
     torch.set_num_threads(WORKER_THREADS)
     pin_malloc_thresholds()  # as the servers do, so the in-process baseline is like for like
     load_before = os.getloadavg()[0]
@@ -371,7 +373,7 @@ def main() -> int:
         input_names = upload_all(optiserve, archives)
         rss_mb = peak_rss_growth(optiserve, input_names["identity"])  # first, before smaller payloads raise the peaks
         rows = latency_table(archives, bare, optiserve.url, input_names, args.seconds, args.rounds)
-        first_request = first_request_row(optiserve, *archives["mid"])
+        first_request = first_request_row(optiserve, upload, wait_for, FORCED_FREEZE, *archives["mid"])
         payload = payload_table(bare["identity"]["FastAPI (bare)"], optiserve.url, input_names["identity"], args.rounds)
     checks = targets(rows, payload, rss_mb) + grpc_targets(rows, first_request)
     print("\n" + "\n".join(checks))

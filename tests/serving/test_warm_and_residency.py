@@ -66,6 +66,11 @@ def test_no_request_after_ready_waits_for_a_variant_to_load(server, step):
     assert wait_for(server.url, accepted.json()["id"])["state"] == "ready"
     assert ready(server.url, "warm")
     loads_at_ready = predict_loads(server.url)
+    # The warmer also laid out the variants' per-model histograms, so no request pays for that either.
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    for variant in ("original", "optimized"):
+        assert f'optiserve_model_forward_seconds_count{{model="warm",runtime="torchscript",variant="{variant}"}}' in text, text
+        assert f'optiserve_batch_size_count{{model="warm",variant="{variant}"}}' in text
     body = {"model": "warm", "inputs": [CNN_INPUTS[0][:1].tolist()]}
     with requests.Session() as session:
         for variant in ("original", "optimized") * 10:
