@@ -22,7 +22,8 @@ _STRICT = STRICT
 
 # The meaning of a config. 1: configs stored before there were versions. 2: finetune and quantize_qat
 # also train on the labels when the upload has them (`label_weight`, default 0.5); in 1 they did not.
-CONFIG_VERSION = 2
+# 3: the search re-judges near misses on folds (`near_miss_folds`, default 4); in 1 and 2 it did not.
+CONFIG_VERSION = 3
 # The passes whose training uses the labels since version 2 (DistillationConfig, passes/recovery/finetune.py).
 _LABEL_TRAINING_PASSES = ("finetune", "quantize_qat")
 
@@ -101,7 +102,7 @@ class PipelineConfig(BaseModel):
     model_config = _STRICT
 
     version: int = Field(
-        CONFIG_VERSION, ge=1, le=CONFIG_VERSION, description="what the config means (1: finetune and quantize_qat ignore labels)"
+        CONFIG_VERSION, ge=1, le=CONFIG_VERSION, description="what the config means (1: finetune and quantize_qat ignore labels; 1-2: no near-miss folds)"
     )
     plan: PlanSpec | None = Field(None, description="one explicit plan; replaces the default candidates")
     candidates: list[CandidateSpec] | None = Field(None, max_length=MAX_PLANS, description="several plans to measure against each other")
@@ -140,11 +141,17 @@ class PipelineConfig(BaseModel):
     compound_plans: bool = Field(
         True, description="let the default search try pruning → reconstruction → distillation → int8 when the data can certify it"
     )
+    near_miss_folds: int = Field(4, ge=1, le=10, description="the default search's near_miss_folds (see search); 1: off")
 
     @model_validator(mode="before")
     @classmethod
     def _as_of_its_version(cls, data: Any) -> Any:
-        # Version 1 trained without labels: its training steps say so explicitly, so they run as they did.
+        # Older versions keep their behaviour: version 1 trained without labels (its training steps say
+        # so explicitly), and neither re-judged near misses.
+        if isinstance(data, dict) and data.get("version") in (1, 2):
+            data = {"near_miss_folds": 1, **data}
+            if isinstance(data.get("search"), dict):
+                data["search"] = {"near_miss_folds": 1, **data["search"]}
         if isinstance(data, dict) and data.get("version") == 1:
             return _without_label_training(data)
         return data
@@ -170,7 +177,7 @@ class PipelineConfig(BaseModel):
             return None
         if isinstance(self.search, SearchConfig):
             return self.search
-        return SearchConfig(strategy="random", first=default_candidates(), compound=self.compound_plans)
+        return SearchConfig(strategy="random", first=default_candidates(), compound=self.compound_plans, near_miss_folds=self.near_miss_folds)
 
     def resolved_tolerance(self, has_class_scores: bool) -> Tolerance:
         if self.tolerance is not None:

@@ -105,7 +105,8 @@ def optimize(
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
-            outcome = run_search(references, settings, search, notify, started)
+            spares = _spare_folds(original, program, batch, settings, threads, search, two_samples_seconds, extra)
+            outcome = run_search(references, settings, search, notify, started, spare_folds=spares)
             built, summary = outcome.built, outcome.summary
         notify("timing the finalists alone", 0.96)
         confirm_finalists(built, references[0], settings)
@@ -168,6 +169,29 @@ def _measure_original(
         forward_seconds = (time.perf_counter() - started) / folds
     seconds = watch.step_seconds(settings.candidate_timeout, forward_seconds)
     return [replace(reference, step_seconds=seconds) for reference in references]
+
+
+def _spare_folds(
+    original: jit.ScriptModule,
+    program: torch.export.ExportedProgram | None,
+    batch: Batch,
+    settings: PipelineConfig,
+    threads: int,
+    search: SearchConfig,
+    two_samples_seconds: float,
+    unlabeled: Batch | None,
+) -> Callable[[], list[Reference]] | None:
+    """The references a near miss is re-judged on, made when first needed; None where there is no
+    second look: folds already, an unlabeled set (its held-out part is the larger sample), or too few samples."""
+    folds = search.near_miss_folds
+    if folds < 2 or search.folds > 1 or unlabeled is not None or len(batch) < 2 * folds:
+        return None
+
+    def make() -> list[Reference]:
+        references = _measure_original(original, batch, settings, threads, folds, two_samples_seconds)
+        return references if program is None else [replace(reference, program=program) for reference in references]
+
+    return make
 
 
 def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, torch.export.ExportedProgram | None, Batch, float]:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from wire.contract.confidence import agreement_bound, mean_bound, samples_for_agreement, samples_for_mean
+from wire.contract.confidence import Z_95_ONE_SIDED, agreement_bound, mean_bound, samples_for_agreement, samples_for_mean, wilson_interval
 from wire.contract.report import Fidelity, OutputFidelity, OutputJudgement, Verdict
 from wire.contract.tolerance import Tolerance
 
@@ -204,6 +204,29 @@ def _check(fidelity: Fidelity, output: OutputFidelity, metric: str, threshold: f
     if bound is not None and bound >= threshold:
         return "met", text, None, bound
     return "undecided", text, (max(needed - n, 1) if needed is not None else None), bound
+
+
+def could_meet(fidelity: Fidelity, tolerance: Tolerance) -> bool:
+    """Whether a candidate that missed the tolerance on these samples may still be within it: every
+    check it missed has its one-sided 95% upper bound at the threshold or above (one flip in 64
+    class scores, say), so more held-out samples could show either. Counted and mean metrics only."""
+    missed = 0
+    for output in fidelity.outputs:
+        for metric, threshold in _checks(output, tolerance):
+            if metric == "agreement" and output.agreement is not None:
+                value = output.agreement
+                upper = wilson_interval(value, fidelity.samples, Z_95_ONE_SIDED)[1]
+            elif metric == "cosine":
+                value, lower = output.cosine_mean, mean_bound(output.cosine_mean, output.cosine_std, fidelity.samples)
+                upper = None if lower is None else 2 * value - lower
+            else:
+                return False
+            if value >= threshold:
+                continue
+            if upper is None or upper < threshold:
+                return False
+            missed += 1
+    return missed > 0
 
 
 def _worst(verdicts: list[Verdict]) -> Verdict:

@@ -7,22 +7,22 @@ plan that misses is retried with its most sensitive layers kept in float.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wire.contract.pareto import pareto_front
-from wire.contract.report import CandidateReport, SearchSummary
+from wire.contract.report import SearchSummary
 
-from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, build_candidate, measure_latency, new_report, not_run_again, record_verdict
-from ..fidelity.measures import assess, pool_fidelity
-from ..config import PipelineConfig, Tolerance
+from ..candidates import FINALISTS, BuiltCandidate, PlanBuilder, Reference, measure_latency, new_report, not_run_again
+from ..config import PipelineConfig
 from ..measure.deadline import Clock, deadline
 from ..passes.base import PassConfig, parse_pass_spec
 from .compound import compound_plans
+from .folds import build_on_folds, is_near_miss, rejudge_on_folds, summarize_folds
 from .settings import SearchConfig
 from ..passes.plan import Plan
 from .space import DEFAULT_SPACE, expand_space
@@ -86,8 +86,12 @@ def run_search(
     notify: Notify,
     started: float,
     clock: Clock = time.perf_counter,
+    spare_folds: Callable[[], list[Reference]] | None = None,
 ) -> SearchOutcome:
     """Run trials until the space, max_trials or the time budget runs out.
+
+    `spare_folds` makes the K-fold references a near miss is re-judged on (search.near_miss_folds),
+    called once, on the first near miss.
 
     The budget counts from `started` (the start of the whole optimization, a `clock` value) and keeps
     back the time the finalists' re-timing will take, so the run as a whole ends within it. Every
@@ -97,6 +101,7 @@ def run_search(
     queue = first + [Trial(plan, "space") for plan in _ordered(space_plans, search)]
     queue = _without_repeats(queue)
     builders = [PlanBuilder(reference) for reference in references]
+    spares = functools.cache(lambda: [PlanBuilder(reference) for reference in spare_folds()]) if spare_folds is not None else None
     state = _State(
         started=started,
         clock=clock,
@@ -141,7 +146,7 @@ def run_search(
         notify(f"trial {state.ran + 1}: {trial.name}", min(0.95, 0.05 + 0.9 * _progress(state, search, queue)))
         trial_started = clock()
         with deadline(state.deadline(), clock):
-            candidate = _run_trial(trial, builders, settings, state)
+            candidate = _run_trial(trial, builders, settings, state, spares, _best_met_speedup(built))
         state.durations.append(clock() - trial_started)
         state.ran += 1
         built.append(candidate)
@@ -219,15 +224,14 @@ def _progress(state: _State, search: SearchConfig, queue: list[Trial]) -> float:
     return max(by_time, by_trials)
 
 
-def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig, state: _State) -> BuiltCandidate:
-    """Build and judge the plan fold by fold; time it (fold 0's variant) against the original."""
+def _run_trial(
+    trial: Trial, builders: list[PlanBuilder], settings: PipelineConfig, state: _State, spares: Callable[[], list[PlanBuilder]] | None, best_met_speedup: float
+) -> BuiltCandidate:
+    """Build and judge the plan fold by fold; time it (fold 0's variant) against the original; give
+    a near miss its second look on the spare folds."""
     started = state.clock()
     tolerance = builders[0].reference.tolerance
-    per_fold: list[BuiltCandidate] = []
-    for builder in builders:
-        per_fold.append(build_candidate(builder, trial.name, trial.plan))
-        if per_fold[-1].report.status == "failed" or _out_of_reach(per_fold, len(builders), tolerance):
-            break
+    per_fold = build_on_folds(builders, trial.name, trial.plan, tolerance)
     main = per_fold[0]
     main.report.origin = trial.origin
     failure = next((b for b in per_fold if b.report.status == "failed"), None)
@@ -235,7 +239,7 @@ def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConf
         main.report.status, main.report.error, main.report.failed_pass = "failed", failure.report.error, failure.report.failed_pass
         main.archive = main.loaded = None
     else:
-        _summarize_folds(main.report, [b.report for b in per_fold], tolerance)
+        summarize_folds(main.report, [b.report for b in per_fold], tolerance)
         if len(per_fold) < len(builders):
             main.report.notes.append(
                 f"stopped after {len(per_fold)} of {len(builders)} folds: the tolerance was out of reach "
@@ -244,38 +248,14 @@ def _run_trial(trial: Trial, builders: list[PlanBuilder], settings: PipelineConf
         timing = state.clock()
         measure_latency(main, builders[0].reference, settings)
         state.latency_seconds = max(state.latency_seconds, state.clock() - timing)
+        if spares is not None and is_near_miss(main.report, tolerance, best_met_speedup, settings.min_speedup):
+            rejudge_on_folds(main, trial.plan, spares, tolerance)
     main.report.seconds = round(state.clock() - started, 3)
     return main
 
 
-def _fold_values(folds: list[CandidateReport], tolerance: Tolerance) -> list[float | None]:
-    return [tolerance.value(fold.fidelity) if fold.fidelity else None for fold in folds]
-
-
-def _out_of_reach(done: list[BuiltCandidate], folds: int, tolerance: Tolerance) -> bool:
-    """True when the mean over all folds cannot meet the tolerance, however well the rest score."""
-    values = _fold_values([b.report for b in done], tolerance)
-    if tolerance.best_possible is None or len(done) == folds or any(v is None for v in values):
-        return False
-    samples = sum(b.report.fidelity.samples for b in done) * folds // len(done)
-    return not tolerance.accepts_measured((sum(values) + (folds - len(done)) * tolerance.best_possible) / folds, samples)
-
-
-def _summarize_folds(report: CandidateReport, folds: list[CandidateReport], tolerance: Tolerance) -> None:
-    values = _fold_values(folds, tolerance)
-    if any(value is None for value in values):
-        return  # met_by already recorded why the metric is unavailable
-    report.fidelity_folds = [round(v, 6) for v in values]
-    report.fidelity_mean = statistics.fmean(values)
-    report.fidelity_std = statistics.pstdev(values) if len(values) > 1 else 0.0
-    if len(values) > 1:
-        # Every calibration sample is held out once: judge the pooled figures over all of them.
-        pooled = pool_fidelity([fold.fidelity for fold in folds])
-        verdict, why = assess(pooled, tolerance)
-        if not all(f.status == "ok" for f in folds):
-            verdict = "missed"
-        report.fidelity.verdict, report.fidelity.more_samples = pooled.verdict, pooled.more_samples
-        record_verdict(report, verdict, f"pooled over {len(values)} folds ({pooled.samples} samples): {why}, std across folds {report.fidelity_std:.4f}")
+def _best_met_speedup(built: list[BuiltCandidate]) -> float:
+    return max((b.report.speedup or 0.0 for b in built if b.report.status == "ok" and b.report.meets_tolerance), default=0.0)
 
 
 def _learn(candidate: BuiltCandidate, trial: Trial, state: _State, queue: list[Trial], search: SearchConfig, settings: PipelineConfig) -> None:

@@ -25,6 +25,14 @@ class SearchConfig(BaseModel):
         description="stop starting trials once the next one would overrun this; default scales with the model",
     )
     folds: int = Field(1, ge=1, le=10, description="1 = one hold-out split; K > 1 = K-fold cross-validation")
+    near_miss_folds: int = Field(
+        4,
+        ge=1,
+        le=10,
+        description="with one hold-out split and no unlabeled set: a candidate faster than every one that met the tolerance, "
+        "which missed it by less than its held-out samples can resolve (one flip in 64 class scores), is built again on this "
+        "many folds and judged on every calibration sample (1: off)",
+    )
     seed: Seed = 0
     objective: Literal["latency", "size"] = "latency"
     first: list[list[dict[str, Any]]] | None = Field(
