@@ -99,9 +99,7 @@ def optimize(
     with _torch_threads(threads):
         notify("measuring the original", 0.02)
         search, first_note = _default_first_plans(settings, original)
-        references = _measure_original(original, batch, settings, threads, search.folds if search else 1, two_samples_seconds, extra)
-        if program is not None:
-            references = [replace(reference, program=program) for reference in references]
+        references = _measure_original(original, program, batch, settings, threads, search.folds if search else 1, two_samples_seconds, extra)
         if search is None:
             built, summary = _measure_candidates(references[0], settings, notify), None
         else:
@@ -151,6 +149,7 @@ def optimize(
 
 def _measure_original(
     original: jit.ScriptModule,
+    program: torch.export.ExportedProgram | None,
     batch: Batch,
     settings: PipelineConfig,
     threads: int,
@@ -158,8 +157,9 @@ def _measure_original(
     two_samples_seconds: float,
     unlabeled: Batch | None = None,
 ) -> list[Reference]:
-    """The references, each with the deadline of a candidate's steps: max(60 s, 20x the original's
-    forward over the calibration set), unless the config sets `candidate_timeout`."""
+    """The references, each with a .pt2 upload's program (or None) and the deadline of a candidate's
+    steps: max(60 s, 20x the original's forward over the calibration set), unless the config sets
+    `candidate_timeout`."""
     # Before it is measured, the forward is guessed from the first call on two samples (an overestimate:
     # a first call pays for TorchScript's profiling run).
     guess = two_samples_seconds * max(len(batch) / 2, 1) * folds
@@ -168,7 +168,7 @@ def _measure_original(
         references = make_references(original, batch, settings, threads, folds, unlabeled=unlabeled)
         forward_seconds = (time.perf_counter() - started) / folds
     seconds = watch.step_seconds(settings.candidate_timeout, forward_seconds)
-    return [replace(reference, step_seconds=seconds) for reference in references]
+    return [replace(reference, step_seconds=seconds, program=program) for reference in references]
 
 
 def _spare_folds(
@@ -187,11 +187,7 @@ def _spare_folds(
     if folds < 2 or search.folds > 1 or unlabeled is not None or len(batch) < 2 * folds:
         return None
 
-    def make() -> list[Reference]:
-        references = _measure_original(original, batch, settings, threads, folds, two_samples_seconds)
-        return references if program is None else [replace(reference, program=program) for reference in references]
-
-    return make
+    return lambda: _measure_original(original, program, batch, settings, threads, folds, two_samples_seconds)
 
 
 def _load_inputs(model: Source, calibration: Source, labels: Source | None) -> tuple[jit.ScriptModule, torch.export.ExportedProgram | None, Batch, float]:

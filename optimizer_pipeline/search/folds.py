@@ -77,8 +77,8 @@ def is_near_miss(report: CandidateReport, tolerance: Tolerance, best_met_speedup
 def rejudge_on_folds(main: BuiltCandidate, plan: Plan, spares: Callable[[], list[PlanBuilder]], tolerance: Tolerance) -> None:
     """Build `main`'s plan on every spare fold and let the pooled verdict replace its own. `main`
     (built on the usual split) stays the variant that is timed and served."""
-    held_out = main.report.fidelity.samples
-    per_fold = build_on_folds(spares(), main.report.name, plan, tolerance)
+    held_out, builders = main.report.fidelity.samples, spares()
+    per_fold = build_on_folds(builders, main.report.name, plan, tolerance)
     failed = next((b.report for b in per_fold if b.report.status == "failed"), None)
     if failed is not None:
         main.report.notes.append(f"near miss not re-judged: building it on another fold failed ({failed.error})")
@@ -86,5 +86,5 @@ def rejudge_on_folds(main: BuiltCandidate, plan: Plan, spares: Callable[[], list
     summarize_folds(main.report, [b.report for b in per_fold], tolerance)
     main.report.notes.append(
         f"near miss on {held_out} held-out samples, re-judged on {len(per_fold)} folds"
-        + ("" if len(per_fold) == len(spares()) else f" of {len(spares())} (the rest could not bring it within)")
+        + ("" if len(per_fold) == len(builders) else f" of {len(builders)} (the rest could not bring it within)")
     )

@@ -18,6 +18,7 @@ from typing import Callable, Union
 
 import torch
 from fastapi import HTTPException, Response
+from prometheus_client import Histogram
 
 from optimizer_pipeline import NamedOutputs, die_with_parent, harden_torch, pin_malloc_thresholds, quiet_torch_for_good
 from wire.contract.models import ModelInfo
@@ -245,7 +246,7 @@ class InferenceAPI(BridgedAPI):
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
         outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog)
-        metrics.BATCH_SIZE.labels(info.name, variant_name).observe(len(group))
+        _batch_sizes(info, variant_name).observe(len(group))
         metrics.WORKER_FORWARDS.labels(self.endpoint, self._pid).inc()
         total = sum(item.size for item in group)
         if len(group) > 1 and any(t.dim() == 0 or t.shape[0] != total for _, t in outputs):
@@ -264,8 +265,16 @@ class InferenceAPI(BridgedAPI):
         with watchdog.watching(info.id):
             outputs = model(inputs)
         seconds = clock() - started
-        metrics.FORWARD_SECONDS.labels(info.name, variant_name, info.variant(variant_name).runtime).observe(seconds)
+        _forward_seconds(info, variant_name).observe(seconds)
         return outputs, seconds
+
+
+def _batch_sizes(info: ModelInfo, variant_name: str) -> Histogram:
+    return metrics.BATCH_SIZE.labels(info.name, variant_name)
+
+
+def _forward_seconds(info: ModelInfo, variant_name: str) -> Histogram:
+    return metrics.FORWARD_SECONDS.labels(info.name, variant_name, info.variant(variant_name).runtime)
 
 
 class PredictAPI(InferenceAPI):
@@ -291,8 +300,8 @@ class PredictAPI(InferenceAPI):
         self._load(info, variant_name, self.warm_watchdog)
         # A histogram's first sample for new labels lays out its buckets in the multiprocess files
         # (0.15-0.45 ms each here): done now, it stays out of the variant's first request.
-        metrics.BATCH_SIZE.labels(info.name, variant_name)
-        metrics.FORWARD_SECONDS.labels(info.name, variant_name, info.variant(variant_name).runtime)
+        _batch_sizes(info, variant_name)
+        _forward_seconds(info, variant_name)
 
     def _assign(self, info: ModelInfo, requested: Union[str, None], pending: list[Pending]) -> dict[tuple[str, ...], list[Pending]]:
         """An explicit variant wins; otherwise the model's routing policy places each request."""

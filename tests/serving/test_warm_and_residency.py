@@ -54,8 +54,8 @@ def ready(url: str, model: str) -> bool:
     return requests.get(f"{url}/v2/models/{model}/ready", timeout=10).json()["ready"]
 
 
-def predict_loads(url: str) -> float:
-    return metric_value(requests.get(url + "/metrics", timeout=30).text, "optiserve_variant_loads_total", api="/predict")
+def predict_loads(metrics_text: str) -> float:
+    return metric_value(metrics_text, "optiserve_variant_loads_total", api="/predict")
 
 
 @pytest.mark.parametrize("step", ["upload", "replace"])
@@ -65,9 +65,9 @@ def test_no_request_after_ready_waits_for_a_variant_to_load(server, step):
     # The model's state says ready only once every /predict worker has loaded and run its variants: /v2 agrees.
     assert wait_for(server.url, accepted.json()["id"])["state"] == "ready"
     assert ready(server.url, "warm")
-    loads_at_ready = predict_loads(server.url)
-    # The warmer also laid out the variants' per-model histograms, so no request pays for that either.
     text = requests.get(server.url + "/metrics", timeout=30).text
+    loads_at_ready = predict_loads(text)
+    # The warmer also laid out the variants' per-model histograms, so no request pays for that either.
     for variant in ("original", "optimized"):
         assert f'optiserve_model_forward_seconds_count{{model="warm",runtime="torchscript",variant="{variant}"}}' in text, text
         assert f'optiserve_batch_size_count{{model="warm",variant="{variant}"}}' in text
@@ -77,7 +77,7 @@ def test_no_request_after_ready_waits_for_a_variant_to_load(server, step):
             response = session.post(server.url + "/predict", json=body | {"variant": variant}, timeout=60)
             assert response.status_code == 200, response.text
     # Had a worker not loaded (and so warmed) a variant before ready, a request would have loaded it.
-    assert predict_loads(server.url) == loads_at_ready
+    assert predict_loads(requests.get(server.url + "/metrics", timeout=30).text) == loads_at_ready
 
 
 def worker_rss(url: str) -> dict[str, int]:
