@@ -72,8 +72,9 @@ class AllocatesOnMarker(nn.Module):
         return y
 
 
-class Slow(nn.Module):
-    """Takes a while on every call (a chain of small matrix products), whatever the input."""
+class SlowOnMarker(nn.Module):
+    """Computes for about a second (a chain of `rounds` small matrix products) when the first input
+    value is exactly 4242, and answers at once otherwise, so that optimizing it stays quick."""
 
     def __init__(self, rounds: int) -> None:
         super().__init__()
@@ -83,8 +84,9 @@ class Slow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = torch.ones(64, 64)
-        for _ in range(self.rounds):
-            state = torch.tanh(state @ self.weight)
+        if bool(x[0, 0] == 4242.0):
+            for _ in range(self.rounds):
+                state = torch.tanh(state @ self.weight)
         return self.net(x) + state[0, 0] * 0.0
 
 
