@@ -19,6 +19,7 @@ CLAIM_TOLERANCE of the one measured alone.
 
     python bench/peers.py                                 # every case, writes bench/results/peers.json
     python bench/peers.py --unlabeled 1024 --models cnn_bn_fashion minilm --turns 3
+    python bench/peers.py --flips     # no timing: where each peer changes the CNNs' answers (support/peer_flips.py)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import torch
 from support.common import RESULTS_DIR
 from support.peer_builders import Entry, build_peers, describe_error, load_any, timing_inputs
 from support.peer_cases import Case, all_case_names, make_case
+from support.peer_flips import CLASSIFIER_CASES, report_flips
 from support.peer_summary import print_case, print_markdown, print_summary, summarize
 
 from optimizer_pipeline import jit, optimize
@@ -49,17 +51,24 @@ BATCH = 32
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=all_case_names(), choices=all_case_names(), metavar="CASE")
+    parser.add_argument("--models", nargs="*", choices=all_case_names(), metavar="CASE", help="default: every case (with --flips: the classifier CNNs)")
     parser.add_argument("--turns", type=int, default=3, help="fresh processes per variant")
     parser.add_argument("--calls", type=int, default=30, help="timed calls per process")
     parser.add_argument("--calibration", type=int, default=256)
     parser.add_argument("--test", type=int, default=1000)
     parser.add_argument("--unlabeled", type=int, default=0, metavar="N", help="also optimize the conv cases given N unseen unlabeled inputs")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON; cases already in it and not run now are kept")
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default results/peers.json); cases already in it and not run now are kept")
     parser.add_argument("--reports", type=Path, default=Path(tempfile.gettempdir()) / "peers-reports", help="each run's full report.json goes here")
     parser.add_argument("--table", action="store_true", help="only print the tables of the results in --out, as markdown")
+    parser.add_argument("--flips", action="store_true", help="no timing: where each peer changes a classifier CNN's answers, to --out (default results/flips.json)")
     parser.add_argument("--time-one", nargs=4, metavar=("RUNTIME", "VARIANT", "INPUTS", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flips:
+        if set(args.models or ()) - set(CLASSIFIER_CASES):
+            parser.error(f"--flips reads single-output classifiers: {', '.join(CLASSIFIER_CASES)}")
+        report_flips(args.models or list(CLASSIFIER_CASES), args.calibration, args.test, args.out or RESULTS_DIR / "flips.json")
+        return
+    args.out = args.out or RESULTS
     if args.time_one:
         _time_one(*args.time_one)
         return
@@ -68,7 +77,7 @@ def main() -> None:
         return
     meta = {"load_average_before": _load_average(), "argv": sys.argv[1:]}
     results = []
-    for name in args.models:
+    for name in args.models or all_case_names():
         results.append(bench_case(make_case(name, args.calibration, args.test, args.unlabeled), args))
         _write(args.out, results, meta)  # after every case: a long run stopped half-way still leaves its results
     print_summary(results)

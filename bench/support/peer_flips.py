@@ -1,6 +1,6 @@
-"""Where int8 changes a classifier's answer, and what that costs on real labels.
+"""`bench/peers.py --flips`: where int8 changes a classifier's answer, and what that costs on real labels.
 
-For each classifier case of bench/peers.py (trained here on real data), every peer variant is run
+For each classifier case (trained here on real data), every peer variant is run
 on the real test set. For the samples whose top-1 answer the variant changes (a flip), it prints:
 - agreement with the original, and the accuracy lost on real labels;
 - on the flipped samples, how often the original and the variant were right;
@@ -11,26 +11,24 @@ on the real test set. For the samples whose top-1 answer the variant changes (a 
 It answers whether a label-free rule could admit the int8 peers that keep a one-point accuracy
 budget while refusing those that do not (docs/benchmarks.md, "Where int8 flips land").
 
-    python bench/flips.py                       # the Fashion-MNIST and digits CNNs, writes bench/results/flips.json
-    python bench/flips.py --models densenet_fashion --test 1000
+    python bench/peers.py --flips                       # the Fashion-MNIST and digits CNNs, writes bench/results/flips.json
+    python bench/peers.py --flips --models densenet_fashion
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
 
 import torch
 
-from support.common import RESULTS_DIR
-from support.peer_builders import build_peers, load_any
-from support.peer_cases import make_case
+from .peer_builders import build_peers, load_any
+from .peer_cases import make_case
 
 from optimizer_pipeline.intake.model_loading import run_model
 
-CASES = ("cnn_bn_fashion", "densenet_fashion", "depthwise_fashion", "resnet_fashion", "cnn_bn_digits")
+CLASSIFIER_CASES = ("cnn_bn_fashion", "densenet_fashion", "depthwise_fashion", "resnet_fashion", "cnn_bn_digits")
 TIE_RATIO = 0.8
 
 
@@ -75,20 +73,10 @@ def print_rows(name: str, rows: list[dict]) -> None:
               f"{row['original_right_on_flips']:10d} {row['variant_right_on_flips']:9d} {lowest:>7s} {row['agreement_without_ties']:8.3f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=list(CASES))
-    parser.add_argument("--calibration", type=int, default=256)
-    parser.add_argument("--test", type=int, default=1000)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "flips.json")
-    args = parser.parse_args()
+def report_flips(cases: list[str], calibration: int, test: int, out: Path) -> None:
     results = {}
-    for name in args.models:
-        results[name] = run_case(name, args.calibration, args.test)
+    for name in cases:
+        results[name] = run_case(name, calibration, test)
         print_rows(name, results[name])
-    args.out.write_text(json.dumps({"tie_ratio": TIE_RATIO, "test_samples": args.test, "results": results}, indent=1))
-    print(f"\nwrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    out.write_text(json.dumps({"tie_ratio": TIE_RATIO, "test_samples": test, "results": results}, indent=1))
+    print(f"\nwrote {out}")
