@@ -1,6 +1,6 @@
 """Serving benchmark: optiserve against a bare LitServe server and a bare FastAPI route, side by side.
 
-    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | mid-defaults | residency | first-request]
+    python bench/serving.py [--seconds 3] [--rounds 3] [--only mid | mid-defaults [--busy N] | residency | first-request]
 
 Every server runs in its own process and serves the same TorchScript file with one worker and one
 torch thread; the measurements take turns (round after round, each server in turn) and each cell
@@ -184,8 +184,7 @@ def measure(call: Call, concurrency: int, seconds: float) -> dict:
 
 def in_process(archive: bytes, sample: torch.Tensor, repeats: int = 300) -> float:
     """Median ms of one direct call, with the worker's thread count."""
-    module = torch.jit.load(io.BytesIO(archive))
-    times = []
+    module, times = torch.jit.load(io.BytesIO(archive)), []
     with torch.inference_mode():
         for _ in range(repeats):
             started = time.perf_counter()
@@ -351,6 +350,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="default: bench/results/serving.json (serving_mid.json, serving_mid_defaults.json with --only)")
     parser.add_argument("--only", choices=["mid", "mid-defaults", "residency", "first-request"], help="one part, on its own: see the "
                         "docstrings of support/serving_batching.py (mid, mid-defaults), serving_residency.py, serving_first_request.py")
+    parser.add_argument("--busy", type=int, default=0, help="with --only mid or mid-defaults: processes kept spinning meanwhile")
     args = parser.parse_args()
     if args.only == "residency":  # the server's defaults: two workers, as a user starts it
         return residency(ServerProcess, {"OPTISERVE_API_KEY": API_KEY}, upload, wait_for, FORCED_FREEZE, args.out)
@@ -366,7 +366,7 @@ def main() -> int:
             paths[name] = Path(folder) / f"{name}.pt"
             paths[name].write_bytes(archive)
         if args.only:
-            return only_mid(args, archives, ServerProcess(Path(folder) / "store", SERVER_ENV), upload_all, server_callers, measure, in_process)
+            return only_mid(args, archives, ServerProcess(Path(folder) / "store", SERVER_ENV), upload_all, server_callers, measure)
         bare = {name: {label: servers.enter_context(baseline_server(script, paths[name])) for label, script in BASELINES.items()} for name in archives}
         optiserve = ServerProcess(Path(folder) / "store", SERVER_ENV).start()
         servers.callback(optiserve.stop)
