@@ -159,7 +159,8 @@ def _cpu_seconds(pids: dict[int, str]) -> dict[str, float]:
     spent = {"client": sum(os.times()[:2])}
     for pid, role in pids.items():
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        spent[role] = (int(fields[11]) + int(fields[12])) / ticks
+        # Summed: two processes run `-m server` (the API server, and the jobs' parent, idle here).
+        spent[role] = spent.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return spent
 
 
