@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,13 +18,33 @@ import orjson
 from pydantic import ValidationError
 
 from .datatypes import datatype_of, numpy_dtype
-from .schemas import InferenceRequest, InferenceResponse
+from .schemas import MAX_DIMENSIONS, InferenceRequest, InferenceResponse
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class WireError(ValueError):
     """The body does not follow the protocol; the message says what to fix (a 400)."""
+
+
+# numpy refuses a shape whose non-zero sizes multiply past its byte range even when a zero size
+# leaves the array empty: [0, 2**31, 2**31, 2**31] passed every size check, then raised a bare
+# ValueError in reshape (a 500, and over gRPC an UNKNOWN). So every decoder asks element_count first.
+MAX_ARRAY_BYTES = int(np.iinfo(np.intp).max)
+
+
+def element_count(shape: Sequence[int], itemsize: int, where: str = "") -> int:
+    """The number of elements in `shape` (a list, or protobuf's repeated field); WireError when no
+    array can have that shape."""
+    prefix = f"{where}: " if where else ""
+    if len(shape) > MAX_DIMENSIONS:  # before copying the shape: a gRPC one may hold millions
+        raise WireError(f"{prefix}the shape has {len(shape)} dimensions; at most {MAX_DIMENSIONS}")
+    shape = list(shape)
+    if any(size < 0 for size in shape):
+        raise WireError(f"{prefix}shape {shape} has a negative size")
+    if math.prod(size for size in shape if size) * itemsize > MAX_ARRAY_BYTES:
+        raise WireError(f"{prefix}shape {shape} describes more than {MAX_ARRAY_BYTES} bytes, which no array holds; give the shape of the data sent")
+    return math.prod(shape)
 
 
 @dataclass
@@ -61,7 +81,7 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     for item in request.inputs:
         where = f"input {item.name!r}"
         dtype = _dtype(item.datatype, where)
-        count = math.prod(item.shape)
+        count = element_count(item.shape, dtype.itemsize, where)
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
@@ -116,6 +136,7 @@ def decode_response(body: bytes, header_length: str | None) -> tuple[InferenceRe
     tensors, offset = [], 0
     for item in response.outputs:
         dtype = numpy_dtype(item.datatype)
+        element_count(item.shape, dtype.itemsize, f"output {item.name!r}")
         size = (item.parameters or {}).get("binary_data_size")
         if size is not None:
             array = np.frombuffer(binary, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(item.shape)

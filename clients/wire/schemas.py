@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # A tensor dimension; bounded so that shape arithmetic can never overflow or allocate absurdly.
 Dimension = Annotated[int, Field(ge=0, le=2**31)]
+MAX_DIMENSIONS = 16  # a tensor's (numpy's own limit is 64)
+MAX_INPUTS = 64  # a request's
 
 
 class _Lenient(BaseModel):
@@ -17,7 +19,7 @@ class _Lenient(BaseModel):
 
 class RequestInput(_Lenient):
     name: str
-    shape: list[Dimension] = Field(max_length=16)
+    shape: list[Dimension] = Field(max_length=MAX_DIMENSIONS)
     datatype: str
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None
@@ -31,7 +33,7 @@ class RequestOutput(_Lenient):
 class InferenceRequest(_Lenient):
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1, max_length=64)
+    inputs: list[RequestInput] = Field(min_length=1, max_length=MAX_INPUTS)
     outputs: list[RequestOutput] | None = None
 
 

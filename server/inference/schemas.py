@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from wire.contract.report import Fidelity
 from wire.contract.routing import VariantName
-from wire.schemas import Dimension
+from wire.schemas import MAX_DIMENSIONS, Dimension
 
 # Open Inference Protocol tensor datatypes that torch can hold (inference/tensors.py maps each to its torch dtype).
 Datatype = Literal["BOOL", "UINT8", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64"]
@@ -26,7 +26,7 @@ class TensorObject(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
-    shape: list[Dimension] = Field(max_length=16)
+    shape: list[Dimension] = Field(max_length=MAX_DIMENSIONS)
     datatype: Datatype
     data: list[Any] | None = None
     data_b64: str | None = None

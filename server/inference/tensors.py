@@ -9,7 +9,6 @@ does not use this module (it must not need torch); it speaks wire/ directly.
 from __future__ import annotations
 
 import binascii
-import math
 import warnings
 from typing import Any, get_args
 
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 
 from wire import WireTensor, numpy_dtype
+from wire.codec import element_count
 
 from .schemas import Datatype, TensorObject
 from .shared_tensors import SharedArray
@@ -90,7 +90,7 @@ def from_b64(text: str, datatype: str, shape: list[int]) -> torch.Tensor:
         raw = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("data_b64 is not valid base64") from None
-    expected = math.prod(shape) * dtype.itemsize
+    expected = element_count(shape, dtype.itemsize) * dtype.itemsize
     if len(raw) != expected:
         raise ValueError(f"data_b64 holds {len(raw)} bytes; shape {shape} of {datatype} needs {expected}")
     if not raw:
@@ -117,7 +117,10 @@ def _from_object(tensor: TensorObject, position: int) -> torch.Tensor:
             return from_b64(tensor.data_b64, tensor.datatype, tensor.shape)
         except ValueError as exc:
             raise TensorDecodeError(f"{where}: {exc}") from None
-    count = math.prod(tensor.shape)
+    try:
+        count = element_count(tensor.shape, TORCH_DTYPES[tensor.datatype].itemsize)
+    except ValueError as exc:
+        raise TensorDecodeError(f"{where}: {exc}") from None
     if len(tensor.data) != count:
         raise TensorDecodeError(
             f"{where}: data has {len(tensor.data)} values but shape {tensor.shape} needs {count} (data is the flat, row-major list)"

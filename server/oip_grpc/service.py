@@ -25,6 +25,7 @@ from ..http.oip_routes import VARIANTS, OipRoutes
 from ..http.predict_route import ROUTING_KEY_HEADER
 from ..settings import Settings
 from ..inference.shared_tensors import MIN_BYTES, SharedArray, SharedResponse
+from .message_guard import Refused, guarded_handler
 from .tensors import infer_response, request_tensors
 
 ENDPOINT = "/inference.GRPCInferenceService/ModelInfer"  # the label of /metrics' request series
@@ -87,7 +88,7 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
 
         return await self._answer(context, build)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest | Refused, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         started = time.perf_counter()
         seen = {"status": 500, "model": "", "variant": ""}
         try:
@@ -96,7 +97,9 @@ class OipGrpcService(pb_grpc.GRPCInferenceServiceServicer):
             metrics.REQUEST_SECONDS.labels(ENDPOINT, seen["model"], seen["variant"]).observe(time.perf_counter() - started)
             metrics.REQUESTS.labels(ENDPOINT, seen["model"], seen["variant"], str(seen["status"])).inc()
 
-    async def _infer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, seen: dict[str, Any]) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest | Refused, context: grpc.aio.ServicerContext, seen: dict[str, Any]) -> pb.ModelInferResponse:
+        if isinstance(request, Refused):
+            raise Failure(400, request.message)
         version = request.model_version or None
         if version is not None and version not in VARIANTS:
             raise Failure(404, f"unknown version {version!r}; the versions are {list(VARIANTS)}")
@@ -195,7 +198,7 @@ def grpc_lifespan(
                 ("grpc.max_send_message_length", -1),
             ]
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(OipGrpcService(settings, routes, bridge, guard), server)
+        server.add_generic_rpc_handlers((guarded_handler(OipGrpcService(settings, routes, bridge, guard)),))
         server.add_insecure_port(_address(settings))
         await server.start()
         try:

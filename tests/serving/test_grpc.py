@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 
+import grpc
 import numpy as np
 import pytest
 import requests
 import torch
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+from tritonclient.grpc import service_pb2 as pb  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import tiny_models  # noqa: E402
@@ -132,6 +134,12 @@ def test_errors_map_to_grpc_status_codes(client, models):
     assert code == "StatusCode.INVALID_ARGUMENT" and "expects" in message
     code, _ = status_of(lambda: client.get_model_metadata("nobody", headers=KEY))
     assert code == "StatusCode.NOT_FOUND"
+    no_array = tritonclient_grpc.InferInput("x", [0, 2**31, 2**31, 2**31], "FP32")  # no data: none is needed, and none fits
+    code, message = status_of(lambda: client.infer("mlp", [no_array], model_version="original", headers=KEY))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "no array holds" in message
+    too_deep = tritonclient_grpc.InferInput("x", [1] * 70, "FP32")
+    code, message = status_of(lambda: client.infer("mlp", [too_deep], model_version="original", headers=KEY))
+    assert code == "StatusCode.INVALID_ARGUMENT" and "70 dimensions" in message
 
 
 def test_inference_needs_the_key_when_auth_inference_is_on(client, models):
@@ -155,3 +163,35 @@ def test_routing_policy_applies_and_metrics_count_grpc(server, client, models):
         requests.put(f"{server.url}/models/two/routing", json={"mode": "pinned", "variant": "optimized"}, headers=AUTH, timeout=30)
     text = requests.get(f"{server.url}/metrics", headers=AUTH, timeout=30).text
     assert 'optiserve_requests_total{endpoint="/inference.GRPCInferenceService/ModelInfer",model="two",status="200",variant="original"}' in text
+
+
+def raw_call(method: str, body: bytes) -> tuple[grpc.StatusCode, str]:
+    """Send `body` as the request of `method`, unchecked by any client; (code, details) of the error."""
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}", request_serializer=bytes, response_deserializer=bytes)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(body, metadata=tuple(KEY.items()), timeout=120)
+    return caught.value.code(), caught.value.details()
+
+
+def test_requests_of_millions_of_parts_are_refused_unparsed_and_serving_goes_on(client, models):
+    # Half a million empty `inputs` in 1 MB (this server's limit is 2 MB): 10 million had held the
+    # event loop 2.4 s and taken 1 GB just to parse.
+    inputs_field = pb.ModelInferRequest.DESCRIPTOR.fields_by_name["inputs"].number
+    code, details = raw_call("ModelInfer", bytes([inputs_field << 3 | 2, 0]) * 500_000)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than 10000 fields" in details
+    unknown_fields = b"\xa0\x06\x01" * 300_000  # field 100, a varint, 300,000 times
+    code, details = raw_call("ModelMetadata", unknown_fields)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than 10000 fields" in details
+    # 1 MB of one-byte int64 varints parse to 8 MiB and more, made an array one value at a time.
+    values = np.zeros(2**20 + 1, np.int64)
+    typed = pb.ModelInferRequest(model_name="mlp", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="x", datatype="INT64", shape=[len(values), 1], contents=pb.InferTensorContents(int64_contents=values))])
+    code, details = raw_call("ModelInfer", typed.SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "raw_input_contents" in details
+    # Only the RPCs served are registered: protobuf would parse the others' requests first.
+    code, _ = raw_call("ModelStreamInfer", bytes([inputs_field << 3 | 2, 0]) * 1000)
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    x = MLP_INPUTS[0][:2].numpy()
+    expected = tiny_models.local_forward(MLP_ARCHIVE, torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(infer(client, "mlp", {"x": x}, "original").as_numpy("output"), expected, rtol=1e-5, atol=1e-6)

@@ -188,6 +188,13 @@ RAW_CASES = {
     "an unknown datatype": ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP8", "data": [0] * 16}]}, 0, "unknown datatype"),
     "data that does not fill the shape": ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0] * 15}]}, 0, "needs 16"),
     "a huge shape with empty data": ({"inputs": [{"name": "x", "shape": [10**20, 0], "datatype": "FP32", "data": []}]}, 0, "shape"),
+    # Every size within the schema's bound, yet no array has this shape (numpy raised a bare ValueError: a 500).
+    "empty data in a shape no array has": (
+        {"inputs": [{"name": "x", "shape": [0, 2**31, 2**31, 2**31], "datatype": "FP32", "data": []}]}, 0, "no array holds"
+    ),
+    "no binary data in a shape no array has": (
+        {"inputs": [{"name": "x", "shape": [0, 2**31, 2**31, 2**31], "datatype": "FP32", "parameters": {"binary_data_size": 0}}]}, 0, "no array holds"
+    ),
 }
 
 

@@ -113,6 +113,12 @@ BAD_PREDICTIONS = {
     "data does not fit shape": (
         {"model": "healthy", "inputs": [{"shape": [2, 16], "datatype": "FP32", "data": [0.0] * 16}]}, 422, "invalid_input", "needs 32"
     ),
+    "no bytes in a shape no array has": (
+        {"model": "healthy", "inputs": [{"shape": [0, 2**31, 2**31, 2**31], "datatype": "FP32", "data_b64": ""}]}, 422, "invalid_input", "no array"
+    ),
+    "no values in a shape no array has": (
+        {"model": "healthy", "inputs": [{"shape": [0, 2**31, 2**31, 2**31], "datatype": "FP32", "data": []}]}, 422, "invalid_input", "no array"
+    ),
     "bad base64": ({"model": "healthy", "inputs": [{"shape": [1, 16], "datatype": "FP32", "data_b64": "%%%"}]}, 422, "invalid_input", "base64"),
     "ragged nested list": ({"model": "healthy", "inputs": [[[0.0] * 16, [0.0] * 3]]}, 422, "invalid_input", "rectangular"),
     "wrong feature count": ({"model": "healthy", "inputs": [[[0.0] * 15]]}, 422, "invalid_input", "[N, 16] float32"),
