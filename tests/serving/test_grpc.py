@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import requests
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2 as pb  # noqa: E402
@@ -195,3 +197,45 @@ def test_requests_of_millions_of_parts_are_refused_unparsed_and_serving_goes_on(
     x = MLP_INPUTS[0][:2].numpy()
     expected = tiny_models.local_forward(MLP_ARCHIVE, torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(infer(client, "mlp", {"x": x}, "original").as_numpy("output"), expected, rtol=1e-5, atol=1e-6)
+
+
+# ---- fuzzing ModelInfer: any message gets an answer or a client error, never UNKNOWN / INTERNAL ----
+
+DATATYPES = ["BOOL", "UINT8", "UINT16", "INT8", "INT32", "INT64", "FP16", "BF16", "FP64", "BYTES", "", "fp32"]
+NUMPY_OF = {"BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
+            "BF16": np.uint16, "FP32": np.float32, "FP64": np.float64}
+SIZES = st.sampled_from([0, 1, 2, 15, 16, 17, 64, 2**31, 2**40, 2**62])
+
+
+@st.composite
+def near_valid_requests(draw) -> bytes:
+    """The MLP's request (rows of 16 float32 values, NaN and Inf among them) with up to two things changed."""
+    changes = draw(st.sets(st.sampled_from(["datatype", "shape", "raw", "name", "model", "count", "version", "output"]), max_size=2))
+    rows = draw(st.sampled_from([1, 2, 64, 0]))
+    datatype = draw(st.sampled_from(DATATYPES)) if "datatype" in changes else "FP32"
+    values = draw(st.lists(st.floats(width=32), min_size=rows * 16, max_size=rows * 16))
+    with np.errstate(all="ignore"):
+        array = np.asarray(values, np.float32).reshape(rows, 16).astype(NUMPY_OF.get(datatype, np.float32))
+    shape = draw(st.lists(SIZES, max_size=18)) if "shape" in changes else list(array.shape)
+    raw = draw(st.binary(max_size=200)) if "raw" in changes else b"" if 0 in shape else array.tobytes()  # an empty shape's bytes fit
+    tensor = pb.ModelInferRequest.InferInputTensor(name=draw(st.sampled_from(["y", ""])) if "name" in changes else "x", datatype=datatype, shape=shape)
+    inputs, raws = draw(st.sampled_from([(2, 2), (0, 0), (1, 0), (1, 2)])) if "count" in changes else (1, 1)
+    request = pb.ModelInferRequest(
+        model_name="nobody" if "model" in changes else "mlp",
+        model_version="7" if "version" in changes else draw(st.sampled_from(["", "original", "optimized"])),
+        inputs=[tensor] * inputs, raw_input_contents=[raw] * raws,
+    )
+    if "output" in changes or draw(st.booleans()):
+        request.outputs.add(name="nope" if "output" in changes else "output")
+    return request.SerializeToString()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(near_valid_requests(), st.binary(max_size=300)))
+def test_any_model_infer_message_gets_an_answer_or_a_client_error(models, body):
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", request_serializer=bytes, response_deserializer=bytes)
+        try:
+            call(body, metadata=tuple(KEY.items()), timeout=60)
+        except grpc.RpcError as error:
+            assert error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), (error.code(), error.details(), body[:200])
