@@ -26,6 +26,7 @@ import torch
 from .peer_builders import build_peers, load_any
 from .peer_cases import make_case
 
+from optimizer_pipeline.files import atomic_write_text
 from optimizer_pipeline.intake.model_loading import run_model
 
 CLASSIFIER_CASES = ("cnn_bn_fashion", "densenet_fashion", "depthwise_fashion", "resnet_fashion", "cnn_bn_digits")
@@ -78,5 +79,5 @@ def report_flips(cases: list[str], calibration: int, test: int, out: Path) -> No
     for name in cases:
         results[name] = run_case(name, calibration, test)
         print_rows(name, results[name])
-    out.write_text(json.dumps({"tie_ratio": TIE_RATIO, "test_samples": test, "results": results}, indent=1))
+    atomic_write_text(out, json.dumps({"tie_ratio": TIE_RATIO, "test_samples": test, "results": results}, indent=1))
     print(f"\nwrote {out}")

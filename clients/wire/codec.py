@@ -91,7 +91,7 @@ def decode_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
             array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(item.shape)
             offset += size
         else:
-            array = _from_json(item.data, item.datatype, dtype, item.shape, where)
+            array = _from_json(item.data, item.datatype, dtype, item.shape, count, where)
         tensors.append(WireTensor(item.name, item.datatype, array))
     if offset != len(binary):
         raise WireError(f"the binary_data_size values add up to {offset} bytes, but {len(binary)} bytes follow the JSON header")
@@ -175,7 +175,7 @@ def _dtype(datatype: str, where: str) -> np.dtype:
         raise WireError(f"{where}: {exc}") from None
 
 
-def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: list[int], where: str) -> np.ndarray:
+def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: list[int], count: int, where: str) -> np.ndarray:
     if data is None:
         raise WireError(f"{where}: give `data`, or binary data with parameters.binary_data_size")
     if datatype == "BF16":
@@ -184,8 +184,8 @@ def _from_json(data: list[Any] | None, datatype: str, dtype: np.dtype, shape: li
         array = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
         raise WireError(f"{where}: data is not a list of {datatype} values ({exc})") from None
-    if array.size != math.prod(shape):
-        raise WireError(f"{where}: data holds {array.size} values; shape {shape} needs {math.prod(shape)}")
+    if array.size != count:
+        raise WireError(f"{where}: data holds {array.size} values; shape {shape} needs {count}")
     return array.reshape(shape)
 
 

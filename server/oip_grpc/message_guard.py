@@ -22,6 +22,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from tritonclient.grpc import service_pb2 as pb
 
+from wire.schemas import MAX_INPUTS
+
 SERVICE = "inference.GRPCInferenceService"
 # The RPCs served, by their request type. Only these are registered: protobuf would parse any other
 # RPC's request (ModelStreamInfer's is a ModelInferRequest too) before the servicer said UNIMPLEMENTED.
@@ -34,8 +36,8 @@ REQUESTS = {
     "ModelInfer": pb.ModelInferRequest,
 }
 
-# Fields of every level together. A real request has a few per input and output (at most 64 inputs,
-# as on REST); its tensors travel in raw_input_contents or packed contents, one field each.
+# Fields of every level together. A real request has a few per input and output (at most MAX_INPUTS
+# inputs, as on REST); its tensors travel in raw_input_contents or packed contents, one field each.
 MAX_PARTS = 10_000
 # Packed numbers (shapes, and tensors sent as typed `contents`), as parsed. Typed contents become an
 # array one value at a time on the event loop (2 million float32 values, 8 MiB, take about 0.08 s);
@@ -115,7 +117,7 @@ class _Walk:
             self.parts -= 1
             if self.parts < 0:
                 raise _Stop(f"the request has more than {MAX_PARTS} fields (inputs, outputs, parameters, shape entries "
-                            "and contents together); send at most 64 inputs, each tensor in raw_input_contents or packed contents")
+                            f"and contents together); send at most {MAX_INPUTS} inputs, each tensor in raw_input_contents or packed contents")
             number, wire_type = key >> 3, key & 7
             if wire_type == 0:
                 _, position = _varint(data, position)
