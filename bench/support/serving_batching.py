@@ -13,6 +13,10 @@ batch-8 call on every core. Each mid cell also records the CPU each process spen
 busy 2-core machine"), the in-process calls included. The in-process baseline is measured in every
 round, after the cells, as samples over wall time like the cells: under load, a 2-thread call's time
 is bimodal (a stalled OpenMP thread waits a scheduler slice), and a median call would hide the stalls.
+
+With more than one torch thread in process, each round also times the batch-8 call on one thread:
+the most a server can reach whose model runs in one worker on one torch thread (the default on 2
+cores) even with no cost of its own, and with its groups always 8 samples.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ def batching_rows(
     cells: dict[tuple, list[float]] = {}
     cpu: dict[str, list[dict[str, float]]] = {}
     archive, calibration = archives["mid"]
-    direct, batch8_rounds = torch.jit.load(io.BytesIO(archive)), []
+    direct, batch8_rounds, one_thread_rounds = torch.jit.load(io.BytesIO(archive)), [], []
     for _ in range(rounds):
         for name, path, concurrency, key in plan:
             before = _cpu_seconds(pids)
@@ -57,6 +61,8 @@ def batching_rows(
             if name == "mid":
                 cpu.setdefault(path, []).append(_per_request(before, _cpu_seconds(pids), cell["rps"] * seconds))
         batch8_rounds.append(_samples_per_second(direct, calibration[:8], seconds))
+        if torch.get_num_threads() > 1:
+            one_thread_rounds.append(_on_one_thread(lambda: _samples_per_second(direct, calibration[:8], seconds)[0]))
     batch8 = statistics.median(wall for wall, _ in batch8_rounds)
     at_median_call = statistics.median(median for _, median in batch8_rounds)
     mid = {path: round(statistics.median(cells[("mid", path)]), 1) for path in MID_PATHS}
@@ -66,6 +72,8 @@ def batching_rows(
         "mid_in_process_batch8_rounds": [round(wall, 1) for wall, _ in batch8_rounds],
         # The same calls' rate at their median time: under load the two part (stalls are in the tail).
         "mid_in_process_batch8_at_median_call": round(at_median_call, 1),
+        # A one-thread worker's ceiling (see the module's docstring), as a share of the call on every core.
+        "mid_in_process_batch8_one_thread": _ceiling(one_thread_rounds, batch8),
         "mid_c8_samples_per_s": mid,
         "mid_share_of_batch8": {path: round(rps / batch8, 3) for path, rps in mid.items()},
         "rounds": {f"{name} {path}": [round(v, 3) for v in values] for (name, path), values in cells.items()},
@@ -79,6 +87,9 @@ def batching_rows(
         spent = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu[path][-1].items())
         print(f"| mid | {path} | {rps:.0f} samples/s at c=8 = {rps / batch8:.0%} of in-process batch 8 ({batch8:.0f}); CPU ms a request: {spent} |")
     print(f"in-process batch 8: {batch8:.0f} samples/s over wall time, {at_median_call:.0f} at the median call's time")
+    if one_thread_rounds:
+        ceiling = result["mid_in_process_batch8_one_thread"]
+        print(f"in-process batch 8 on one thread: {ceiling['samples_per_s']:.0f} samples/s = {ceiling['share']:.0%}: a one-thread worker's ceiling")
     print(f"load average (1 min): {result['load_average_1min']}", flush=True)
     return result
 
@@ -111,6 +122,22 @@ def only_mid(
     atomic_write_text(out, json.dumps({"seconds_per_cell": args.seconds, **result}, indent=2))
     print(f"wrote {out}")
     return 0
+
+
+def _on_one_thread(measure: Callable[[], float]) -> float:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return measure()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _ceiling(one_thread_rounds: list[float], batch8: float) -> dict | None:
+    if not one_thread_rounds:
+        return None
+    rate = statistics.median(one_thread_rounds)
+    return {"samples_per_s": round(rate, 1), "rounds": [round(r, 1) for r in one_thread_rounds], "share": round(rate / batch8, 3)}
 
 
 def _samples_per_second(module: torch.jit.ScriptModule, batch: torch.Tensor, seconds: float) -> tuple[float, float]:
