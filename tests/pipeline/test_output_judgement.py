@@ -132,14 +132,22 @@ def test_enough_held_out_samples_certify_agreement():
 def _judged(name: str, speedup: float, verdict: str) -> CandidateReport:
     fidelity = Fidelity(samples=16, outputs=[], agreement=1.0, cosine=1.0, cosine_min=1.0, sqnr_db=40.0, max_abs_error=0.0,
                         verdict=verdict, more_samples=252 if verdict == "undecided" else None)
+    notes = ["tolerance missed: output (class_scores): agreement 0.9722 → missed"] if verdict == "missed" else []
     return CandidateReport(name=name, plan=[], status="ok", fidelity=fidelity, speedup=speedup,
-                           meets_tolerance=verdict != "missed", certified=verdict == "met")
+                           meets_tolerance=verdict != "missed", certified=verdict == "met", notes=notes)
 
 
 def test_a_certified_candidate_is_chosen_over_a_faster_undecided_one_and_an_uncertified_pick_says_so():
     config = parse_config({})
-    chosen = choose([_judged("int8", 4.0, "undecided"), _judged("f32", 2.0, "met")], config)
+    chosen = choose([_judged("int8", 4.0, "undecided"), _judged("f32", 2.0, "met"), _judged("int4", 6.0, "missed")], config)
     assert chosen.candidate == "f32" and chosen.certified and "NOT certified" not in chosen.reason
+    # The reason names what the pick left behind, and what would settle the uncertified one.
+    assert chosen.reason.startswith("fastest certified candidate within the tolerance: 2.00x"), chosen.reason
+    assert "faster in process than this one's 2.00x there: int8 4.00x, within the tolerance on 16 held-out samples but not certified" in chosen.reason
+    assert "about 252 more held-out (unlabeled) samples at the same figures would settle it" in chosen.reason
+    assert "int4 6.00x, outside the tolerance (output (class_scores): agreement 0.9722 → missed)" in chosen.reason
+    plain = choose([_judged("f32", 2.0, "met"), _judged("fp16", 2.02, "undecided")], config)
+    assert plain.reason == "fastest candidate within the tolerance: 2.00x at batch 0", plain.reason
     alone = choose([_judged("int8", 4.0, "undecided"), _judged("broken", 9.0, "missed")], config)
     assert alone.candidate == "int8" and alone.certified is False
     assert "NOT certified" in alone.reason and "about 252 more held-out (unlabeled) samples" in alone.reason
