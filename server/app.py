@@ -18,7 +18,7 @@ from optimizer_pipeline import die_with_parent
 from .jobs import confinement, runner as jobs
 from .inference import shared_tensors
 from .http.api_docs import describe_api
-from .http.auth import BearerKey
+from .http.auth import BearerKey, KeyBeforeBodyMiddleware
 from .dataplane import ManagementPlane, UploadLimits
 from .errors import install_error_handlers
 from .inference.worker import CompareAPI, PredictAPI, is_inference_path
@@ -77,12 +77,19 @@ def build_server(settings: Settings, store: Store, records: RecordSender) -> Lit
     install_error_handlers(app)
     limits = ValidationLimits(settings.validation_timeout, settings.validation_memory_bytes, settings.validation_idle_seconds)
     parts = UploadLimits(settings.max_upload_bytes, settings.max_unlabeled_bytes)
-    app.include_router(ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard, marks_dir(settings.local_dir)).router())
+    management = ManagementRoutes(ManagementPlane(store, limits, parts), RoutingPlane(store), ready, guard, marks_dir(settings.local_dir))
+    app.include_router(management.router())
     oip = OipRoutes(store, predict_bridge, ready, space, settings.max_json_bytes, marks_dir(settings.local_dir))
     app.include_router(oip.router(), dependencies=inference_dependencies)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, upload_max_bytes=settings.max_upload_bytes + settings.max_unlabeled_bytes
+        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes, upload_max_bytes=settings.max_upload_bytes + settings.max_unlabeled_bytes,
+        is_inference_path=is_inference_path,
     )
+    if guard is not None:  # outside the body limit: a stranger hears 401 before anything about the body
+        app.add_middleware(
+            KeyBeforeBodyMiddleware, guard=guard, keyed=management.keyed_routes(), guarded_inference=settings.auth_inference,
+            is_inference_path=is_inference_path,
+        )
     app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, applies=is_inference_path)
     app.add_middleware(RequestMetricsMiddleware)  # added last = outermost: it also times rejections
     _wrap_lifespan(app, settings, grpc_lifespan(settings, oip, predict_bridge, guard))

@@ -54,10 +54,29 @@ class ManagementRoutes:
         self.guard = guard
         self.warm_marks = warm_marks  # where the /predict workers say what they have warmed; None: no warm-up wait
 
+    def keyed_routes(self) -> list[tuple[str, str]]:
+        """(method, path template) of the routes that need the key."""
+        return [(method, path) for method, path, _, _, _, needs_key in self._table() if needs_key]
+
     def router(self) -> APIRouter:
         router = APIRouter(default_response_class=JsonResponse, responses=ERRORS)
+        for method, path, handler, response_model, status, needs_key in self._table():
+            dependencies = [Depends(self.guard), Security(BEARER_SCHEME)] if needs_key and self.guard else None
+            router.add_api_route(
+                path,
+                handler,
+                methods=[method],
+                response_model=response_model,
+                status_code=status,
+                dependencies=dependencies,
+                response_class=NON_JSON.get(path, JsonResponse),
+                responses=MORE_ERRORS.get(path),
+            )
+        return router
+
+    def _table(self) -> list[tuple[str, str, Callable, type | None, int, bool]]:
         # The last column: does the route change a model or hand out its files (so it needs the key)?
-        table = [
+        return [
             ("POST", "/models", self.create_model, UploadAccepted, 202, True),
             ("GET", "/models", self.list_models, ModelList, 200, False),
             ("GET", "/models/{model_id}", self.get_model, ModelStatus, 200, False),
@@ -75,19 +94,6 @@ class ManagementRoutes:
             ("GET", "/ready", self.ready, ServiceStatus, 200, False),
             ("GET", "/metrics", self.metrics, None, 200, False),
         ]
-        for method, path, handler, response_model, status, needs_key in table:
-            dependencies = [Depends(self.guard), Security(BEARER_SCHEME)] if needs_key and self.guard else None
-            router.add_api_route(
-                path,
-                handler,
-                methods=[method],
-                response_model=response_model,
-                status_code=status,
-                dependencies=dependencies,
-                response_class=NON_JSON.get(path, JsonResponse),
-                responses=MORE_ERRORS.get(path),
-            )
-        return router
 
     async def create_model(
         self,

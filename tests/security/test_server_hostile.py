@@ -4,6 +4,7 @@ must get a clear 4xx or a bounded failure while every other model keeps serving.
 from __future__ import annotations
 
 import base64
+import socket
 
 import pytest
 import requests
@@ -124,6 +125,45 @@ def test_management_routes_need_the_key_and_inference_stays_open(server):
             assert response.json()["error"]["code"] == "unauthorized"
     assert requests.get(server.url + "/models/guarded", timeout=10).status_code == 200
     assert predict(server.url, "guarded", MLP_INPUTS[0][:2]).status_code == 200
+
+
+def answer_to_a_body_never_sent(server, method: str, path: str, headers: dict[str, str], content_type: str) -> bytes:
+    """The server's answer to a request whose head declares a 1.5 MB body (under the 2 MB upload limit)
+    of which only the first KiB is sent: a server that waited for the rest would never answer."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: 1500000\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(head.encode() + b"[" * 1024)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _content_length(answer):
+            received = connection.recv(4096)
+            if not received:
+                break
+            answer += received
+        return answer
+
+
+def _content_length(answer: bytes) -> int:
+    header = next((line for line in answer.lower().split(b"\r\n") if line.startswith(b"content-length:")), b"content-length: 0")
+    return int(header.split(b":")[1])
+
+
+def test_a_stranger_gets_401_before_a_management_body_is_read(server):
+    # FastAPI parses a route's body before its key check runs: a 300 MB anonymous JSON body held the
+    # event loop 8.3 s before this was checked on arrival.
+    for headers in ({}, {"Authorization": "Bearer wrong-key"}):
+        for method, path, content_type in [("PUT", "/models/anything/routing", "application/json"),
+                                           ("POST", "/models", "multipart/form-data; boundary=b")]:
+            answer = answer_to_a_body_never_sent(server, method, path, headers, content_type)
+            assert answer.startswith(b"HTTP/1.1 401"), (method, path, answer)
+            assert b'"unauthorized"' in answer
+
+
+def test_a_control_route_body_over_a_mebibyte_gets_413_before_it_is_read(server):
+    answer = answer_to_a_body_never_sent(server, "PUT", "/models/anything/routing", AUTH, "application/json")
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b"1048576 bytes" in answer and b"small JSON document" in answer
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
 
 
 def test_without_a_configured_key_the_server_generates_one_in_the_store_and_the_client_finds_it(tmp_path, monkeypatch):
