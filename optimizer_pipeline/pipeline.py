@@ -276,6 +276,7 @@ def _summarize(module: jit.ScriptModule, batch: Batch, size_bytes: int, model_fo
         size_bytes=size_bytes,
         exported_methods=jit.exported_method_names(module),
         format=model_format,
+        calibration_samples=len(batch),
     )
 
 

@@ -21,7 +21,7 @@ from .http.api_docs import describe_api
 from .http.auth import BearerKey, KeyBeforeBodyMiddleware
 from .dataplane import ManagementPlane, UploadLimits
 from .errors import install_error_handlers
-from .inference.worker import CompareAPI, PredictAPI, is_inference_path
+from .inference.worker import OVERSIZED, CompareAPI, PredictAPI, is_inference_path
 from .http.limits import BodySizeLimitMiddleware, DeadlineMiddleware
 from .litserve_bridge import (
     LitServer,
@@ -102,7 +102,8 @@ def _worker_died(store: Store, settings: Settings, death: WorkerDeath) -> HTTPEx
     held, where = death.held, f"inference worker {death.worker_id} of {death.api_path} (pid {death.pid})"
     if held.failure is not None:  # it answered its batch and retired on purpose
         logger.warning("%s restarts: model %r failed (%s): %s", where, held.model, held.failure, held.reason)
-        _count_failure(store, settings, held.model, held.failure, held.reason)
+        if held.failure != OVERSIZED:  # a request larger than the calibration batch is not the model's failure
+            _count_failure(store, settings, held.model, held.failure, held.reason)
         return None
     if not held.requests:
         logger.warning("%s ended (%s) holding no request; a fresh one replaces it", where, death.how)

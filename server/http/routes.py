@@ -21,6 +21,7 @@ from . import metrics_page
 from .auth import BearerKey
 from ..dataplane import ManagementPlane, Upload
 from ..errors import ApiError, JsonResponse
+from ..inference import oversized
 from ..inference.warm_up import Info, serving_state
 from ..live.routing_plane import RoutingPlane
 
@@ -165,7 +166,10 @@ class ManagementRoutes:
         return await run_in_threadpool(self.plane.delete, model_id)
 
     async def reset_model(self, model_id: str) -> ModelInfo:
-        return await run_in_threadpool(self.plane.reset_health, model_id)
+        info = await run_in_threadpool(self.plane.reset_health, model_id)
+        if self.warm_marks is not None:
+            oversized.lift(self.warm_marks, info.id)
+        return info
 
     async def health(self) -> ServiceStatus:
         return ServiceStatus(status="ok")

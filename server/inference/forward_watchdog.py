@@ -20,20 +20,21 @@ from contextlib import contextmanager
 CHECK_SECONDS = 0.1
 EXIT_CODE = 75
 
-Overrun = Callable[[str, float], None]  # (what was running, the limit) -> None; must not raise
+# (what was running, the limit, what was given with it) -> None; must not raise
+Overrun = Callable[[str, float, object], None]
 
 
 class ForwardWatchdog:
     def __init__(self, seconds: float, on_overrun: Overrun) -> None:
         self.seconds = seconds
         self.on_overrun = on_overrun
-        self._running: tuple[float, str] | None = None  # (deadline, what) of the call in progress
+        self._running: tuple[float, str, object] | None = None  # (deadline, what, context) of the call in progress
         threading.Thread(target=self._watch, name="forward-watchdog", daemon=True).start()
 
     @contextmanager
-    def watching(self, what: str) -> Iterator[None]:
-        """Run the body under the limit; `what` names it (a model id) for `on_overrun`."""
-        self._running = (time.monotonic() + self.seconds, what)
+    def watching(self, what: str, context: object = None) -> Iterator[None]:
+        """Run the body under the limit; `what` names it (a model id) and `context` goes with it to `on_overrun`."""
+        self._running = (time.monotonic() + self.seconds, what, context)
         try:
             yield
         finally:
@@ -45,6 +46,6 @@ class ForwardWatchdog:
             running = self._running
             if running is not None and time.monotonic() > running[0]:
                 try:
-                    self.on_overrun(running[1], self.seconds)
+                    self.on_overrun(running[1], self.seconds, running[2])
                 finally:
                     os._exit(EXIT_CODE)

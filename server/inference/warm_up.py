@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 from optimizer_pipeline import atomic_write_text
 from wire.contract.models import ModelInfo, VariantInfo
 
+from .oversized import refusals_dir
+
 logger = logging.getLogger("optiserve")
 # How often a worker's warmer looks for variants it has not loaded yet.
 WARM_POLL_SECONDS = 0.5
@@ -45,7 +47,7 @@ def marks_dir(local_dir: Path) -> Path:
 def reset_marks(local_dir: Path) -> None:
     """At server start (main process): marks of the last run's workers mean nothing now."""
     shutil.rmtree(marks_dir(local_dir), ignore_errors=True)
-    marks_dir(local_dir).mkdir(parents=True, exist_ok=True)
+    refusals_dir(marks_dir(local_dir)).mkdir(parents=True, exist_ok=True)
 
 
 def write_marks(directory: Path, marks: WarmMarks) -> None:

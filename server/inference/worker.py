@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
@@ -28,6 +29,7 @@ from .. import metrics
 from ..errors import ApiError, JsonResponse, not_found
 from .adapters import COMPARE, OIP, PREDICT
 from .forward_watchdog import ForwardWatchdog
+from .oversized import Refusals, excuse, input_bytes, refusals_dir
 from .outcomes import (
     Adapter,
     Outcome,
@@ -54,6 +56,17 @@ from .tensors import TensorDecodeError
 
 logger = logging.getLogger("optiserve")
 SWITCH_INTERVAL_SECONDS = 0.0005
+# How a worker that retires after a request too large for its limits says so: not counted against the model.
+OVERSIZED = "oversized"
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A forward call's largest request, larger than the calibration batch (goes with the call to the watchdog)."""
+
+    info: ModelInfo
+    size: int
+    why: str
 
 
 class InferenceAPI(BridgedAPI):
@@ -84,14 +97,20 @@ class InferenceAPI(BridgedAPI):
         self.shm = space_for(self.settings.local_dir, self.settings.shm_budget_bytes)
         self.cache = VariantCache(self.settings.cache_size, self.settings.worker_threads, self.settings.variant_bytes_per_worker, self.endpoint)
         self.watchdog = ForwardWatchdog(self.settings.forward_timeout, self._overran)
+        self.refusals = Refusals(refusals_dir(self.warm_marks))
         self._pid = str(os.getpid())
 
-    def _overran(self, model_id: str, seconds: float) -> None:
-        """The watchdog's last act before this worker ends: count the timeout, answer this model's
-        requests, and put the others this worker holds back on the queue."""
+    def _overran(self, model_id: str, seconds: float, oversized: object = None) -> None:
+        """The watchdog's last act before this worker ends: count the timeout (or, for a request larger
+        than the calibration batch, refuse its size from now on), answer this model's requests, and put
+        the others this worker holds back on the queue."""
         message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
         try:
-            self.records.timeout(model_id, message)
+            if isinstance(oversized, Oversized):
+                message += f"; {oversized.why}"
+                self.refusals.record(oversized.info, oversized.size, f"ran past the forward deadline ({seconds:g} s)")
+            else:
+                self.records.timeout(model_id, message)
         finally:
             self.loop.release_held(model_id, HTTPException(504, {"code": "model_timeout", "message": message}))
 
@@ -206,6 +225,11 @@ class InferenceAPI(BridgedAPI):
                 message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
                 item.fail(ApiError(422, "invalid_input", message), info.name)
                 continue
+            try:
+                self.refusals.check(info, item.inputs)
+            except ApiError as error:  # a size that failed this model before
+                item.fail(error, info.name)
+                continue
             decoded.append(item)
         return decoded
 
@@ -236,16 +260,25 @@ class InferenceAPI(BridgedAPI):
         cap = self.settings.worker_memory_bytes / 2**30
         message = (
             f"model {info.name!r} tried to allocate more memory than an inference worker may map "
-            f"(OPTISERVE_WORKER_MEMORY_BYTES, {cap:g} GiB beyond torch itself); the worker restarts, and this counts towards the model's health"
+            f"(OPTISERVE_WORKER_MEMORY_BYTES, {cap:g} GiB beyond torch itself); the worker restarts"
         )
+        too_large = excuse(info, item.inputs)
         # The worker answers its batch and then makes way for a fresh one: a failed allocation can
         # leave a heap fragmented or a library's state half-built.
+        if too_large is not None:
+            self.refusals.record(info, input_bytes(item.inputs), f"went over the memory cap ({cap:g} GiB)")
+            self.loop.retire_after_batch(OVERSIZED, info.id, f"{message}; {too_large}")
+            return ApiError(507, "out_of_memory", f"{message}; {too_large}")
+        message += ", and this counts towards the model's health"
         self.loop.retire_after_batch("out_of_memory", info.id, message)
         return ApiError(507, "out_of_memory", message)
 
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
-        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog)
+        largest = max(group, key=lambda item: input_bytes(item.inputs))
+        # Past the deadline, the group's largest request decides whether the model answers for it.
+        oversized = Oversized(info, input_bytes(largest.inputs), why) if (why := excuse(info, largest.inputs)) else None
+        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog, context=oversized)
         _batch_sizes(info, variant_name).observe(len(group))
         metrics.WORKER_FORWARDS.labels(self.endpoint, self._pid).inc()
         total = sum(item.size for item in group)
@@ -259,10 +292,10 @@ class InferenceAPI(BridgedAPI):
 
     def _timed_forward(
         self, info: ModelInfo, variant_name: str, model: RunVariant, inputs: tuple[torch.Tensor, ...], watchdog: ForwardWatchdog,
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Callable[[], float] = time.perf_counter, context: object = None,
     ) -> tuple[NamedOutputs, float]:
         started = clock()
-        with watchdog.watching(info.id):
+        with watchdog.watching(info.id, context):
             outputs = model(inputs)
         seconds = clock() - started
         _forward_seconds(info, variant_name).observe(seconds)

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 import requests
+import torch
 
 import hostile_models
 import tiny_models
@@ -93,6 +94,27 @@ def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep
     reset = requests.post(f"{url}/models/trap/reset", headers=AUTH, timeout=10)
     assert reset.status_code == 200 and reset.json()["health"]["healthy"] is True
     assert predict(url, "trap", hostile_models.inputs(1)[0]).status_code == 200
+
+
+def test_a_request_larger_than_the_calibration_batch_past_the_deadline_does_not_count_and_its_size_is_refused(timeouts):
+    url = timeouts.url
+    accepted = upload(url, hostile_models.archive(hostile_models.LoopsOnMarker()), hostile_models.inputs(), name="big-trap", config=FORCED_FREEZE)
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for(url, accepted.json()["id"])["state"] == "ready"
+    twice = torch.cat([hostile_models.inputs()[0]] * 2)  # the calibration batch had 8 samples
+    poisoned = twice.clone()
+    poisoned[0, 0] = 12345.0
+
+    hung = predict(url, "big-trap", poisoned)
+    assert hung.status_code == 504, hung.text
+    assert "larger than the calibration batch" in hung.json()["error"]["message"], hung.text
+    # That size is refused from now on, poisoned or not: no second worker waits out the deadline.
+    for request in (poisoned, twice):
+        refused = predict(url, "big-trap", request)
+        assert refused.status_code == 413 and "ran past the forward deadline" in refused.json()["error"]["message"], refused.text
+    status = requests.get(f"{url}/models/big-trap", timeout=10).json()["health"]
+    assert status["healthy"] is True and status["timeouts"] == 0, status
+    assert predict(url, "big-trap", hostile_models.inputs()[0]).status_code == 200
 
 
 def test_a_job_that_hangs_fails_at_its_time_limit_and_is_not_retried(timeouts, tmp_path):

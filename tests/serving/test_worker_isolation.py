@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import requests
+import torch
 
 import hostile_models
 import tiny_models
@@ -59,6 +60,34 @@ def test_a_request_past_the_default_memory_cap_gets_507_and_the_model_keeps_serv
     counted = wait_until(lambda: (h := health(url, "balloon"))["out_of_memory"] == 1 and h, "the cap hit counted", timeout=20)
     assert counted["healthy"] is True and counted["crashes"] == 0
     assert "balloon" in server.log_path.read_text() and "out_of_memory" in server.log_path.read_text()
+
+
+def test_a_request_larger_than_the_calibration_batch_that_hits_the_cap_is_not_the_models_fault_and_its_size_is_refused(server):
+    # One anonymous request this size used to count against the model: unhealthy_after of them took it
+    # out of service for everyone. Now the worker that failed refuses the size for the model instead.
+    url = server.url
+    ready_model(url, hostile_models.archive(hostile_models.AllocatesOnMarker()), "big-balloon")
+    calibration = hostile_models.inputs()[0]  # what ready_model uploaded: 8 samples
+    twice = torch.cat([calibration, calibration])
+    poisoned = twice.clone()
+    poisoned[0, 0] = 777.0
+
+    failed = predict(url, "big-balloon", poisoned)
+    assert failed.status_code == 507, failed.text
+    message = failed.json()["error"]["message"]
+    assert "larger than the calibration batch" in message and "does not count against the model's health" in message, message
+
+    refused = predict(url, "big-balloon", twice)  # the same size unpoisoned: refused at once, not run
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "request_too_large" and "went over the memory cap" in error["message"] and "/reset" in error["message"], error
+    assert predict(url, "big-balloon", calibration).status_code == 200
+    status = health(url, "big-balloon")
+    assert status["healthy"] is True and status["out_of_memory"] == 0, status
+
+    reset = requests.post(f"{url}/models/big-balloon/reset", headers=AUTH, timeout=10)
+    assert reset.status_code == 200, reset.text
+    assert predict(url, "big-balloon", twice).status_code == 200
 
 
 # ---- item 5: a worker's death is answered at once ----

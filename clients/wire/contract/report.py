@@ -137,6 +137,10 @@ class ModelSummary(BaseModel):
     parameters: int
     size_bytes: int
     exported_methods: list[str]
+    calibration_samples: int | None = Field(
+        None, description="samples in the calibration batch; a failure on a larger request does not count against the model's health "
+        "(absent in models uploaded before it was recorded)"
+    )
     format: ModelFormat = Field(
         "torchscript",
         description="torchscript, or exported: a .pt2 program, which serves as the original while the passes work on "
