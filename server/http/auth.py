@@ -10,9 +10,8 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import Request
 from starlette.routing import compile_path

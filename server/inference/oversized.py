@@ -3,8 +3,8 @@
 A model's health counts the failures of its code (memory cap, forward deadline) so that one poisoned
 input cannot crash workers again and again. But a sound model also fails on a batch far larger than
 it was calibrated for: measured, one anonymous 500 MB /v2 request to a small MLP hit the worker's
-4 GiB cap, and three such requests marked the model unhealthy for everyone until a key holder reset
-it. So a failure on a request whose inputs are larger than the calibration batch (what the
+4 GiB cap and counted, and `unhealthy_after` (3) such requests take the model out of service for
+everyone until a key holder resets it. So a failure on a request whose inputs are larger than the calibration batch (what the
 uploader vouched for) does not count. Instead the worker that failed writes a refusal: from then on
 that model's requests above half the failing size (never below the calibration batch) get 413 at
 once, so each size class can cost at most one worker restart, about log2(max body / calibration)
