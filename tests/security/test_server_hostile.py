@@ -12,7 +12,7 @@ import torch
 
 import hostile_models
 import tiny_models
-from server_harness import API_KEY, AUTH, FORCED_FREEZE, predict, running, server_fixture, upload, wait_for
+from server_harness import API_KEY, AUTH, FORCED_FREEZE, predict, running, server_fixture, upload, wait_for, wait_until
 
 server = server_fixture({"OPTISERVE_VALIDATION_TIMEOUT": "5", "OPTISERVE_VALIDATION_MEMORY_BYTES": str(256 * 2**20)})
 MLP_ARCHIVE, MLP_INPUTS = tiny_models.mlp()
@@ -83,9 +83,11 @@ def test_a_hung_forward_gets_504_the_model_turns_unhealthy_and_other_models_keep
 
     second = predict(url, "trap", poisoned)
     assert second.status_code == 504, second.text
-    status = requests.get(f"{url}/models/trap", timeout=10).json()
-    assert status["health"]["healthy"] is False and status["health"]["timeouts"] == 2
-    assert "time limit" in status["health"]["reason"]
+    # The worker sends the timeout to the main process as it answers 504: the count lands a moment later.
+    health = wait_until(lambda: (h := requests.get(f"{url}/models/trap", timeout=10).json()["health"])["timeouts"] == 2 and h,
+                        "the second timeout counted", timeout=20)
+    assert health["healthy"] is False and health["timeouts"] == 2
+    assert "time limit" in health["reason"]
 
     refused = predict(url, "trap", hostile_models.inputs(1)[0])
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_unhealthy", refused.text
