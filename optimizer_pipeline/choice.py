@@ -44,10 +44,9 @@ def choose(candidates: list[CandidateReport], config: PipelineConfig, objective:
     contenders = [c for c in qualified if (c.speedup or 0.0) >= best_speed / TIE_MARGIN]
     best = max(contenders, key=lambda c: (_sqnr(c), c.speedup or 0.0))
     fastest = max(qualified, key=lambda c: c.speedup or 0.0)
-    uncertified = _faster_uncertified(candidates, best)
-    passed_over = _passed_over(best, uncertified, _faster_missed(candidates, best))
+    passed_over = _passed_over(candidates, best)
     # "Fastest within the tolerance" would not be true where a faster one was within it, uncertified.
-    kind = "certified candidate" if uncertified is not None else "candidate"
+    kind = "certified candidate" if _faster_uncertified(candidates, best) is not None else "candidate"
     if best is fastest:
         return _chosen(best, f"fastest {kind} within the tolerance: {best.speedup:.2f}x at batch {config_batch(best)}{ahead}{uncertain}{passed_over}")
     return _chosen(best, (
@@ -65,15 +64,17 @@ def _uncertain_note(qualified: list[CandidateReport]) -> str:
     return f" — NOT certified: the held-out samples are too few to show any candidate within the tolerance at 95%{more}"
 
 
-def _passed_over(best: CandidateReport, uncertified: CandidateReport | None, missed: CandidateReport | None) -> str:
+def _passed_over(candidates: list[CandidateReport], best: CandidateReport) -> str:
     """What the choice left behind that ran faster in process (see _faster_uncertified, _faster_missed).
     Their figures are in process (only finalists are timed alone), so the pick's is given beside them."""
     parts = []
+    uncertified = _faster_uncertified(candidates, best)
     if uncertified is not None and uncertified.fidelity is not None:
         more = uncertified.fidelity.more_samples
         settle = f"about {more} more held-out (unlabeled) samples at the same figures would settle it" if more else "more held-out samples would settle it"
         parts.append(f"{uncertified.name} {_in_process(uncertified):.2f}x, within the tolerance on {uncertified.fidelity.samples} "
                      f"held-out samples but not certified at 95% ({settle})")
+    missed = _faster_missed(candidates, best)
     if missed is not None:
         note = next((n.removeprefix(MISSED).strip() for n in missed.notes if n.startswith(MISSED)), None)
         parts.append(f"{missed.name} {_in_process(missed):.2f}x, outside the tolerance" + (f" ({note})" if note else ""))

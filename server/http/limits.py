@@ -26,10 +26,12 @@ class BodySizeLimitMiddleware:
     body is a small JSON document (a routing policy, a guard) that FastAPI parses on the event loop
     before the route runs: a 300 MB one held the loop 8.3 s, so those get CONTROL_MAX_BYTES."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int, is_inference_path: Callable[[str], bool]) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, upload_max_bytes: int | None = None, is_inference_path: Callable[[str], bool] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.upload_max_bytes = upload_max_bytes
+        self.upload_max_bytes = upload_max_bytes or max_bytes
         self.is_inference_path = is_inference_path
 
     def _limit(self, scope: Scope) -> tuple[int, str]:
@@ -37,7 +39,7 @@ class BodySizeLimitMiddleware:
             if self.upload_max_bytes != self.max_bytes:
                 return self.upload_max_bytes, "OPTISERVE_MAX_UPLOAD_BYTES + OPTISERVE_MAX_UNLABELED_BYTES"
             return self.max_bytes, "OPTISERVE_MAX_UPLOAD_BYTES"
-        if self.is_inference_path(scope["path"]):
+        if self.is_inference_path is None or self.is_inference_path(scope["path"]):
             return self.max_bytes, "OPTISERVE_MAX_UPLOAD_BYTES"
         limit = min(CONTROL_MAX_BYTES, self.max_bytes)
         return limit, "for this route: its body is a small JSON document"

@@ -16,10 +16,10 @@ file per model, and are reset with it at server start.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,8 +49,13 @@ def calibration_bytes(info: ModelInfo) -> int | None:
     summary = info.summary
     if summary.calibration_samples is None:
         return None
-    per_sample = sum(math.prod(shape) * getattr(torch, dtype).itemsize for shape, dtype in zip(summary.input_shapes, summary.input_dtypes))
+    per_sample = sum(math.prod(shape) * _itemsize(dtype) for shape, dtype in zip(summary.input_shapes, summary.input_dtypes))
     return summary.calibration_samples * per_sample
+
+
+@functools.cache
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
 def input_bytes(inputs: tuple[torch.Tensor, ...]) -> int:
@@ -74,21 +79,15 @@ class Refusals:
         self.directory = directory
         self._seen: dict[str, tuple[int, Refusal | None]] = {}  # model id -> (file mtime, what it says)
 
-    def refusing(self, info: ModelInfo) -> Callable[[tuple[torch.Tensor, ...]], ApiError | None]:
-        """For one group of the model's requests (the file is looked at once): a request's 413, or None."""
+    def check(self, info: ModelInfo, inputs: tuple[torch.Tensor, ...]) -> None:
+        """Raise the 413 when these inputs are above the model's refusal."""
         refusal = self._current(info)
-
-        def refused(inputs: tuple[torch.Tensor, ...]) -> ApiError | None:
-            given = input_bytes(inputs)
-            if refusal is None or given <= refusal.above:
-                return None
-            return ApiError(
+        if refusal is not None and input_bytes(inputs) > refusal.above:
+            raise ApiError(
                 413, "request_too_large",
-                f"model {info.name!r} refuses requests of more than {_size(refusal.above)} of inputs ({_size(given)} given): "
+                f"model {info.name!r} refuses requests of more than {_size(refusal.above)} of inputs ({_size(input_bytes(inputs))} given): "
                 f"{refusal.reason}. Send fewer samples per request; POST /models/{info.id}/reset lifts this",
             )
-
-        return refused
 
     def record(self, info: ModelInfo, failed_bytes: int, what: str) -> None:
         """After a failure excused by its size: refuse half that size and above from now on (never the calibration batch)."""

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
@@ -59,6 +60,15 @@ SWITCH_INTERVAL_SECONDS = 0.0005
 OVERSIZED = "oversized"
 
 
+@dataclass(frozen=True)
+class Oversized:
+    """A forward call's largest request, larger than the calibration batch (goes with the call to the watchdog)."""
+
+    info: ModelInfo
+    size: int
+    why: str
+
+
 class InferenceAPI(BridgedAPI):
     endpoint: str  # set by each subclass: LitServe routes one path to one LitAPI
     adapters: tuple[Adapter, ...]  # the protocols whose requests reach this API
@@ -90,21 +100,15 @@ class InferenceAPI(BridgedAPI):
         self.refusals = Refusals(refusals_dir(self.warm_marks))
         self._pid = str(os.getpid())
 
-    def _overran(self, model_id: str, seconds: float, running: object = None) -> None:
-        """The watchdog's last act before this worker ends: count the timeout (or, when the group's largest
-        request is larger than the calibration batch, refuse its size from now on), answer this model's
-        requests, and put the others this worker holds back on the queue. `running` is (info, group) of
-        a serving forward call, None for a shadow or warm-up one."""
+    def _overran(self, model_id: str, seconds: float, oversized: object = None) -> None:
+        """The watchdog's last act before this worker ends: count the timeout (or, for a request larger
+        than the calibration batch, refuse its size from now on), answer this model's requests, and put
+        the others this worker holds back on the queue."""
         message = f"the forward call did not finish within {seconds:g} s (OPTISERVE_FORWARD_TIMEOUT); the worker restarts, other models keep serving"
         try:
-            why = None
-            if running is not None:
-                info, group = running
-                largest = max((item.inputs for item in group), key=input_bytes)
-                why = excuse(info, largest)
-            if why is not None:
-                message += f"; {why}"
-                self.refusals.record(info, input_bytes(largest), f"ran past the forward deadline ({seconds:g} s)")
+            if isinstance(oversized, Oversized):
+                message += f"; {oversized.why}"
+                self.refusals.record(oversized.info, oversized.size, f"ran past the forward deadline ({seconds:g} s)")
             else:
                 self.records.timeout(model_id, message)
         finally:
@@ -209,7 +213,6 @@ class InferenceAPI(BridgedAPI):
     def _decode(self, info: ModelInfo, pending: list[Pending]) -> list[Pending]:
         """Decode every request's inputs; requests that fail get a 422 outcome and are dropped."""
         decoded = []
-        refused = self.refusals.refusing(info)
         for item in pending:
             try:
                 tensors = item.adapter.tensors(info, item.request)
@@ -222,7 +225,9 @@ class InferenceAPI(BridgedAPI):
                 message = str(exc) if isinstance(exc, TensorDecodeError) else f"the inputs could not be decoded ({type(exc).__name__}: {str(exc)[:300]})"
                 item.fail(ApiError(422, "invalid_input", message), info.name)
                 continue
-            if (error := refused(item.inputs)) is not None:  # a size that failed this model before
+            try:
+                self.refusals.check(info, item.inputs)
+            except ApiError as error:  # a size that failed this model before
                 item.fail(error, info.name)
                 continue
             decoded.append(item)
@@ -270,8 +275,10 @@ class InferenceAPI(BridgedAPI):
 
     def _forward(self, info: ModelInfo, variant_name: str, model: RunVariant, group: list[Pending], ran: Ran) -> None:
         inputs = tuple(torch.cat(parts) if len(group) > 1 else parts[0] for parts in zip(*(item.inputs for item in group)))
-        # Past the deadline, the group's largest request decides whether the model answers for it (_overran).
-        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog, context=(info, group))
+        largest = max(group, key=lambda item: input_bytes(item.inputs))
+        # Past the deadline, the group's largest request decides whether the model answers for it.
+        oversized = Oversized(info, input_bytes(largest.inputs), why) if (why := excuse(info, largest.inputs)) else None
+        outputs, seconds = self._timed_forward(info, variant_name, model, inputs, self.watchdog, context=oversized)
         _batch_sizes(info, variant_name).observe(len(group))
         metrics.WORKER_FORWARDS.labels(self.endpoint, self._pid).inc()
         total = sum(item.size for item in group)
